@@ -1,0 +1,211 @@
+//! Linux through the 64-bit boot protocol (Documentation/arch/x86/boot.rst): the kernel is
+//! loaded, a zero page (`boot_params`) with the e820 map, command line and initrd is written,
+//! and the BSP enters the kernel's 64-bit entry with RSI pointing at the zero page. The other
+//! vCPUs wait for INIT/SIPI; Linux finds them through the ACPI MADT.
+//!
+//! A bzImage is decompressed on the host and its vmlinux ELF loaded directly: on hosts whose
+//! CPL0 guest code is emulated, the in-guest decompressor alone costs minutes.
+
+use std::io::Cursor;
+
+use linux_loader::loader::bootparam::{boot_e820_entry, boot_params};
+use linux_loader::loader::{bzimage::BzImage, elf::Elf, KernelLoader};
+
+use super::{acpi, long_mode, vmlinux, BootPlan, VcpuBootState};
+use crate::memory::layout::{self, CMDLINE_ADDR, CMDLINE_MAX, ZERO_PAGE_ADDR};
+use crate::memory::{Bytes, GuestAddress, GuestMemory};
+
+const E820_RAM: u32 = 1;
+const E820_RESERVED: u32 = 2;
+const BOOT_FLAG: u16 = 0xaa55;
+const HDRS_MAGIC: u32 = 0x5372_6448;
+/// "Undefined" boot loader type; Linux accepts it.
+const LOADER_TYPE_UNDEFINED: u8 = 0xff;
+/// Highest address the initrd may end at when the kernel does not say (boot.rst default).
+const DEFAULT_INITRD_ADDR_MAX: u64 = 0x7fff_ffff;
+/// `loadflags` bit: the kernel was loaded high (required for 64-bit entry).
+const LOADED_HIGH: u8 = 1;
+/// `loadflags` bit: the boot loader set `heap_end_ptr`.
+const CAN_USE_HEAP: u8 = 0x80;
+/// Offset of the 64-bit entry point from the start of a bzImage's protected-mode code.
+const BZIMAGE_ENTRY64_OFFSET: u64 = 0x200;
+
+/// What to boot.
+#[derive(Debug, Clone)]
+pub struct LinuxImage {
+    /// The kernel: bzImage or uncompressed vmlinux ELF.
+    pub kernel: Vec<u8>,
+    /// Optional initramfs.
+    pub initrd: Option<Vec<u8>>,
+    /// Kernel command line.
+    pub cmdline: String,
+}
+
+/// Why Linux could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum LinuxError {
+    /// linux-loader refused the kernel.
+    #[error("cannot load the kernel image")]
+    Load(#[source] linux_loader::loader::Error),
+    /// Command line too long or with a NUL byte.
+    #[error("kernel command line is {len} bytes; at most {max} without NUL bytes are supported")]
+    Cmdline {
+        /// Its length.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The initrd does not fit below its address limit above the kernel.
+    #[error("the initrd ({size} bytes) does not fit in guest RAM above the kernel; add --memory")]
+    InitrdTooLarge {
+        /// Its size.
+        size: u64,
+    },
+    /// Guest memory write failed.
+    #[error("cannot write {0} into guest memory")]
+    Write(&'static str, #[source] vm_memory::GuestMemoryError),
+    /// Page tables or GDT.
+    #[error(transparent)]
+    Tables(#[from] long_mode::LongModeError),
+    /// ACPI tables.
+    #[error(transparent)]
+    Acpi(#[from] acpi::AcpiError),
+}
+
+/// The loaded kernel: entry point, end address, and the bzImage setup header if any.
+struct LoadedKernel {
+    entry: u64,
+    end: u64,
+    header: Option<linux_loader::loader::bootparam::setup_header>,
+    format: String,
+}
+
+fn load_kernel(mem: &GuestMemory, kernel: &[u8]) -> Result<LoadedKernel, LinuxError> {
+    let highmem = Some(GuestAddress(layout::LOW_RESERVED_END));
+    let load_elf = |image: &[u8], format: String| {
+        let r = Elf::load(mem, None, &mut Cursor::new(image), highmem).map_err(LinuxError::Load)?;
+        Ok(LoadedKernel { entry: r.kernel_load.0, end: r.kernel_end, header: None, format })
+    };
+    if vmlinux::is_elf(kernel) {
+        return load_elf(kernel, "vmlinux ELF".into());
+    }
+    match vmlinux::extract_vmlinux(kernel) {
+        Ok(elf) => load_elf(&elf, "bzImage, decompressed on the host".into()),
+        Err(e) => {
+            log::info!("loading the bzImage as is (its own decompressor will run): {e}");
+            let r = BzImage::load(mem, None, &mut Cursor::new(kernel), highmem)
+                .map_err(LinuxError::Load)?;
+            Ok(LoadedKernel {
+                entry: r.kernel_load.0 + BZIMAGE_ENTRY64_OFFSET,
+                end: r.kernel_end,
+                header: r.setup_header,
+                format: "bzImage".into(),
+            })
+        }
+    }
+}
+
+fn e820_map(ram_size: u64) -> Vec<boot_e820_entry> {
+    let entry = |addr: u64, end: u64, r#type| boot_e820_entry { addr, size: end - addr, r#type };
+    let mut map = vec![
+        entry(0, layout::LOW_RAM_END, E820_RAM),
+        entry(layout::LOW_RAM_END, layout::LOW_RESERVED_END, E820_RESERVED),
+        entry(layout::LOW_RESERVED_END, layout::low_ram_top(ram_size), E820_RAM),
+    ];
+    if let Some(high) = ram_size.checked_sub(layout::MMIO_HOLE_START).filter(|&h| h > 0) {
+        map.push(entry(layout::MMIO_HOLE_END, layout::MMIO_HOLE_END + high, E820_RAM));
+    }
+    map
+}
+
+/// Loads `image` for `cpus` vCPUs and returns the boot plan (BSP runnable, APs waiting).
+pub fn load(
+    mem: &GuestMemory,
+    ram_size: u64,
+    cpus: u32,
+    image: &LinuxImage,
+) -> Result<BootPlan, LinuxError> {
+    let kernel = load_kernel(mem, &image.kernel)?;
+    let cmdline = image.cmdline.as_bytes();
+    if cmdline.len() >= CMDLINE_MAX || cmdline.contains(&0) {
+        return Err(LinuxError::Cmdline { len: cmdline.len(), max: CMDLINE_MAX - 1 });
+    }
+    mem.write_slice(cmdline, GuestAddress(CMDLINE_ADDR))
+        .and_then(|()| mem.write_obj(0u8, GuestAddress(CMDLINE_ADDR + cmdline.len() as u64)))
+        .map_err(|e| LinuxError::Write("the command line", e))?;
+
+    let mut params = boot_params::default();
+    if let Some(hdr) = kernel.header {
+        params.hdr = hdr;
+    } else {
+        params.hdr.boot_flag = BOOT_FLAG;
+        params.hdr.header = HDRS_MAGIC;
+        params.hdr.kernel_alignment = 0x100_0000;
+    }
+    params.hdr.type_of_loader = LOADER_TYPE_UNDEFINED;
+    params.hdr.loadflags |= LOADED_HIGH | CAN_USE_HEAP;
+    params.hdr.heap_end_ptr = 0xfe00;
+    params.hdr.cmd_line_ptr = CMDLINE_ADDR as u32;
+    params.hdr.cmdline_size = cmdline.len() as u32;
+
+    if let Some(initrd) = &image.initrd {
+        let limit = match params.hdr.initrd_addr_max {
+            0 => DEFAULT_INITRD_ADDR_MAX,
+            max => u64::from(max),
+        };
+        let size = initrd.len() as u64;
+        let top = layout::low_ram_top(ram_size).min(limit + 1);
+        let addr = top
+            .checked_sub(size)
+            .map(|a| a & !0xfff)
+            .filter(|&a| a >= kernel.end)
+            .ok_or(LinuxError::InitrdTooLarge { size })?;
+        mem.write_slice(initrd, GuestAddress(addr)).map_err(|e| LinuxError::Write("the initrd", e))?;
+        params.hdr.ramdisk_image = addr as u32;
+        params.hdr.ramdisk_size = size as u32;
+    }
+
+    let e820 = e820_map(ram_size);
+    params.e820_entries = e820.len() as u8;
+    params.e820_table[..e820.len()].copy_from_slice(&e820);
+    params.acpi_rsdp_addr = acpi::write_tables(mem, cpus)?;
+    mem.write_obj(params, GuestAddress(ZERO_PAGE_ADDR))
+        .map_err(|e| LinuxError::Write("the zero page", e))?;
+    long_mode::write_tables(mem)?;
+
+    let vcpus = (0..cpus)
+        .map(|i| VcpuBootState {
+            // The boot protocol needs RSI = zero page; the stack is the kernel's business.
+            regs: long_mode::regs(kernel.entry, 0, [0, ZERO_PAGE_ADDR, 0]),
+            sregs: long_mode::sregs(Default::default()),
+            runnable: i == 0,
+        })
+        .collect();
+    Ok(BootPlan {
+        vcpus,
+        description: format!(
+            "Linux ({}), entry {:#x}, {cpus} vCPU(s), initrd {} bytes",
+            kernel.format,
+            kernel.entry,
+            image.initrd.as_ref().map_or(0, Vec::len)
+        ),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn e820_reserves_the_bios_area_and_skips_the_mmio_hole() {
+        let small = e820_map(256 << 20);
+        assert_eq!(small.len(), 3);
+        assert_eq!((small[1].addr, small[1].r#type), (layout::LOW_RAM_END, E820_RESERVED));
+        assert_eq!((small[2].addr, small[2].size), (1 << 20, (256 << 20) - (1 << 20)));
+        let big = e820_map(6 << 30);
+        assert_eq!(big.len(), 4);
+        assert_eq!(big[2].addr + big[2].size, layout::MMIO_HOLE_START);
+        assert_eq!(big[3].addr, layout::MMIO_HOLE_END);
+        assert_eq!(big[3].size, (6 << 30) - layout::MMIO_HOLE_START);
+    }
+}

@@ -1,0 +1,59 @@
+//! The command line: `hvkvm run`, `hvkvm demo`, `hvkvm probe` (and `hvkvm hv …`).
+
+pub mod demo;
+pub mod probe;
+pub mod run;
+
+use clap::{Parser, Subcommand};
+
+/// hvkvm runs virtual machines on Linux KVM for guests that expect Hyper-V: Windows with the
+/// Hyper-V role, WSL2/VBS, Linux's Hyper-V guest code, and small test payloads.
+#[derive(Debug, Parser)]
+#[command(name = "hvkvm", version, about, long_about = None, after_help = "\
+Examples:
+  hvkvm demo                                   boot the built-in guest on 2 vCPUs
+  hvkvm probe                                  what this host's KVM can do
+  hvkvm run --payload test.elf --cpus 2        run an ELF test payload
+  hvkvm run --kernel vmlinuz --initrd initrd.cpio --cpus 2 --timeout 600")]
+pub struct Cli {
+    /// More log output (-v info, -vv debug, -vvv trace). HVKVM_LOG=level works too.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a VM: an ELF test payload (--payload) or a Linux kernel (--kernel).
+    Run(run::RunArgs),
+    /// Boot hvkvm's built-in demo guest on 2 vCPUs and say what it did.
+    Demo(demo::DemoArgs),
+    /// Report what this host's KVM supports and which Hyper-V backends can work here.
+    Probe(probe::ProbeArgs),
+}
+
+/// Errors of any subcommand.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// `run`.
+    #[error(transparent)]
+    Run(#[from] run::RunError),
+    /// `probe`.
+    #[error(transparent)]
+    Probe(#[from] crate::kvm::ProbeError),
+    /// Writing output.
+    #[error("cannot write output")]
+    Output(#[from] std::io::Error),
+}
+
+/// Runs the parsed command; returns the process exit status.
+pub fn execute(cli: Cli) -> Result<i32, CliError> {
+    match cli.command {
+        Command::Run(args) => Ok(run::execute(args)?),
+        Command::Demo(args) => Ok(demo::execute(args)?),
+        Command::Probe(args) => probe::execute(args),
+    }
+}

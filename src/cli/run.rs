@@ -1,0 +1,182 @@
+//! `hvkvm run`.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::Args;
+
+use crate::boot::linux::LinuxImage;
+use crate::cpu::CpuModel;
+use crate::devices::serial::{SerialSink, Unbuffered};
+use crate::host_quirks::{HostQuirks, QuirksMode};
+use crate::kvm::HostProbe;
+use crate::vm::{self, BootSource, VmConfig, VmOutcome};
+
+/// The kernel command line used when `--cmdline` is not given.
+pub const DEFAULT_CMDLINE: &str =
+    "console=ttyS0 nokaslr panic=-1 reboot=k pci=off audit=0 cryptomgr.notests";
+
+/// Options of `hvkvm run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// ELF64 test payload to run (see "Payload contract" in README.md).
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["kernel", "initrd", "cmdline"], required_unless_present = "kernel")]
+    pub payload: Option<PathBuf>,
+    /// Linux kernel to boot: a bzImage (decompressed on the host) or a vmlinux ELF.
+    #[arg(long, value_name = "FILE")]
+    pub kernel: Option<PathBuf>,
+    /// Initramfs for the kernel (uncompressed cpio boots fastest).
+    #[arg(long, value_name = "FILE", requires = "kernel")]
+    pub initrd: Option<PathBuf>,
+    /// Kernel command line [default: see DEFAULT_CMDLINE in `hvkvm run --help`].
+    #[arg(long, value_name = "TEXT", requires = "kernel")]
+    pub cmdline: Option<String>,
+    /// Number of vCPUs.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub cpus: u32,
+    /// Guest RAM in MiB.
+    #[arg(long, default_value_t = 256, value_name = "MIB")]
+    pub memory: u64,
+    /// CPU model: `baseline` (portable x86-64, no AVX/XSAVE) or `host` (all KVM supports).
+    #[arg(long, default_value = "baseline", value_name = "MODEL")]
+    pub cpu: CpuModel,
+    /// Write the guest's serial output to FILE instead of stdout.
+    #[arg(long, value_name = "FILE")]
+    pub serial_file: Option<PathBuf>,
+    /// Stop the VM after this many seconds (exit status 124).
+    #[arg(long, value_name = "SECONDS")]
+    pub timeout: Option<f64>,
+    /// Workarounds for hosts that cannot run ordinary guests unaided (kvm_pvm): auto, on, off.
+    #[arg(long, default_value = "auto", value_name = "MODE")]
+    pub host_quirks: QuirksMode,
+    /// Write how the VM ended (reason, exit counts, ucall reports) as JSON to FILE.
+    #[arg(long, value_name = "FILE")]
+    pub outcome_json: Option<PathBuf>,
+}
+
+/// Errors of `hvkvm run`.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// An input file could not be read.
+    #[error("cannot read {what} '{path}'")]
+    Read {
+        /// Which input.
+        what: &'static str,
+        /// Its path.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The serial output file could not be created.
+    #[error("cannot create the serial output file '{path}'")]
+    SerialFile {
+        /// Its path.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Bad --timeout.
+    #[error("--timeout {0} is not a positive number of seconds")]
+    Timeout(f64),
+    /// Building or running the VM.
+    #[error(transparent)]
+    Vm(#[from] vm::VmError),
+    /// Writing the outcome JSON.
+    #[error("cannot write the outcome to '{path}'")]
+    OutcomeJson {
+        /// Its path.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn read(what: &'static str, path: &Path) -> Result<Vec<u8>, RunError> {
+    fs::read(path).map_err(|source| RunError::Read { what, path: path.to_owned(), source })
+}
+
+/// Kernel command-line additions a host's quirks need (hiding CPU features the CPL0
+/// emulator cannot execute but CPUID leaks, and skipping boot work that costs minutes there).
+pub fn quirk_cmdline(quirks: HostQuirks) -> Option<&'static str> {
+    (quirks == HostQuirks::PVM).then_some(
+        "noxsave clearcpuid=popcnt,smap,ssse3,sse4_1,sse4_2,pclmulqdq,aes,sha_ni,movbe,rdpid,fsgsbase \
+         tsc=reliable no_timer_check mitigations=off init_on_alloc=0 quiet \
+         initcall_blacklist=ftrace_check_for_weak_functions,trace_eval_init,tracer_init_tracefs,\
+bpf_key_sig_kfuncs_init,bpf_prog_test_run_init,bpf_rstat_kfunc_init,bpf_tcp_ca_kfunc_init,\
+kfunc_init,cubictcp_register,load_system_certificate_list",
+    )
+}
+
+/// Builds the VM configuration from the arguments.
+pub fn config(args: &RunArgs) -> Result<VmConfig, RunError> {
+    let boot = if let Some(kernel) = &args.kernel {
+        let quirks = HostQuirks::resolve(
+            args.host_quirks,
+            HostProbe::probe().map(|p| p.is_pvm()).unwrap_or(false),
+        );
+        let mut cmdline = args.cmdline.clone().unwrap_or_else(|| DEFAULT_CMDLINE.to_string());
+        if let Some(extra) = quirk_cmdline(quirks) {
+            log::info!("host quirks: appending to the kernel command line: {extra}");
+            cmdline = format!("{cmdline} {extra}");
+        }
+        if args.cpus == 1 && !cmdline.split_whitespace().any(|w| w == "nosmp") {
+            cmdline.push_str(" nosmp");
+        }
+        BootSource::Linux(LinuxImage {
+            kernel: read("kernel", kernel)?,
+            initrd: args.initrd.as_deref().map(|p| read("initrd", p)).transpose()?,
+            cmdline,
+        })
+    } else {
+        let path = args.payload.as_deref().unwrap_or(Path::new(""));
+        BootSource::Payload {
+            image: read("payload", path)?,
+            name: path.display().to_string(),
+        }
+    };
+    let mut config = VmConfig::new(boot);
+    config.cpus = args.cpus;
+    config.memory_mib = args.memory;
+    config.cpu_model = args.cpu;
+    config.host_quirks = args.host_quirks;
+    config.timeout = match args.timeout {
+        None => None,
+        Some(t) if t.is_finite() && t > 0.0 => Some(Duration::from_secs_f64(t)),
+        Some(t) => return Err(RunError::Timeout(t)),
+    };
+    if let Some(path) = &args.serial_file {
+        let file = fs::File::create(path)
+            .map_err(|source| RunError::SerialFile { path: path.clone(), source })?;
+        config.serial = Box::new(file) as SerialSink;
+    } else {
+        config.serial = Box::new(Unbuffered(std::io::stdout()));
+    }
+    Ok(config)
+}
+
+/// Prints the one-line summary of how the VM ended to stderr.
+pub fn report(outcome: &VmOutcome) {
+    eprintln!(
+        "hvkvm: {} after {:.3} s (exit status {})",
+        outcome.reason,
+        outcome.elapsed.as_secs_f64(),
+        outcome.reason.exit_status()
+    );
+}
+
+/// Runs `hvkvm run`.
+pub fn execute(args: RunArgs) -> Result<i32, RunError> {
+    let config = config(&args)?;
+    let outcome = vm::run(config)?;
+    report(&outcome);
+    if let Some(path) = &args.outcome_json {
+        let json = serde_json::to_string_pretty(&outcome).unwrap_or_default();
+        fs::write(path, json)
+            .map_err(|source| RunError::OutcomeJson { path: path.clone(), source })?;
+    }
+    Ok(outcome.reason.exit_status())
+}

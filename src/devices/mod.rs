@@ -1,0 +1,47 @@
+//! The minimal platform every hvkvm guest sees, as port-I/O devices on one [`IoBus`].
+//!
+//! | ports          | device                                   |
+//! |----------------|------------------------------------------|
+//! | 0x3f8..0x400   | COM1 16550 UART (vm-superio), IRQ 4       |
+//! | 0x60, 0x64     | i8042 stub: command 0xFE on 0x64 resets   |
+//! | 0x70..0x72     | CMOS RTC (host wall clock)                |
+//! | 0x80           | POST/io-delay port, ignored               |
+//! | 0xf4           | test-exit: `out` of byte N ends the VM, status N |
+//! | 0x600..0x608   | ACPI PM1a event and control blocks (S5 = poweroff) |
+//! | 0x1000         | ucall port (guest-test channel, see `vcpu::ucall`) |
+//! The PIC, IOAPIC, LAPIC and (optionally) PIT are KVM's in-kernel models.
+
+pub mod acpi_pm;
+pub mod bus;
+pub mod cmos;
+pub mod i8042;
+pub mod serial;
+pub mod test_exit;
+
+pub use bus::{IoBus, PioDevice, PioOutcome};
+
+/// Something a guest asked the platform to do to the whole VM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GuestRequest {
+    /// ACPI S5 or equivalent.
+    PowerOff,
+    /// i8042 reset, Hyper-V reset MSR, …
+    Reset,
+    /// A byte written to the test-exit port.
+    TestExit(u8),
+}
+
+/// The port of the COM1 UART.
+pub const COM1_PORT: u16 = 0x3f8;
+/// The IRQ line of COM1.
+pub const COM1_IRQ: u32 = 4;
+/// The test-exit port.
+pub const TEST_EXIT_PORT: u16 = 0xf4;
+/// Base of the ACPI PM1a event block (4 bytes); the control block follows at +4.
+pub const PM1A_EVT_PORT: u16 = 0x600;
+/// The ACPI PM1a control block (2 bytes).
+pub const PM1A_CNT_PORT: u16 = 0x604;
+/// The ACPI SCI interrupt (FADT SCI_INT).
+pub const ACPI_SCI_IRQ: u16 = 9;
+/// The guest-test ucall port.
+pub const UCALL_PORT: u16 = 0x1000;

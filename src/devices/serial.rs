@@ -1,0 +1,118 @@
+//! COM1: vm-superio's 16550 UART, with its interrupt wired to IRQ 4 through an irqfd.
+//!
+//! Linux's serial console in user space waits for the THR-empty interrupt, so the UART
+//! must really raise IRQ 4; the irqfd makes that a single eventfd write.
+
+use std::io::{self, Write};
+use std::sync::{Arc, Mutex};
+
+use vm_superio::serial::NoEvents;
+use vm_superio::{Serial, Trigger};
+use vmm_sys_util::eventfd::EventFd;
+
+use super::{PioDevice, PioOutcome};
+use crate::ratelimit::warn_ratelimited;
+
+/// Raises an interrupt line by writing to an eventfd registered as a KVM irqfd.
+#[derive(Debug)]
+pub struct IrqFdTrigger(pub EventFd);
+
+impl Trigger for IrqFdTrigger {
+    type E = io::Error;
+    fn trigger(&self) -> io::Result<()> {
+        self.0.write(1)
+    }
+}
+
+/// Where the guest's serial output goes.
+pub type SerialSink = Box<dyn Write + Send>;
+
+/// A clonable in-memory sink, for tests and for callers that inspect the output.
+#[derive(Debug, Clone, Default)]
+pub struct CaptureBuffer(Arc<Mutex<Vec<u8>>>);
+
+impl CaptureBuffer {
+    /// Everything written so far, lossily decoded.
+    pub fn contents(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap_or_else(|p| p.into_inner())).into_owned()
+    }
+}
+
+impl Write for CaptureBuffer {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Writes every byte to two sinks (e.g. the console and a capture buffer).
+pub struct Tee(pub SerialSink, pub SerialSink);
+
+impl std::fmt::Debug for Tee {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Tee")
+    }
+}
+
+impl Write for Tee {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.write_all(buf)?;
+        self.1.write_all(buf)?;
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.0.flush()?;
+        self.1.flush()
+    }
+}
+
+/// A sink that flushes after every byte, so a guest's output is visible as it happens.
+#[derive(Debug)]
+pub struct Unbuffered<W: Write>(pub W);
+
+impl<W: Write> Write for Unbuffered<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.0.write(buf)?;
+        self.0.flush()?;
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.0.flush()
+    }
+}
+
+/// The COM1 device on the I/O bus.
+pub struct SerialPort(Serial<IrqFdTrigger, NoEvents, SerialSink>);
+
+impl std::fmt::Debug for SerialPort {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SerialPort")
+    }
+}
+
+impl SerialPort {
+    /// A UART raising `irq` and writing to `sink`.
+    pub fn new(irq: IrqFdTrigger, sink: SerialSink) -> Self {
+        SerialPort(Serial::new(irq, sink))
+    }
+}
+
+impl PioDevice for SerialPort {
+    fn read(&mut self, offset: u16, data: &mut [u8]) {
+        let value = self.0.read(offset as u8);
+        data.fill(0);
+        data[0] = value;
+    }
+
+    fn write(&mut self, offset: u16, data: &[u8]) -> PioOutcome {
+        if let Some(&byte) = data.first() {
+            if let Err(e) = self.0.write(offset as u8, byte) {
+                warn_ratelimited!("serial output failed: {e}");
+            }
+        }
+        PioOutcome::Done
+    }
+}

@@ -1,0 +1,133 @@
+//! Workarounds for hosts whose KVM cannot run an ordinary guest unaided, kept in one place and
+//! switched on only where the host needs them.
+//!
+//! Today there is one such host kind: `/dev/kvm` served by the `kvm_pvm` module (page-table
+//! based virtualization without VMX/SVM; see ../shared/test-host.md). There, guest code at CPL0
+//! is executed by KVM's instruction emulator, which refuses a few instructions an ordinary
+//! kernel uses. On VMX/SVM hosts none of this is active.
+
+use kvm_bindings::{kvm_debug_exit_arch, kvm_vcpu_events};
+
+use crate::memory::GuestMemory;
+use crate::vcpu::VcpuState;
+
+/// Whether to apply host workarounds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum QuirksMode {
+    /// Detect from the host (`kvm_pvm` loaded).
+    #[default]
+    Auto,
+    /// Always.
+    On,
+    /// Never.
+    Off,
+}
+
+impl std::str::FromStr for QuirksMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(QuirksMode::Auto),
+            "on" => Ok(QuirksMode::On),
+            "off" => Ok(QuirksMode::Off),
+            other => Err(format!("unknown host-quirks mode '{other}': use auto, on or off")),
+        }
+    }
+}
+
+/// What the workarounds change for a VM on such a host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HostQuirks {
+    /// Skip the in-kernel PIT: each of its ticks costs milliseconds of emulated guest CPU,
+    /// and Linux ticks on the LAPIC timer once the ACPI MADT describes it.
+    pub no_pit: bool,
+    /// Hide CMPXCHG16B, which the emulator cannot execute (CPUID is otherwise leaky there).
+    pub hide_cx16: bool,
+    /// Complete instructions the emulator refuses (see [`EmulationAssist`]).
+    pub emulation_assist: bool,
+}
+
+impl HostQuirks {
+    /// The set for a `kvm_pvm` host.
+    pub const PVM: HostQuirks = HostQuirks { no_pit: true, hide_cx16: true, emulation_assist: true };
+    /// Nothing.
+    pub const NONE: HostQuirks =
+        HostQuirks { no_pit: false, hide_cx16: false, emulation_assist: false };
+
+    /// Resolves `mode` against the host (`is_pvm`: /dev/kvm is served by kvm_pvm).
+    pub fn resolve(mode: QuirksMode, is_pvm: bool) -> HostQuirks {
+        match (mode, is_pvm) {
+            (QuirksMode::On, _) | (QuirksMode::Auto, true) => HostQuirks::PVM,
+            _ => HostQuirks::NONE,
+        }
+    }
+}
+
+const INT3: u8 = 0xcc;
+const FWAIT: u8 = 0x9b;
+const BP_VECTOR: u8 = 3;
+
+/// Completes, on the guest's behalf, instructions the CPL0 emulator refuses:
+/// - `int3` (Linux's live text patching plants it): advance RIP and inject #BP, exactly what
+///   the instruction does; if the byte is no longer `int3` (the patch finished meanwhile),
+///   just re-execute;
+/// - `fwait` with no pending x87 exception: a no-op, so skip it.
+#[derive(Debug, Default)]
+pub struct EmulationAssist;
+
+impl EmulationAssist {
+    /// Returns true if the instruction was completed and the vCPU can continue.
+    pub fn complete(&mut self, state: &mut dyn VcpuState, _mem: &GuestMemory, insn: &[u8]) -> bool {
+        let Ok(mut regs) = state.regs() else { return false };
+        match insn.first() {
+            Some(&INT3) => {
+                regs.rip += 1;
+                let Ok(mut events) = state.events() else { return false };
+                inject_breakpoint(&mut events);
+                state.set_regs(&regs).is_ok() && state.set_events(&events).is_ok()
+            }
+            Some(&FWAIT) => {
+                regs.rip += 1;
+                state.set_regs(&regs).is_ok()
+            }
+            _ => false,
+        }
+    }
+
+    /// Handles a KVM_EXIT_DEBUG this assist caused; false if it was not ours.
+    pub fn on_debug_exit(
+        &mut self,
+        _state: &mut dyn VcpuState,
+        _mem: &GuestMemory,
+        _arch: &kvm_debug_exit_arch,
+    ) -> bool {
+        false
+    }
+}
+
+fn inject_breakpoint(events: &mut kvm_vcpu_events) {
+    events.exception.injected = 1;
+    events.exception.nr = BP_VECTOR;
+    events.exception.has_error_code = 0;
+    events.exception.error_code = 0;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quirks_follow_the_host_unless_forced() {
+        assert_eq!(HostQuirks::resolve(QuirksMode::Auto, true), HostQuirks::PVM);
+        assert_eq!(HostQuirks::resolve(QuirksMode::Auto, false), HostQuirks::NONE);
+        assert_eq!(HostQuirks::resolve(QuirksMode::On, false), HostQuirks::PVM);
+        assert_eq!(HostQuirks::resolve(QuirksMode::Off, true), HostQuirks::NONE);
+    }
+
+    #[test]
+    fn breakpoint_injection_fields() {
+        let mut e = kvm_vcpu_events::default();
+        inject_breakpoint(&mut e);
+        assert_eq!((e.exception.injected, e.exception.nr), (1, 3));
+    }
+}

@@ -1,0 +1,260 @@
+//! What this host's KVM can do: capabilities, CPU vendor and virtualization extensions,
+//! the nested parameter, TSC facts. `hvkvm probe` prints this; the VM builder and the
+//! Hyper-V model decide from it.
+
+use std::fs;
+use std::path::Path;
+
+use kvm_bindings::*;
+use kvm_ioctls::Kvm;
+use serde::Serialize;
+
+/// Errors while probing the host.
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    /// /dev/kvm could not be opened.
+    #[error(
+        "cannot open /dev/kvm; check that the kvm module is loaded and that this user may \
+         read and write /dev/kvm (e.g. member of the 'kvm' group)"
+    )]
+    OpenKvm(#[source] vmm_sys_util::errno::Error),
+    /// A throw-away VM or vCPU for probing could not be created.
+    #[error("cannot create a probe VM/vCPU on this host")]
+    ProbeVm(#[source] vmm_sys_util::errno::Error),
+}
+
+/// One `KVM_CHECK_EXTENSION` answer.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct CapValue {
+    /// The uAPI name, e.g. `KVM_CAP_HYPERV_SYNIC2`.
+    pub name: &'static str,
+    /// The capability number.
+    pub number: u32,
+    /// What `KVM_CHECK_EXTENSION` returned (0 = absent).
+    pub value: i32,
+}
+
+/// Every Hyper-V capability KVM defines (reference §1).
+pub const HYPERV_CAPS: &[(&str, u32)] = &[
+    ("KVM_CAP_HYPERV", KVM_CAP_HYPERV),
+    ("KVM_CAP_HYPERV_VAPIC", KVM_CAP_HYPERV_VAPIC),
+    ("KVM_CAP_HYPERV_SPIN", KVM_CAP_HYPERV_SPIN),
+    ("KVM_CAP_HYPERV_TIME", KVM_CAP_HYPERV_TIME),
+    ("KVM_CAP_HYPERV_SYNIC", KVM_CAP_HYPERV_SYNIC),
+    ("KVM_CAP_HYPERV_SYNIC2", KVM_CAP_HYPERV_SYNIC2),
+    ("KVM_CAP_HYPERV_VP_INDEX", KVM_CAP_HYPERV_VP_INDEX),
+    ("KVM_CAP_HYPERV_EVENTFD", KVM_CAP_HYPERV_EVENTFD),
+    ("KVM_CAP_HYPERV_TLBFLUSH", KVM_CAP_HYPERV_TLBFLUSH),
+    ("KVM_CAP_HYPERV_SEND_IPI", KVM_CAP_HYPERV_SEND_IPI),
+    ("KVM_CAP_HYPERV_ENLIGHTENED_VMCS", KVM_CAP_HYPERV_ENLIGHTENED_VMCS),
+    ("KVM_CAP_HYPERV_CPUID", KVM_CAP_HYPERV_CPUID),
+    ("KVM_CAP_HYPERV_DIRECT_TLBFLUSH", KVM_CAP_HYPERV_DIRECT_TLBFLUSH),
+    ("KVM_CAP_HYPERV_ENFORCE_CPUID", KVM_CAP_HYPERV_ENFORCE_CPUID),
+    ("KVM_CAP_SYS_HYPERV_CPUID", KVM_CAP_SYS_HYPERV_CPUID),
+];
+
+/// Other capabilities that decide what hvkvm can do on a host.
+pub const PLATFORM_CAPS: &[(&str, u32)] = &[
+    ("KVM_CAP_IRQCHIP", KVM_CAP_IRQCHIP),
+    ("KVM_CAP_SPLIT_IRQCHIP", KVM_CAP_SPLIT_IRQCHIP),
+    ("KVM_CAP_PIT2", KVM_CAP_PIT2),
+    ("KVM_CAP_X2APIC_API", KVM_CAP_X2APIC_API),
+    ("KVM_CAP_TSC_DEADLINE_TIMER", KVM_CAP_TSC_DEADLINE_TIMER),
+    ("KVM_CAP_NESTED_STATE", KVM_CAP_NESTED_STATE),
+    ("KVM_CAP_TSC_CONTROL", KVM_CAP_TSC_CONTROL),
+    ("KVM_CAP_GET_TSC_KHZ", KVM_CAP_GET_TSC_KHZ),
+    ("KVM_CAP_X86_USER_SPACE_MSR", KVM_CAP_X86_USER_SPACE_MSR),
+    ("KVM_CAP_X86_MSR_FILTER", KVM_CAP_X86_MSR_FILTER),
+    ("KVM_CAP_EXIT_HYPERCALL", KVM_CAP_EXIT_HYPERCALL),
+    ("KVM_CAP_EXIT_ON_EMULATION_FAILURE", KVM_CAP_EXIT_ON_EMULATION_FAILURE),
+    ("KVM_CAP_IMMEDIATE_EXIT", KVM_CAP_IMMEDIATE_EXIT),
+    ("KVM_CAP_SET_GUEST_DEBUG", KVM_CAP_SET_GUEST_DEBUG),
+    ("KVM_CAP_SIGNAL_MSI", KVM_CAP_SIGNAL_MSI),
+    ("KVM_CAP_IRQFD", KVM_CAP_IRQFD),
+    ("KVM_CAP_IOEVENTFD", KVM_CAP_IOEVENTFD),
+    ("KVM_CAP_ADJUST_CLOCK", KVM_CAP_ADJUST_CLOCK),
+    ("KVM_CAP_MAX_VCPUS", KVM_CAP_MAX_VCPUS),
+];
+
+/// CPU vendor of the host.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum CpuVendor {
+    /// GenuineIntel.
+    Intel,
+    /// AuthenticAMD or HygonGenuine.
+    Amd,
+    /// Anything else.
+    Other,
+}
+
+/// Everything `hvkvm probe` learns about the host.
+#[derive(Debug, Clone, Serialize)]
+pub struct HostProbe {
+    /// `KVM_GET_API_VERSION` (12 on every kernel since 2.6.22).
+    pub kvm_api_version: i32,
+    /// The kernel module serving /dev/kvm (kvm_intel, kvm_amd, kvm_pvm, …), if identifiable.
+    pub kvm_module: Option<String>,
+    /// Host CPU vendor (from /proc/cpuinfo).
+    pub cpu_vendor: CpuVendor,
+    /// The CPU model name.
+    pub cpu_model: Option<String>,
+    /// Whether the host CPU flags include `vmx`.
+    pub vmx: bool,
+    /// Whether the host CPU flags include `svm`.
+    pub svm: bool,
+    /// The kvm_intel/kvm_amd `nested` module parameter; None when that module is not loaded.
+    pub nested_param: Option<bool>,
+    /// Host TSC frequency as KVM reports it to a vCPU.
+    pub tsc_khz: Option<u32>,
+    /// The host CPU has an invariant TSC (CPUID 0x80000007.EDX[8] as KVM supports it).
+    pub invariant_tsc: bool,
+    /// SMT is active on the host (/sys/devices/system/cpu/smt/active).
+    pub smt_active: Option<bool>,
+    /// KVM's paravirt feature bits (supported CPUID 0x40000001.EAX).
+    pub kvm_pv_features: u32,
+    /// Every KVM_CAP_HYPERV_* answer.
+    pub hyperv_caps: Vec<CapValue>,
+    /// The other capabilities hvkvm relies on.
+    pub platform_caps: Vec<CapValue>,
+}
+
+impl HostProbe {
+    /// Probes /dev/kvm, /proc/cpuinfo and /sys.
+    pub fn probe() -> Result<Self, ProbeError> {
+        let kvm = Kvm::new().map_err(ProbeError::OpenKvm)?;
+        let check = |list: &[(&'static str, u32)]| -> Vec<CapValue> {
+            list.iter()
+                .map(|&(name, number)| CapValue {
+                    name,
+                    number,
+                    value: kvm.check_extension_raw(number.into()),
+                })
+                .collect()
+        };
+        let cpuinfo = fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        let cpu = parse_cpuinfo(&cpuinfo);
+        let supported = kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES).ok();
+        let leaf = |function: u32| {
+            supported.as_ref().and_then(|c| {
+                c.as_slice().iter().find(|e| e.function == function && e.index == 0).copied()
+            })
+        };
+        let kvm_pv_features = leaf(0x4000_0001).map_or(0, |e| e.eax);
+        let invariant_tsc = leaf(0x8000_0007).is_some_and(|e| e.edx & (1 << 8) != 0);
+        let tsc_khz = probe_tsc_khz(&kvm)?;
+        Ok(HostProbe {
+            kvm_api_version: kvm.get_api_version(),
+            kvm_module: detect_kvm_module(Path::new("/sys/module")),
+            cpu_vendor: cpu.vendor,
+            cpu_model: cpu.model,
+            vmx: cpu.vmx,
+            svm: cpu.svm,
+            nested_param: read_nested_param(Path::new("/sys/module")),
+            tsc_khz,
+            invariant_tsc,
+            smt_active: fs::read_to_string("/sys/devices/system/cpu/smt/active")
+                .ok()
+                .map(|s| s.trim() == "1"),
+            kvm_pv_features,
+            hyperv_caps: check(HYPERV_CAPS),
+            platform_caps: check(PLATFORM_CAPS),
+        })
+    }
+
+    /// The value of a capability by uAPI name (0 when unknown or absent).
+    pub fn cap(&self, name: &str) -> i32 {
+        self.hyperv_caps
+            .iter()
+            .chain(&self.platform_caps)
+            .find(|c| c.name == name)
+            .map_or(0, |c| c.value)
+    }
+
+    /// True when /dev/kvm is served by the page-table based `kvm_pvm` module, whose guests
+    /// need the workarounds in `crate::host_quirks`.
+    pub fn is_pvm(&self) -> bool {
+        self.kvm_module.as_deref() == Some("kvm_pvm")
+    }
+}
+
+fn probe_tsc_khz(kvm: &Kvm) -> Result<Option<u32>, ProbeError> {
+    if kvm.check_extension_raw(KVM_CAP_GET_TSC_KHZ.into()) <= 0 {
+        return Ok(None);
+    }
+    let vm = kvm.create_vm().map_err(ProbeError::ProbeVm)?;
+    let vcpu = vm.create_vcpu(0).map_err(ProbeError::ProbeVm)?;
+    Ok(vcpu.get_tsc_khz().ok())
+}
+
+struct CpuInfo {
+    vendor: CpuVendor,
+    model: Option<String>,
+    vmx: bool,
+    svm: bool,
+}
+
+fn parse_cpuinfo(text: &str) -> CpuInfo {
+    let field = |key: &str| {
+        text.lines()
+            .find(|l| l.split(':').next().is_some_and(|k| k.trim() == key))
+            .and_then(|l| l.split_once(':'))
+            .map(|(_, v)| v.trim().to_string())
+    };
+    let vendor = match field("vendor_id").as_deref() {
+        Some("GenuineIntel") => CpuVendor::Intel,
+        Some("AuthenticAMD") | Some("HygonGenuine") => CpuVendor::Amd,
+        _ => CpuVendor::Other,
+    };
+    let flags = field("flags").unwrap_or_default();
+    let has = |f: &str| flags.split_whitespace().any(|x| x == f);
+    CpuInfo { vendor, model: field("model name"), vmx: has("vmx"), svm: has("svm") }
+}
+
+fn detect_kvm_module(sys_module: &Path) -> Option<String> {
+    ["kvm_pvm", "kvm_intel", "kvm_amd"]
+        .iter()
+        .find(|m| sys_module.join(m).exists())
+        .map(|m| m.to_string())
+}
+
+fn read_nested_param(sys_module: &Path) -> Option<bool> {
+    ["kvm_intel", "kvm_amd"].iter().find_map(|m| {
+        let v = fs::read_to_string(sys_module.join(m).join("parameters/nested")).ok()?;
+        Some(matches!(v.trim(), "Y" | "y" | "1"))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpuinfo_vendor_and_virtualization_flags() {
+        let intel = parse_cpuinfo(
+            "processor\t: 0\nvendor_id\t: GenuineIntel\nmodel name\t: Xeon\nflags\t\t: fpu vmx sse2\n",
+        );
+        assert_eq!(intel.vendor, CpuVendor::Intel);
+        assert!(intel.vmx && !intel.svm);
+        assert_eq!(intel.model.as_deref(), Some("Xeon"));
+        let amd = parse_cpuinfo("vendor_id : AuthenticAMD\nflags : svm\n");
+        assert_eq!(amd.vendor, CpuVendor::Amd);
+        assert!(amd.svm && !amd.vmx);
+        let none = parse_cpuinfo("");
+        assert_eq!(none.vendor, CpuVendor::Other);
+    }
+
+    #[test]
+    fn nested_param_parsing() {
+        let dir = std::env::temp_dir().join(format!("hvkvm-nested-{}", std::process::id()));
+        let params = dir.join("kvm_intel/parameters");
+        fs::create_dir_all(&params).unwrap();
+        fs::write(params.join("nested"), "Y\n").unwrap();
+        assert_eq!(read_nested_param(&dir), Some(true));
+        fs::write(params.join("nested"), "0\n").unwrap();
+        assert_eq!(read_nested_param(&dir), Some(false));
+        assert_eq!(detect_kvm_module(&dir).as_deref(), Some("kvm_intel"));
+        fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(read_nested_param(&dir), None);
+    }
+}

@@ -1,0 +1,29 @@
+//! hvkvm: a KVM virtual machine monitor for guests that expect to run on Hyper-V.
+//!
+//! # Architecture
+//!
+//! ```text
+//! cli ──▶ vm::VmConfig ──▶ vm::Vm::new ──▶ vm::Vm::run ──▶ vm::VmOutcome
+//!                              │                 │
+//!               boot (payload, linux, acpi)      └─ one thread per vCPU: vcpu::run_loop
+//!               memory (vm-memory, layout)             KVM_RUN ─▶ vcpu::exit ─▶ devices / msr / ucall
+//!               cpu (CPUID models)
+//!               kvm (thin ioctl layer, probe)
+//! ```
+//!
+//! - [`kvm`] and [`memory`] are the only modules allowed `unsafe`.
+//! - [`vcpu::exit`] decides what every exit means and is testable without /dev/kvm.
+//! - [`host_quirks`] holds every workaround for hosts that cannot run ordinary guests unaided.
+//! - Hyper-V enlightenments are modelled in the `hv-model` crate; their user-space emulation
+//!   (the user backend) will live in `hyperv`.
+
+pub mod boot;
+pub mod cli;
+pub mod cpu;
+pub mod devices;
+pub mod host_quirks;
+pub mod kvm;
+pub mod memory;
+pub(crate) mod ratelimit;
+pub mod vcpu;
+pub mod vm;

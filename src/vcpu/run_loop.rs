@@ -1,0 +1,63 @@
+//! The vCPU thread: `Running` → KVM_RUN → dispatch, `Paused` → wait, `Stopping` → return.
+
+use std::sync::Arc;
+
+use kvm_ioctls::VcpuFd;
+
+use super::exit::{Dispatch, ExitAction, ExitHandler};
+use super::stats::VcpuStats;
+use crate::kvm::kick::KickGuard;
+use crate::vm::control::{RunState, VmControl};
+use crate::vm::outcome::StopReason;
+
+/// Runs `fd` until the VM stops. Any stop reason is reported through `control`.
+pub fn run(mut fd: VcpuFd, mut handler: ExitHandler, control: Arc<VmControl>) {
+    let vcpu = handler.vcpu;
+    let _kick = KickGuard::register(&mut fd);
+    control.thread_started();
+    loop {
+        if control.wait_runnable() == RunState::Stopping {
+            return;
+        }
+        let dispatch = match fd.run() {
+            Ok(exit) => handler.dispatch(exit),
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+                // A kick: clear immediate_exit and re-check the run state.
+                fd.set_kvm_immediate_exit(0);
+                VcpuStats::bump(&handler.stats.interrupted);
+                continue;
+            }
+            Err(e) => {
+                control.stop(StopReason::KvmRunFailed { vcpu, error: e.to_string() });
+                return;
+            }
+        };
+        let action = match dispatch {
+            Dispatch::Done(action) => action,
+            Dispatch::Deferred(deferred) => handler.handle_deferred(deferred, &mut fd),
+        };
+        if let ExitAction::Stop(reason) = action {
+            control.stop(reason);
+            return;
+        }
+    }
+}
+
+/// Used by tests and benches that drive a vCPU directly: one KVM_RUN and its dispatch.
+pub fn run_once(fd: &mut VcpuFd, handler: &mut ExitHandler) -> ExitAction {
+    let dispatch = match fd.run() {
+        Ok(exit) => handler.dispatch(exit),
+        Err(e) if e.errno() == libc::EINTR => return ExitAction::Continue,
+        Err(e) => {
+            return ExitAction::Stop(StopReason::KvmRunFailed {
+                vcpu: handler.vcpu,
+                error: e.to_string(),
+            })
+        }
+    };
+    match dispatch {
+        Dispatch::Done(action) => action,
+        Dispatch::Deferred(deferred) => handler.handle_deferred(deferred, fd),
+    }
+}
+

@@ -1,0 +1,334 @@
+//! One virtual machine: build it from a [`VmConfig`], run it to a [`VmOutcome`].
+//!
+//! Threads: the caller's thread builds the VM, starts one thread per vCPU
+//! (`vcpu::run_loop`), then waits on [`control::VmControl`] for a stop reason or the timeout.
+//! Stopping kicks every vCPU out of KVM_RUN; a vCPU thread that still does not return within
+//! [`STOP_GRACE`] is reported as stuck and abandoned, so a guest can never hang hvkvm.
+
+pub mod config;
+pub mod control;
+pub mod outcome;
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use kvm_bindings::{
+    kvm_enable_cap, kvm_mp_state, kvm_pit_config, KVM_CAP_X86_USER_SPACE_MSR,
+    KVM_MAX_CPUID_ENTRIES, KVM_MP_STATE_RUNNABLE, KVM_MSR_EXIT_REASON_FILTER,
+    KVM_MSR_EXIT_REASON_UNKNOWN, KVM_PIT_SPEAKER_DUMMY,
+};
+use kvm_ioctls::{Kvm, VcpuFd, VmFd};
+use vmm_sys_util::eventfd::EventFd;
+
+pub use config::{BootSource, ConfigError, VmConfig};
+pub use outcome::{StopReason, SyncEvent, VmOutcome};
+
+use crate::boot::{self, BootPlan};
+use crate::cpu::cpuid::{self, CpuidEntry, CX16_BIT};
+use crate::devices::{self, bus::Sink, IoBus};
+use crate::host_quirks::{EmulationAssist, HostQuirks};
+use crate::kvm::{kick, HostProbe};
+use crate::memory::{self, GuestMemory};
+use crate::vcpu::{msr::MsrBus, run_loop, stats::VcpuStats, ExitHandler};
+use control::VmControl;
+
+/// How long stopped vCPU threads get to leave KVM_RUN before they are reported stuck.
+pub const STOP_GRACE: Duration = Duration::from_secs(2);
+/// Where KVM puts the real-mode TSS on Intel (three pages below the BIOS area at 4 GiB).
+const TSS_ADDRESS: usize = 0xfffb_d000;
+
+/// Errors building or running a VM (host-side problems; guest behaviour is a [`StopReason`]).
+#[derive(Debug, thiserror::Error)]
+pub enum VmError {
+    /// The configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// Probing the host failed.
+    #[error(transparent)]
+    Probe(#[from] crate::kvm::ProbeError),
+    /// The host lacks something hvkvm needs.
+    #[error("this host's KVM lacks {0}, which hvkvm requires")]
+    MissingCapability(&'static str),
+    /// A KVM ioctl failed while building the VM.
+    #[error("KVM refused {what}")]
+    Kvm {
+        /// Which step.
+        what: &'static str,
+        /// The ioctl error.
+        #[source]
+        source: kvm_ioctls::Error,
+    },
+    /// Guest memory.
+    #[error(transparent)]
+    Memory(#[from] memory::MemoryError),
+    /// ELF payload loading.
+    #[error("cannot load the payload")]
+    Payload(#[from] boot::payload::PayloadError),
+    /// Linux loading.
+    #[error("cannot load the Linux kernel")]
+    Linux(#[from] boot::linux::LinuxError),
+    /// Port range collision among devices.
+    #[error(transparent)]
+    IoBus(#[from] devices::bus::OverlapError),
+    /// The CPUID table is too large for KVM.
+    #[error("the CPUID table has too many entries for KVM_SET_CPUID2")]
+    CpuidTooLarge,
+    /// eventfd creation.
+    #[error("cannot create an eventfd for the serial interrupt")]
+    EventFd(#[source] std::io::Error),
+    /// A vCPU thread could not be started.
+    #[error("cannot start the thread of vCPU {0}")]
+    Thread(u32, #[source] std::io::Error),
+    /// The kick signal handler could not be installed.
+    #[error("cannot install the vCPU kick signal handler")]
+    Signal(#[source] vmm_sys_util::errno::Error),
+}
+
+fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
+    move |source| VmError::Kvm { what, source }
+}
+
+/// A built, not yet running VM.
+pub struct Vm {
+    // Field order is drop order: vCPU fds and devices before the VM fd, guest memory last.
+    vcpus: Vec<(VcpuFd, ExitHandler)>,
+    control: Arc<VmControl>,
+    boot_description: String,
+    timeout: Option<Duration>,
+    stats: Vec<Arc<VcpuStats>>,
+    _serial_irq: EventFd,
+    _vm: VmFd,
+    _mem: GuestMemory,
+}
+
+impl std::fmt::Debug for Vm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Vm").field("boot", &self.boot_description).finish_non_exhaustive()
+    }
+}
+
+impl Vm {
+    /// Creates the VM, its devices and vCPUs, and loads the guest.
+    pub fn new(config: VmConfig) -> Result<Vm, VmError> {
+        config.validate()?;
+        kick::install_handler().map_err(VmError::Signal)?;
+        let host = HostProbe::probe()?;
+        let quirks = HostQuirks::resolve(config.host_quirks, host.is_pvm());
+        if host.cap("KVM_CAP_IRQCHIP") <= 0 {
+            return Err(VmError::MissingCapability("KVM_CAP_IRQCHIP (in-kernel irqchip)"));
+        }
+        let kvm = Kvm::new().map_err(crate::kvm::ProbeError::OpenKvm)?;
+        let vm = kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?;
+        vm.set_tss_address(TSS_ADDRESS).map_err(kvm_err("KVM_SET_TSS_ADDR"))?;
+        vm.create_irq_chip().map_err(kvm_err("KVM_CREATE_IRQCHIP"))?;
+        if !quirks.no_pit {
+            let pit = kvm_pit_config { flags: KVM_PIT_SPEAKER_DUMMY, ..Default::default() };
+            vm.create_pit2(pit).map_err(kvm_err("KVM_CREATE_PIT2"))?;
+        }
+        if host.cap("KVM_CAP_X86_USER_SPACE_MSR") > 0 {
+            let cap = kvm_enable_cap {
+                cap: KVM_CAP_X86_USER_SPACE_MSR,
+                args: [u64::from(KVM_MSR_EXIT_REASON_UNKNOWN | KVM_MSR_EXIT_REASON_FILTER), 0, 0, 0],
+                ..Default::default()
+            };
+            vm.enable_cap(&cap).map_err(kvm_err("KVM_CAP_X86_USER_SPACE_MSR"))?;
+        } else if !config.msr_handlers.is_empty() {
+            return Err(VmError::MissingCapability("KVM_CAP_X86_USER_SPACE_MSR"));
+        }
+
+        let mem = memory::allocate(config.memory_mib)?;
+        memory::register_with_kvm(&vm, &mem)?;
+        let ram_size = config.memory_mib << 20;
+        let plan = match &config.boot {
+            BootSource::Payload { image, name } => {
+                boot::payload::load(&mem, ram_size, config.cpus, image, name)?
+            }
+            BootSource::Linux(image) => boot::linux::load(&mem, ram_size, config.cpus, image)?,
+        };
+
+        let serial_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(VmError::EventFd)?;
+        vm.register_irqfd(&serial_irq, devices::COM1_IRQ).map_err(kvm_err("KVM_IRQFD (COM1)"))?;
+        let trigger = devices::serial::IrqFdTrigger(
+            serial_irq.try_clone().map_err(VmError::EventFd)?,
+        );
+        let io = build_io_bus(trigger, config.serial, config.extra_pio)?;
+        let mut msrs = MsrBus::default();
+        for (range, handler) in config.msr_handlers {
+            msrs.insert(range, handler);
+        }
+
+        let supported =
+            kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES).map_err(kvm_err("KVM_GET_SUPPORTED_CPUID"))?;
+        let control = Arc::new(VmControl::default());
+        let mut vcpus = Vec::new();
+        let mut stats = Vec::new();
+        for (index, state) in plan.vcpus.iter().enumerate() {
+            let index = index as u32;
+            let fd = vm.create_vcpu(u64::from(index)).map_err(kvm_err("KVM_CREATE_VCPU"))?;
+            let mut table =
+                cpuid::for_vcpu(supported.as_slice(), config.cpu_model, index, &config.cpuid_overrides);
+            if let Some(leaves) = &config.hypervisor_leaves {
+                cpuid::replace_hypervisor_leaves(&mut table, leaves);
+            }
+            if quirks.hide_cx16 {
+                hide_cx16(&mut table);
+            }
+            let table = cpuid::to_kvm(&table).map_err(|_| VmError::CpuidTooLarge)?;
+            fd.set_cpuid2(&table).map_err(kvm_err("KVM_SET_CPUID2"))?;
+            setup_vcpu(&fd, state)?;
+            let vcpu_stats = Arc::new(VcpuStats::default());
+            stats.push(vcpu_stats.clone());
+            let handler = ExitHandler {
+                vcpu: index,
+                io: io.clone(),
+                msrs: msrs.clone(),
+                mem: mem.clone(),
+                control: control.clone(),
+                stats: vcpu_stats,
+                assist: quirks.emulation_assist.then_some(EmulationAssist),
+            };
+            vcpus.push((fd, handler));
+        }
+        Ok(Vm {
+            vcpus,
+            control,
+            boot_description: describe(&plan),
+            timeout: config.timeout,
+            stats,
+            _serial_irq: serial_irq,
+            _vm: vm,
+            _mem: mem,
+        })
+    }
+
+    /// The control block, e.g. to pause, resume or stop the VM from another thread.
+    pub fn control(&self) -> Arc<VmControl> {
+        self.control.clone()
+    }
+
+    /// Runs every vCPU until the VM stops or the timeout expires.
+    pub fn run(self) -> Result<VmOutcome, VmError> {
+        let Vm { vcpus, control, boot_description, timeout, stats, _serial_irq, _vm, _mem } = self;
+        let start = Instant::now();
+        for (fd, handler) in vcpus {
+            let index = handler.vcpu;
+            let thread_control = control.clone();
+            let handle = std::thread::Builder::new()
+                .name(format!("vcpu{index}"))
+                .spawn(move || run_loop::run(fd, handler, thread_control))
+                .map_err(|e| VmError::Thread(index, e))?;
+            control.add_thread(index, Arc::new(handle));
+        }
+        let reason = match control.wait_for_stop(timeout) {
+            Some(reason) => reason,
+            None => {
+                let after_ms = timeout.map_or(0, |t| t.as_millis() as u64);
+                control.stop(StopReason::Timeout { after_ms });
+                control.wait_for_stop(Some(Duration::ZERO)).unwrap_or(StopReason::Timeout { after_ms })
+            }
+        };
+        let elapsed = start.elapsed();
+        let stuck_vcpus = control.join_threads(STOP_GRACE);
+        for vcpu in &stuck_vcpus {
+            log::error!(
+                "vCPU {vcpu} did not leave KVM_RUN within {STOP_GRACE:?} of the stop; abandoning it"
+            );
+        }
+        let (syncs, prints) = control.take_reports();
+        let outcome = VmOutcome {
+            reason,
+            elapsed,
+            boot: boot_description,
+            syncs,
+            prints,
+            vcpu_stats: stats.iter().map(|s| s.snapshot()).collect(),
+            stuck_vcpus,
+        };
+        if !outcome.stuck_vcpus.is_empty() {
+            // A thread stuck in KVM_RUN still uses the VM and guest memory: leak them rather
+            // than unmap memory under it.
+            std::mem::forget(_vm);
+            std::mem::forget(_mem);
+        }
+        Ok(outcome)
+    }
+}
+
+/// Builds and runs a VM in one call.
+pub fn run(config: VmConfig) -> Result<VmOutcome, VmError> {
+    Vm::new(config)?.run()
+}
+
+fn describe(plan: &BootPlan) -> String {
+    plan.description.clone()
+}
+
+fn hide_cx16(table: &mut [kvm_bindings::kvm_cpuid_entry2]) {
+    for e in table.iter_mut().filter(|e| e.function == 1) {
+        e.ecx &= !CX16_BIT;
+    }
+}
+
+fn build_io_bus(
+    trigger: devices::serial::IrqFdTrigger,
+    serial: devices::serial::SerialSink,
+    extra: Vec<(u16, u16, devices::bus::SharedPioDevice)>,
+) -> Result<IoBus, VmError> {
+    use devices::{acpi_pm::AcpiPm, cmos::Cmos, i8042::I8042, serial::SerialPort, test_exit::TestExit};
+    let mut bus = IoBus::new();
+    bus.insert(devices::COM1_PORT, 8, Arc::new(Mutex::new(SerialPort::new(trigger, serial))))?;
+    bus.insert(0x60, 5, Arc::new(Mutex::new(I8042)))?;
+    bus.insert(0x70, 2, Arc::new(Mutex::new(Cmos::default())))?;
+    bus.insert(0x80, 1, Arc::new(Mutex::new(Sink)))?;
+    bus.insert(devices::TEST_EXIT_PORT, 1, Arc::new(Mutex::new(TestExit)))?;
+    bus.insert(devices::PM1A_EVT_PORT, 8, Arc::new(Mutex::new(AcpiPm::default())))?;
+    for (base, len, device) in extra {
+        bus.insert(base, len, device)?;
+    }
+    Ok(bus)
+}
+
+/// Registers, LAPIC LINT pins and MP state of one vCPU.
+fn setup_vcpu(fd: &VcpuFd, state: &boot::VcpuBootState) -> Result<(), VmError> {
+    let sregs = fd.get_sregs().map_err(kvm_err("KVM_GET_SREGS"))?;
+    let mut boot_sregs = state.sregs;
+    // Keep what KVM initialised that the boot state does not define (APIC base, …).
+    boot_sregs.apic_base = sregs.apic_base;
+    boot_sregs.interrupt_bitmap = sregs.interrupt_bitmap;
+    fd.set_sregs(&boot_sregs).map_err(kvm_err("KVM_SET_SREGS"))?;
+    fd.set_regs(&state.regs).map_err(kvm_err("KVM_SET_REGS"))?;
+    let mut fpu = fd.get_fpu().map_err(kvm_err("KVM_GET_FPU"))?;
+    fpu.fcw = 0x37f;
+    fpu.mxcsr = 0x1f80;
+    fd.set_fpu(&fpu).map_err(kvm_err("KVM_SET_FPU"))?;
+    set_lint_pins(fd)?;
+    if state.runnable {
+        // With the in-kernel irqchip, every vCPU but 0 starts waiting for SIPI.
+        fd.set_mp_state(kvm_mp_state { mp_state: KVM_MP_STATE_RUNNABLE })
+            .map_err(kvm_err("KVM_SET_MP_STATE"))?;
+    }
+    Ok(())
+}
+
+/// LINT0 = ExtINT (the PIC), LINT1 = NMI, as firmware leaves them on a PC.
+fn set_lint_pins(fd: &VcpuFd) -> Result<(), VmError> {
+    const LVT_LINT0: usize = 0x350;
+    const LVT_LINT1: usize = 0x360;
+    const DELIVERY_EXTINT: u32 = 0x7 << 8;
+    const DELIVERY_NMI: u32 = 0x4 << 8;
+    let mut lapic = fd.get_lapic().map_err(kvm_err("KVM_GET_LAPIC"))?;
+    let mut set = |offset: usize, mode: u32| {
+        let reg = &mut lapic.regs[offset..offset + 4];
+        let old = u32::from_le_bytes([reg[0] as u8, reg[1] as u8, reg[2] as u8, reg[3] as u8]);
+        let new = (old & !0x700) | mode;
+        for (dst, b) in reg.iter_mut().zip(new.to_le_bytes()) {
+            *dst = b as _;
+        }
+    };
+    set(LVT_LINT0, DELIVERY_EXTINT);
+    set(LVT_LINT1, DELIVERY_NMI);
+    fd.set_lapic(&lapic).map_err(kvm_err("KVM_SET_LAPIC"))
+}
+
+/// Re-exported for callers building hypervisor leaves.
+pub type HypervisorLeaf = CpuidEntry;

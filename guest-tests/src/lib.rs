@@ -1,14 +1,212 @@
-//! Host-side support for hvkvm's guest tests.
+//! Host-side harness for hvkvm's guest tests.
 //!
-//! The guest payloads (`guest-tests/guest/src/bin/*.rs`) are compiled by this crate's build script;
-//! [`guest_binary`] finds the resulting ELF files.
+//! Each test runs one guest payload (`guest/src/bin/<name>.rs`, compiled by this crate's build
+//! script) in a fresh VM with a timeout, and checks what the VM reported: its stop reason,
+//! ucall SYNC values, serial output. A failed guest assertion panics with the guest's
+//! file:line and message.
 
+use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use hvkvm::cpu::CpuidEntry;
+use hvkvm::devices::bus::PioDevice;
+use hvkvm::devices::serial::CaptureBuffer;
+use hvkvm::vcpu::msr::MsrHandler;
+use hvkvm::vm::{self, BootSource, StopReason, SyncEvent, VmConfig, VmOutcome};
 
 /// Directory holding the compiled guest payloads, set by `build.rs`.
 pub const GUEST_DIR: &str = env!("HVKVM_GUEST_DIR");
 
+/// Default limit for one guest run; payloads finish in well under a second.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// The ELF file of the guest payload `name` (the file stem of `guest/src/bin/<name>.rs`).
 pub fn guest_binary(name: &str) -> PathBuf {
     Path::new(GUEST_DIR).join(name)
+}
+
+/// Returns why KVM tests cannot run here, if they cannot.
+pub fn kvm_unavailable() -> Option<String> {
+    match std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm") {
+        Ok(_) => None,
+        Err(e) => Some(format!("/dev/kvm is not usable: {e}")),
+    }
+}
+
+/// Skips the calling test (printing `SKIP: <reason>`) when /dev/kvm is not usable.
+#[macro_export]
+macro_rules! require_kvm {
+    () => {
+        if let Some(reason) = $crate::kvm_unavailable() {
+            eprintln!("SKIP: {reason}");
+            return;
+        }
+    };
+}
+
+/// One guest run being set up.
+#[derive(Debug)]
+pub struct GuestTest {
+    config: VmConfig,
+    serial: CaptureBuffer,
+    name: String,
+}
+
+impl GuestTest {
+    /// Payload `name` on 1 vCPU with 64 MiB and [`DEFAULT_TIMEOUT`].
+    pub fn new(name: &str) -> Self {
+        let path = guest_binary(name);
+        let image = std::fs::read(&path)
+            .unwrap_or_else(|e| panic!("guest payload {} missing: {e}", path.display()));
+        Self::from_image(name, image)
+    }
+
+    /// An arbitrary ELF image (for hand-assembled payloads).
+    pub fn from_image(name: &str, image: Vec<u8>) -> Self {
+        let serial = CaptureBuffer::default();
+        let mut config = VmConfig::new(BootSource::Payload { image, name: name.to_string() });
+        config.memory_mib = 64;
+        config.timeout = Some(DEFAULT_TIMEOUT);
+        config.serial = Box::new(serial.clone());
+        GuestTest { config, serial, name: name.to_string() }
+    }
+
+    /// Sets the vCPU count.
+    pub fn cpus(mut self, cpus: u32) -> Self {
+        self.config.cpus = cpus;
+        self
+    }
+
+    /// Sets guest RAM.
+    pub fn memory_mib(mut self, mib: u64) -> Self {
+        self.config.memory_mib = mib;
+        self
+    }
+
+    /// Sets the run's time limit.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.config.timeout = Some(timeout);
+        self
+    }
+
+    /// Adds a CPUID leaf.
+    pub fn cpuid(mut self, entry: CpuidEntry) -> Self {
+        self.config.cpuid_overrides.push(entry);
+        self
+    }
+
+    /// Adds a user-space MSR handler.
+    pub fn msr_handler(mut self, range: RangeInclusive<u32>, handler: impl MsrHandler + 'static) -> Self {
+        self.config.msr_handlers.push((range, Arc::new(Mutex::new(handler))));
+        self
+    }
+
+    /// Adds a port-I/O device.
+    pub fn pio_device(mut self, base: u16, len: u16, device: Arc<Mutex<dyn PioDevice>>) -> Self {
+        self.config.extra_pio.push((base, len, device));
+        self
+    }
+
+    /// The configuration, for tests that need the `Vm` API directly.
+    pub fn into_config(self) -> (VmConfig, CaptureBuffer) {
+        (self.config, self.serial)
+    }
+
+    /// Runs the VM to its end.
+    pub fn run(self) -> TestRun {
+        let outcome = vm::run(self.config)
+            .unwrap_or_else(|e| panic!("cannot run guest '{}': {}", self.name, error_chain(&e)));
+        assert!(
+            outcome.stuck_vcpus.is_empty(),
+            "vCPUs {:?} of '{}' did not stop",
+            outcome.stuck_vcpus,
+            self.name
+        );
+        TestRun { outcome, serial: self.serial.contents(), name: self.name }
+    }
+}
+
+/// An error and all its causes on one line.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// A finished guest run.
+#[derive(Debug)]
+pub struct TestRun {
+    /// What the VM reported.
+    pub outcome: VmOutcome,
+    /// Everything the guest wrote to COM1.
+    pub serial: String,
+    name: String,
+}
+
+impl TestRun {
+    /// The stop reason.
+    pub fn reason(&self) -> &StopReason {
+        &self.outcome.reason
+    }
+
+    /// Panics unless the guest reported DONE, with the guest's assertion (file:line) if any.
+    pub fn expect_done(&self) -> &Self {
+        if self.outcome.reason != StopReason::GuestDone {
+            panic!(
+                "guest '{}' did not pass: {}\n--- serial output ---\n{}",
+                self.name, self.outcome.reason, self.serial
+            );
+        }
+        self
+    }
+
+    /// The SYNC events of `stage`, in order.
+    pub fn syncs(&self, stage: u64) -> Vec<&SyncEvent> {
+        self.outcome.syncs.iter().filter(|s| s.stage == stage).collect()
+    }
+
+    /// The single SYNC of `stage`; panics if there is not exactly one.
+    pub fn sync(&self, stage: u64) -> &SyncEvent {
+        let syncs = self.syncs(stage);
+        assert_eq!(syncs.len(), 1, "guest '{}': expected one SYNC of stage {stage}: {:?}", self.name, self.outcome.syncs);
+        syncs[0]
+    }
+}
+
+/// Builds an ELF64 executable from raw machine code loaded (and entered) at `addr`, for
+/// tests that need a handful of exact instructions.
+pub fn elf_from_code(addr: u64, code: &[u8]) -> Vec<u8> {
+    const EHDR: usize = 64;
+    const PHDR: usize = 56;
+    let offset = (EHDR + PHDR) as u64;
+    let mut elf = vec![0u8; EHDR + PHDR];
+    elf[..4].copy_from_slice(b"\x7fELF");
+    elf[4] = 2; // 64-bit
+    elf[5] = 1; // little endian
+    elf[6] = 1; // ELF version
+    elf[16..18].copy_from_slice(&2u16.to_le_bytes()); // ET_EXEC
+    elf[18..20].copy_from_slice(&62u16.to_le_bytes()); // x86-64
+    elf[20..24].copy_from_slice(&1u32.to_le_bytes());
+    elf[24..32].copy_from_slice(&addr.to_le_bytes());
+    elf[32..40].copy_from_slice(&(EHDR as u64).to_le_bytes());
+    elf[52..54].copy_from_slice(&(EHDR as u16).to_le_bytes());
+    elf[54..56].copy_from_slice(&(PHDR as u16).to_le_bytes());
+    elf[56..58].copy_from_slice(&1u16.to_le_bytes());
+    let ph = &mut elf[EHDR..];
+    ph[..4].copy_from_slice(&1u32.to_le_bytes()); // PT_LOAD
+    ph[4..8].copy_from_slice(&7u32.to_le_bytes()); // RWX
+    ph[8..16].copy_from_slice(&offset.to_le_bytes());
+    ph[16..24].copy_from_slice(&addr.to_le_bytes());
+    ph[24..32].copy_from_slice(&addr.to_le_bytes());
+    ph[32..40].copy_from_slice(&(code.len() as u64).to_le_bytes());
+    ph[40..48].copy_from_slice(&(code.len() as u64).to_le_bytes());
+    elf.extend_from_slice(code);
+    elf
 }

@@ -525,7 +525,7 @@ fn final_config(slots: &[Slot], wanted: &HvConfig, guest: &GuestSettings) -> Res
                     c.set_value(flag, FlagValue::Coresharing(v))?
                 }
             }
-            _ if flag.kind() == FlagKind::Identity => {
+            _ if flag.kind() == FlagKind::Identity && flag != E::VendorId => {
                 let (value, default) = version_field(flag, &guest.version);
                 if wanted.number(flag).is_some() || value != default {
                     c.set_value(flag, FlagValue::Number(value))?

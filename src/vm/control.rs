@@ -64,9 +64,16 @@ impl VmControl {
         self.lock().state
     }
 
-    /// Registers a vCPU thread so it can be kicked.
+    /// Registers a vCPU thread so it can be kicked. A thread registered after the VM began
+    /// stopping (the registering thread can be starved while vCPUs run) is kicked at once, so
+    /// it cannot miss the stop.
     pub fn add_thread(&self, vcpu: u32, handle: Arc<JoinHandle<()>>) {
-        self.threads.lock().unwrap_or_else(|p| p.into_inner()).push((vcpu, handle));
+        let mut threads = self.threads.lock().unwrap_or_else(|p| p.into_inner());
+        threads.push((vcpu, handle));
+        drop(threads);
+        if self.state() != RunState::Running {
+            self.kick_all();
+        }
     }
 
     /// Sends the kick signal to every vCPU thread.
@@ -189,7 +196,14 @@ impl VmControl {
         let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|p| p.into_inner()));
         let mut stuck = Vec::new();
         for (vcpu, handle) in threads {
+            let mut next_kick = Instant::now();
             while !handle.is_finished() && Instant::now() < deadline {
+                // Kicks are idempotent; repeating them covers a thread that was between its
+                // state check and KVM_RUN in a way no single signal could reach.
+                if Instant::now() >= next_kick {
+                    let _ = handle.kill(kick_signal());
+                    next_kick = Instant::now() + Duration::from_millis(50);
+                }
                 std::thread::sleep(Duration::from_millis(2));
             }
             if !handle.is_finished() {

@@ -375,7 +375,6 @@ impl GuestBuild {
         let mut cmd = Command::new(&cargo);
         cmd.arg("build")
             .arg("--release")
-            .arg("--offline")
             .args(["--color", "never"])
             .arg("--manifest-path")
             .arg(&manifest)

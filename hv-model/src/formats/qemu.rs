@@ -1,0 +1,64 @@
+//! QEMU `-cpu` strings: `-cpu host,hv-relaxed,hv_vapic,hv-spinlocks=0x1fff,kvm=off,...`.
+//! Import accepts a bare flag list, a `-cpu` value with a CPU model, or a whole command line
+//! (the last `-cpu` wins, as in QEMU); non-Hyper-V CPU options are ignored with a note.
+
+use crate::config::{HvConfig, HvRequest};
+use crate::error::ModelError;
+use crate::formats::{Exported, FormatError, Imported};
+use crate::parse::{parse_item, split_items, Item};
+
+/// Reads a QEMU `-cpu` value or command line.
+pub fn import(text: &str) -> Result<Imported, FormatError> {
+    let mut notes = Vec::new();
+    let config = import_cpu_value(cpu_value(text), &mut notes)?;
+    Ok(Imported { request: HvRequest::from_config(config), notes })
+}
+
+/// The `-cpu` argument of a command line, or the text itself.
+pub(crate) fn cpu_value(text: &str) -> &str {
+    let tokens: Vec<&str> = text.split_whitespace().collect();
+    let value = tokens
+        .windows(2)
+        .filter(|w| w[0] == "-cpu" || w[0] == "--cpu")
+        .map(|w| w[1])
+        .last()
+        .unwrap_or_else(|| text.trim());
+    value.trim_matches(|c| c == '\'' || c == '"')
+}
+
+/// Parses the comma list of a `-cpu` value, skipping the model and non-Hyper-V options.
+pub(crate) fn import_cpu_value(value: &str, notes: &mut Vec<String>) -> Result<HvConfig, FormatError> {
+    let mut config = HvConfig::new();
+    for (i, item) in split_items(value).enumerate() {
+        let location = format!("'{item}'");
+        match parse_item(item) {
+            Ok(Item::Flag(flag, v)) => {
+                config.apply_text(flag, v.as_deref()).map_err(FormatError::setting(location))?
+            }
+            Ok(Item::TscFrequency(hz)) => {
+                config.set_tsc_frequency(hz).map_err(FormatError::setting(location))?
+            }
+            Err(ModelError::UnknownFlag { name, .. }) if !looks_like_hyperv(&name) => {
+                if i == 0 && !item.contains('=') && !item.starts_with(['+', '-']) {
+                    notes.push(format!("CPU model '{item}' ignored (not a Hyper-V setting)"));
+                } else {
+                    notes.push(format!("'{item}' ignored (not a Hyper-V setting)"));
+                }
+            }
+            Err(e) => return Err(FormatError::Setting { location, source: e }),
+        }
+    }
+    Ok(config)
+}
+
+fn looks_like_hyperv(name: &str) -> bool {
+    let n = name.trim_start_matches(['+', '-']).to_ascii_lowercase();
+    n.starts_with("hv-") || n.starts_with("hv_")
+}
+
+/// Writes the flag list to append to `-cpu MODEL,` (also valid for hvkvm's `--hv`).
+pub fn export(config: &HvConfig) -> Exported {
+    let mut text = config.to_hv_list();
+    text.push('\n');
+    Exported { text, dropped: Vec::new() }
+}

@@ -59,7 +59,7 @@ if command -v file >/dev/null && ! file -L "$BUSYBOX" | grep -q 'statically link
     die "$BUSYBOX is not statically linked (is busybox-static installed, not busybox?)"
 fi
 
-KERNEL=$(ls -1 /boot/vmlinuz-*-cloud-amd64 2>/dev/null | sort -V | tail -n 1 || true)
+KERNEL=$(find /boot -maxdepth 1 -name 'vmlinuz-*-cloud-amd64' -type f 2>/dev/null | sort -V | tail -n 1)
 [[ -n $KERNEL && -f $KERNEL ]] || die "no /boot/vmlinuz-*-cloud-amd64 after installing linux-image-cloud-amd64"
 
 mkdir -p "$OUT"
@@ -120,6 +120,7 @@ cpio_file() { # name mode source-file
 INIT_TMP=$OUT/init.tmp
 cat >"$INIT_TMP" <<'EOF'
 #!/bin/sh
+export PATH=/sbin:/bin
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 echo "HVKVM-INIT: reached /init"

@@ -57,7 +57,11 @@ impl fmt::Display for AccessError {
         match *self {
             Self::InvalidEncoding(e) => write!(f, "{e:#x} is not a valid VMCS field encoding"),
             Self::NotInEvmcs(e) => write!(f, "VMCS field {e:#x} has no home in eVMCS v1"),
-            Self::OutOfBounds { offset, len, available } => write!(
+            Self::OutOfBounds {
+                offset,
+                len,
+                available,
+            } => write!(
                 f,
                 "access of {len} bytes at offset {offset:#x} exceeds the {available}-byte buffer"
             ),
@@ -82,9 +86,11 @@ pub trait PageRead {
     /// As [`PageRead::read_bytes`]; [`AccessError::OutOfBounds`] for `size > 8`.
     fn read_le(&self, offset: usize, size: usize) -> Result<u64, AccessError> {
         let mut raw = [0u8; 8];
-        let dst = raw
-            .get_mut(..size)
-            .ok_or(AccessError::OutOfBounds { offset, len: size, available: 8 })?;
+        let dst = raw.get_mut(..size).ok_or(AccessError::OutOfBounds {
+            offset,
+            len: size,
+            available: 8,
+        })?;
         self.read_bytes(offset, dst)?;
         Ok(u64::from_le_bytes(raw))
     }
@@ -104,17 +110,27 @@ pub trait PageWrite: PageRead {
     /// As [`PageWrite::write_bytes`]; [`AccessError::OutOfBounds`] for `size > 8`.
     fn write_le(&mut self, offset: usize, size: usize, value: u64) -> Result<(), AccessError> {
         let raw = value.to_le_bytes();
-        let src = raw
-            .get(..size)
-            .ok_or(AccessError::OutOfBounds { offset, len: size, available: 8 })?;
+        let src = raw.get(..size).ok_or(AccessError::OutOfBounds {
+            offset,
+            len: size,
+            available: 8,
+        })?;
         self.write_bytes(offset, src)
     }
 }
 
-fn range_of(offset: usize, len: usize, available: usize) -> Result<core::ops::Range<usize>, AccessError> {
+fn range_of(
+    offset: usize,
+    len: usize,
+    available: usize,
+) -> Result<core::ops::Range<usize>, AccessError> {
     match offset.checked_add(len) {
         Some(end) if end <= available => Ok(offset..end),
-        _ => Err(AccessError::OutOfBounds { offset, len, available }),
+        _ => Err(AccessError::OutOfBounds {
+            offset,
+            len,
+            available,
+        }),
     }
 }
 
@@ -122,9 +138,11 @@ impl PageRead for [u8] {
     fn read_bytes(&self, offset: usize, buf: &mut [u8]) -> Result<(), AccessError> {
         let available = self.len();
         let range = range_of(offset, buf.len(), available)?;
-        let src = self
-            .get(range)
-            .ok_or(AccessError::OutOfBounds { offset, len: buf.len(), available })?;
+        let src = self.get(range).ok_or(AccessError::OutOfBounds {
+            offset,
+            len: buf.len(),
+            available,
+        })?;
         buf.copy_from_slice(src);
         Ok(())
     }
@@ -134,9 +152,11 @@ impl PageWrite for [u8] {
     fn write_bytes(&mut self, offset: usize, data: &[u8]) -> Result<(), AccessError> {
         let available = self.len();
         let range = range_of(offset, data.len(), available)?;
-        let dst = self
-            .get_mut(range)
-            .ok_or(AccessError::OutOfBounds { offset, len: data.len(), available })?;
+        let dst = self.get_mut(range).ok_or(AccessError::OutOfBounds {
+            offset,
+            len: data.len(),
+            available,
+        })?;
         dst.copy_from_slice(data);
         Ok(())
     }
@@ -196,7 +216,9 @@ fn resolve(encoding: u32) -> Result<Resolved, AccessError> {
     }
     let high = vmcs::is_high_access(encoding);
     let row = fields::row_of(encoding & !1).ok_or(AccessError::NotInEvmcs(encoding))?;
-    let field = FIELD_TABLE.get(row).ok_or(AccessError::NotInEvmcs(encoding))?;
+    let field = FIELD_TABLE
+        .get(row)
+        .ok_or(AccessError::NotInEvmcs(encoding))?;
     Ok(Resolved { row, field, high })
 }
 
@@ -282,7 +304,8 @@ pub fn write_synthetic<M: PageWrite + ?Sized>(
 /// # Errors
 /// A backing error.
 pub fn clean_fields<M: PageRead + ?Sized>(mem: &M) -> Result<CleanFields, AccessError> {
-    read_synthetic(mem, SyntheticField::CleanFields).map(|v| CleanFields::from_bits_retain(v as u32))
+    read_synthetic(mem, SyntheticField::CleanFields)
+        .map(|v| CleanFields::from_bits_retain(v as u32))
 }
 
 /// Writes the `hv_clean_fields` word; L0 sets [`CleanFields::ALL`] after consuming the eVMCS.
@@ -386,7 +409,10 @@ impl VmcsImage {
 
     /// Every `(encoding, value)` pair, in [`FIELD_TABLE`] order.
     pub fn iter(&self) -> impl Iterator<Item = (u32, u64)> + '_ {
-        FIELD_TABLE.iter().zip(self.values.iter()).map(|(f, v)| (f.encoding, *v))
+        FIELD_TABLE
+            .iter()
+            .zip(self.values.iter())
+            .map(|(f, v)| (f.encoding, *v))
     }
 }
 
@@ -413,7 +439,10 @@ pub struct SyncReport {
 ///
 /// # Errors
 /// A backing error.
-pub fn sync<M: PageRead + ?Sized>(mem: &M, image: &mut VmcsImage) -> Result<SyncReport, AccessError> {
+pub fn sync<M: PageRead + ?Sized>(
+    mem: &M,
+    image: &mut VmcsImage,
+) -> Result<SyncReport, AccessError> {
     let clean = clean_fields(mem)?;
     sync_with_clean(mem, image, clean)
 }
@@ -428,7 +457,10 @@ pub fn sync_with_clean<M: PageRead + ?Sized>(
     image: &mut VmcsImage,
     clean: CleanFields,
 ) -> Result<SyncReport, AccessError> {
-    let mut report = SyncReport { reloaded: CleanFields::ALL.difference(clean), fields_copied: 0 };
+    let mut report = SyncReport {
+        reloaded: CleanFields::ALL.difference(clean),
+        fields_copied: 0,
+    };
     for group in CleanGroup::ALL_GROUPS {
         if !group.needs_reload(clean) {
             continue;
@@ -438,7 +470,11 @@ pub fn sync_with_clean<M: PageRead + ?Sized>(
             report.fields_copied += 5;
         }
         let (start, end) = GROUP_ROWS.get(group.index()).copied().unwrap_or_default();
-        let rows = FIELD_TABLE.iter().zip(image.values.iter_mut()).take(end).skip(start);
+        let rows = FIELD_TABLE
+            .iter()
+            .zip(image.values.iter_mut())
+            .take(end)
+            .skip(start);
         for (field, slot) in rows {
             if field.is_read_only() {
                 continue;

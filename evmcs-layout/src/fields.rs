@@ -385,13 +385,22 @@ const fn slot_of(encoding: u32) -> (usize, usize) {
 static LOOKUP: [[u8; SLOTS]; CLASSES] = build_lookup();
 
 const fn build_lookup() -> [[u8; SLOTS]; CLASSES] {
-    assert!(FIELD_COUNT < NO_ROW as usize, "FIELD_TABLE too large for u8 row numbers");
+    assert!(
+        FIELD_COUNT < NO_ROW as usize,
+        "FIELD_TABLE too large for u8 row numbers"
+    );
     let mut map = [[NO_ROW; SLOTS]; CLASSES];
     let mut row = 0;
     while row < FIELD_COUNT {
         let field = &FIELD_TABLE[row];
-        assert!(vmcs::is_well_formed(field.encoding), "malformed encoding in FIELD_TABLE");
-        assert!(!vmcs::is_high_access(field.encoding), "FIELD_TABLE must use full encodings");
+        assert!(
+            vmcs::is_well_formed(field.encoding),
+            "malformed encoding in FIELD_TABLE"
+        );
+        assert!(
+            !vmcs::is_high_access(field.encoding),
+            "FIELD_TABLE must use full encodings"
+        );
         assert!(
             field.size as usize == field.width().bytes(),
             "eVMCS member size differs from the encoding's width class"
@@ -405,7 +414,10 @@ const fn build_lookup() -> [[u8; SLOTS]; CLASSES] {
         }
         let (class, index) = slot_of(field.encoding);
         assert!(index < SLOTS, "encoding index beyond the lookup map");
-        assert!(map[class][index] == NO_ROW, "duplicate encoding in FIELD_TABLE");
+        assert!(
+            map[class][index] == NO_ROW,
+            "duplicate encoding in FIELD_TABLE"
+        );
         map[class][index] = row as u8;
         row += 1;
     }
@@ -427,7 +439,10 @@ const fn build_group_rows() -> [(usize, usize); CleanGroup::COUNT] {
         rows[g] = (start, row);
         g += 1;
     }
-    assert!(row == FIELD_COUNT, "FIELD_TABLE rows are not grouped by clean group");
+    assert!(
+        row == FIELD_COUNT,
+        "FIELD_TABLE rows are not grouped by clean group"
+    );
     rows
 }
 

@@ -43,7 +43,9 @@ impl fmt::Display for OptStr<'_> {
 }
 
 fn evmcs_member(offset: usize) -> Option<&'static Member> {
-    HvEnlightenedVmcs::MEMBERS.iter().find(|m| m.offset == offset)
+    HvEnlightenedVmcs::MEMBERS
+        .iter()
+        .find(|m| m.offset == offset)
 }
 
 fn write_group<W: Write>(out: &mut W, group: CleanGroup) -> fmt::Result {
@@ -87,7 +89,11 @@ pub fn write_field_table<W: Write>(out: &mut W) -> fmt::Result {
     for (i, f) in FIELD_TABLE.iter().enumerate() {
         out.write_str("  ")?;
         write_field(out, f)?;
-        out.write_str(if i + 1 < FIELD_TABLE.len() { ",\n" } else { "\n" })?;
+        out.write_str(if i + 1 < FIELD_TABLE.len() {
+            ",\n"
+        } else {
+            "\n"
+        })?;
     }
     out.write_str("]\n")
 }
@@ -96,7 +102,9 @@ fn write_layout<W: Write>(out: &mut W) -> fmt::Result {
     out.write_str("  \"evmcs_layout\": [\n")?;
     let members = HvEnlightenedVmcs::MEMBERS;
     for (i, m) in members.iter().enumerate() {
-        let field = FIELD_TABLE.iter().find(|f| usize::from(f.offset) == m.offset);
+        let field = FIELD_TABLE
+            .iter()
+            .find(|f| usize::from(f.offset) == m.offset);
         let synthetic = SyntheticField::ALL.into_iter().find(|s| s.name() == m.name);
         let kind = match (field, synthetic) {
             (Some(_), _) => "vmcs",
@@ -118,7 +126,10 @@ fn write_layout<W: Write>(out: &mut W) -> fmt::Result {
             Some(f) => write!(out, "{},", f.encoding)?,
             None => out.write_str("null,")?,
         }
-        match (field.map(|f| f.group), synthetic.and_then(SyntheticField::group)) {
+        match (
+            field.map(|f| f.group),
+            synthetic.and_then(SyntheticField::group),
+        ) {
             (Some(g), _) | (None, Some(g)) => write_group(out, g)?,
             (None, None) => out.write_str("\"clean_group\":null,\"clean_bit\":null")?,
         }
@@ -157,7 +168,11 @@ pub fn write_everything<W: Write>(out: &mut W) -> fmt::Result {
     for (i, f) in FIELD_TABLE.iter().enumerate() {
         out.write_str("    ")?;
         write_field(out, f)?;
-        out.write_str(if i + 1 < FIELD_TABLE.len() { ",\n" } else { "\n" })?;
+        out.write_str(if i + 1 < FIELD_TABLE.len() {
+            ",\n"
+        } else {
+            "\n"
+        })?;
     }
     out.write_str("  ],\n")?;
     write_layout(out)?;
@@ -171,15 +186,27 @@ pub fn write_everything<W: Write>(out: &mut W) -> fmt::Result {
             u.encoding,
             u.encoding
         )?;
-        out.write_str(if i + 1 < UNSUPPORTED_FIELDS.len() { ",\n" } else { "\n" })?;
+        out.write_str(if i + 1 < UNSUPPORTED_FIELDS.len() {
+            ",\n"
+        } else {
+            "\n"
+        })?;
     }
     out.write_str("  ],\n  \"clean_groups\": [\n")?;
     for (i, g) in CleanGroup::ALL_GROUPS.iter().enumerate() {
         let count = FIELD_TABLE.iter().filter(|f| f.group == *g).count();
         write!(out, "    {{")?;
         write_group(out, *g)?;
-        write!(out, ",\"dirty_mask\":\"{:#06x}\",\"fields\":{count}}}", g.dirty_mask().bits())?;
-        out.write_str(if i + 1 < CleanGroup::COUNT { ",\n" } else { "\n" })?;
+        write!(
+            out,
+            ",\"dirty_mask\":\"{:#06x}\",\"fields\":{count}}}",
+            g.dirty_mask().bits()
+        )?;
+        out.write_str(if i + 1 < CleanGroup::COUNT {
+            ",\n"
+        } else {
+            "\n"
+        })?;
     }
     let v1 = EvmcsVersionRange::V1;
     write!(

@@ -66,13 +66,19 @@ impl<T: LeField, const N: usize> LeField for [T; N] {
     const ZERO: Self = [T::ZERO; N];
     fn read_le(src: &[u8]) -> Option<Self> {
         let mut out = Self::ZERO;
-        for (slot, chunk) in out.iter_mut().zip(src.get(..Self::SIZE)?.chunks_exact(T::SIZE)) {
+        for (slot, chunk) in out
+            .iter_mut()
+            .zip(src.get(..Self::SIZE)?.chunks_exact(T::SIZE))
+        {
             *slot = T::read_le(chunk)?;
         }
         Some(out)
     }
     fn write_le(&self, dst: &mut [u8]) -> Option<()> {
-        for (item, chunk) in self.iter().zip(dst.get_mut(..Self::SIZE)?.chunks_exact_mut(T::SIZE)) {
+        for (item, chunk) in self
+            .iter()
+            .zip(dst.get_mut(..Self::SIZE)?.chunks_exact_mut(T::SIZE))
+        {
             item.write_le(chunk)?;
         }
         Some(())
@@ -93,16 +99,26 @@ pub(crate) const fn assert_tiled(members: &[Member], size: usize) {
     let mut next = 0;
     let mut i = 0;
     while i < members.len() {
-        assert!(members[i].offset == next, "layout member is not contiguous with the previous one");
+        assert!(
+            members[i].offset == next,
+            "layout member is not contiguous with the previous one"
+        );
         next += members[i].size;
         i += 1;
     }
-    assert!(next == size, "layout members do not add up to the struct size");
+    assert!(
+        next == size,
+        "layout members do not add up to the struct size"
+    );
 }
 
 /// Error for a buffer shorter than the struct.
 pub(crate) const fn short_buffer(needed: usize, available: usize) -> AccessError {
-    AccessError::OutOfBounds { offset: 0, len: needed, available }
+    AccessError::OutOfBounds {
+        offset: 0,
+        len: needed,
+        available,
+    }
 }
 
 /// Declares a fixed-layout struct; see the module docs.

@@ -21,7 +21,10 @@ pub struct EvmcsVersionRange {
 
 impl EvmcsVersionRange {
     /// Exactly version 1 (raw 0x0101), what KVM reports and QEMU pins for migratability.
-    pub const V1: Self = Self { min: EVMCS_VERSION, max: EVMCS_VERSION };
+    pub const V1: Self = Self {
+        min: EVMCS_VERSION,
+        max: EVMCS_VERSION,
+    };
 
     /// A range `min..=max`; `None` when `min` is 0 (no version 0 exists) or `min > max`.
     pub const fn new(min: u8, max: u8) -> Option<Self> {
@@ -60,8 +63,16 @@ impl EvmcsVersionRange {
 
     /// The versions both sides support, e.g. host range ∩ what a migration target accepts.
     pub const fn intersect(self, other: Self) -> Option<Self> {
-        let min = if self.min > other.min { self.min } else { other.min };
-        let max = if self.max < other.max { self.max } else { other.max };
+        let min = if self.min > other.min {
+            self.min
+        } else {
+            other.min
+        };
+        let max = if self.max < other.max {
+            self.max
+        } else {
+            other.max
+        };
         Self::new(min, max)
     }
 }

@@ -66,7 +66,7 @@ pub fn cpuid_leaves(resolution: &Resolution) -> Vec<CpuidLeaf> {
             *regs.entry((b.leaf, b.reg)).or_default() |= b.mask;
         }
     }
-    let mut reg = |leaf, r| regs.get(&(leaf, r)).copied().unwrap_or(0);
+    let reg = |leaf, r| regs.get(&(leaf, r)).copied().unwrap_or(0);
 
     let mut features = [
         reg(tlfs::HV_FEATURES, Reg::Eax),

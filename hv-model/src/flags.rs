@@ -460,7 +460,7 @@ fn short(name: &'static str) -> &'static str {
 fn suggest(key: &str) -> Option<&'static str> {
     FLAGS
         .iter()
-        .flat_map(|d| std::iter::once(short(d.name)).chain(d.aliases.iter().copied()).map(|n| (n, d)))
+        .flat_map(|d| std::iter::once(short(d.name)).chain(d.aliases.iter().copied()).map(move |n| (n, d)))
         .map(|(n, d)| (edit_distance(key, n), d.name))
         .filter(|&(dist, _)| dist <= 3)
         .min_by_key(|&(dist, _)| dist)

@@ -98,6 +98,9 @@ pub struct Decision {
     pub on: bool,
     /// Where the state came from.
     pub origin: Origin,
+    /// Whether the request (profile, explicit flags, passthrough or default) wanted it on,
+    /// before host, backend, dependency and migration checks.
+    pub requested: bool,
     /// The effective value for value flags (spinlocks, vendor, version, coresharing).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub value: Option<String>,
@@ -220,6 +223,7 @@ impl Resolution {
 #[derive(Debug, Clone)]
 pub(crate) struct Slot {
     pub(crate) on: bool,
+    pub(crate) requested: bool,
     pub(crate) origin: Origin,
     pub(crate) reason: String,
 }
@@ -294,27 +298,27 @@ fn tsc_frequency(wanted: &HvConfig, opts: &ResolveOptions) -> Result<Option<u64>
 fn initial_slot(flag: Enlightenment, request: &HvRequest, profile_cfg: &HvConfig) -> Slot {
     if let Some(on) = request.overrides.state(flag) {
         let reason = if on { "requested" } else { "turned off by the request" };
-        return Slot { on, origin: Origin::Explicit, reason: reason.into() };
+        return Slot { on, requested: on, origin: Origin::Explicit, reason: reason.into() };
     }
     if let (Some(on), Some(p)) = (profile_cfg.state(flag), request.profile) {
         let reason = if on { format!("profile {p}") } else { format!("profile {p} turns it off") };
-        return Slot { on, origin: Origin::Profile, reason };
+        return Slot { on, requested: on, origin: Origin::Profile, reason };
     }
     let default_on = flag.kind() == FlagKind::KvmParavirt && flag != E::KvmHintDedicated;
     if default_on {
         let reason = if flag == E::Kvm {
             "default (QEMU kvm=on)".to_string()
         } else {
-            "default: KVM paravirt features the host offers (as QEMU -cpu host)".to_string()
+            "default, as QEMU -cpu host: on where the host offers it".to_string()
         };
-        return Slot { on: true, origin: Origin::Default, reason };
+        return Slot { on: true, requested: true, origin: Origin::Default, reason };
     }
     let reason = match (request.profile, flag) {
         (_, E::KvmHintDedicated) => "not requested (only true with dedicated, pinned pCPUs)".into(),
         (Some(p), _) => format!("not in profile {p}"),
         (None, _) => "not requested".into(),
     };
-    Slot { on: false, origin: Origin::NotRequested, reason }
+    Slot { on: false, requested: false, origin: Origin::NotRequested, reason }
 }
 
 /// hv-passthrough: every Hyper-V flag the host reports, except skip_passthrough ones and flags
@@ -359,9 +363,21 @@ fn expand_passthrough(
         }
         let slot = &mut slots[flag as usize];
         match availability(flag, host, backend, opts) {
-            Ok(note) => *slot = Slot { on: true, origin: Origin::Passthrough, reason: format!("hv-passthrough: {note}") },
+            Ok(note) => {
+                *slot = Slot {
+                    on: true,
+                    requested: true,
+                    origin: Origin::Passthrough,
+                    reason: format!("hv-passthrough: {note}"),
+                }
+            }
             Err(why) => {
-                *slot = Slot { on: false, origin: Origin::Passthrough, reason: format!("hv-passthrough: {why}") }
+                *slot = Slot {
+                    on: false,
+                    requested: true,
+                    origin: Origin::Passthrough,
+                    reason: format!("hv-passthrough: {why}"),
+                }
             }
         }
     }
@@ -586,7 +602,7 @@ fn decisions(slots: Vec<Slot>, wanted: &HvConfig, guest: &GuestSettings, hyperv:
             if flag.kind() == FlagKind::Identity && !slot.on {
                 reason = "default".into();
             }
-            Decision { flag, on: slot.on, origin: slot.origin, value, reason }
+            Decision { flag, on: slot.on, origin: slot.origin, requested: slot.requested, value, reason }
         })
         .collect()
 }

@@ -198,14 +198,20 @@ mod tests {
 
     #[test]
     fn e820_reserves_the_bios_area_and_skips_the_mmio_hole() {
-        let small = e820_map(256 << 20);
-        assert_eq!(small.len(), 3);
-        assert_eq!((small[1].addr, small[1].r#type), (layout::LOW_RAM_END, E820_RESERVED));
-        assert_eq!((small[2].addr, small[2].size), (1 << 20, (256 << 20) - (1 << 20)));
-        let big = e820_map(6 << 30);
+        // boot_e820_entry is packed: copy fields out before comparing.
+        let span = |e: &boot_e820_entry| ({ e.addr }, { e.size }, { e.r#type });
+        let small: Vec<_> = e820_map(256 << 20).iter().map(span).collect();
+        assert_eq!(
+            small,
+            vec![
+                (0, layout::LOW_RAM_END, E820_RAM),
+                (layout::LOW_RAM_END, (1 << 20) - layout::LOW_RAM_END, E820_RESERVED),
+                (1 << 20, (256 << 20) - (1 << 20), E820_RAM),
+            ]
+        );
+        let big: Vec<_> = e820_map(6 << 30).iter().map(span).collect();
         assert_eq!(big.len(), 4);
-        assert_eq!(big[2].addr + big[2].size, layout::MMIO_HOLE_START);
-        assert_eq!(big[3].addr, layout::MMIO_HOLE_END);
-        assert_eq!(big[3].size, (6 << 30) - layout::MMIO_HOLE_START);
+        assert_eq!(big[2].0 + big[2].1, layout::MMIO_HOLE_START);
+        assert_eq!(big[3], (layout::MMIO_HOLE_END, (6 << 30) - layout::MMIO_HOLE_START, E820_RAM));
     }
 }

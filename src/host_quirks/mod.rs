@@ -6,10 +6,11 @@
 //! is executed by KVM's instruction emulator, which refuses a few instructions an ordinary
 //! kernel uses. On VMX/SVM hosts none of this is active.
 
-use kvm_bindings::{kvm_debug_exit_arch, kvm_vcpu_events};
+mod emulation;
+mod insn_len;
+mod syscall;
 
-use crate::memory::GuestMemory;
-use crate::vcpu::VcpuState;
+pub use emulation::EmulationAssist;
 
 /// Whether to apply host workarounds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -43,7 +44,7 @@ pub struct HostQuirks {
     pub no_pit: bool,
     /// Hide CMPXCHG16B, which the emulator cannot execute (CPUID is otherwise leaky there).
     pub hide_cx16: bool,
-    /// Complete instructions the emulator refuses (see [`EmulationAssist`]).
+    /// Complete instructions the emulator refuses and repair SYSCALL (see [`EmulationAssist`]).
     pub emulation_assist: bool,
 }
 
@@ -63,55 +64,6 @@ impl HostQuirks {
     }
 }
 
-const INT3: u8 = 0xcc;
-const FWAIT: u8 = 0x9b;
-const BP_VECTOR: u8 = 3;
-
-/// Completes, on the guest's behalf, instructions the CPL0 emulator refuses:
-/// - `int3` (Linux's live text patching plants it): advance RIP and inject #BP, exactly what
-///   the instruction does; if the byte is no longer `int3` (the patch finished meanwhile),
-///   just re-execute;
-/// - `fwait` with no pending x87 exception: a no-op, so skip it.
-#[derive(Debug, Default)]
-pub struct EmulationAssist;
-
-impl EmulationAssist {
-    /// Returns true if the instruction was completed and the vCPU can continue.
-    pub fn complete(&mut self, state: &mut dyn VcpuState, _mem: &GuestMemory, insn: &[u8]) -> bool {
-        let Ok(mut regs) = state.regs() else { return false };
-        match insn.first() {
-            Some(&INT3) => {
-                regs.rip += 1;
-                let Ok(mut events) = state.events() else { return false };
-                inject_breakpoint(&mut events);
-                state.set_regs(&regs).is_ok() && state.set_events(&events).is_ok()
-            }
-            Some(&FWAIT) => {
-                regs.rip += 1;
-                state.set_regs(&regs).is_ok()
-            }
-            _ => false,
-        }
-    }
-
-    /// Handles a KVM_EXIT_DEBUG this assist caused; false if it was not ours.
-    pub fn on_debug_exit(
-        &mut self,
-        _state: &mut dyn VcpuState,
-        _mem: &GuestMemory,
-        _arch: &kvm_debug_exit_arch,
-    ) -> bool {
-        false
-    }
-}
-
-fn inject_breakpoint(events: &mut kvm_vcpu_events) {
-    events.exception.injected = 1;
-    events.exception.nr = BP_VECTOR;
-    events.exception.has_error_code = 0;
-    events.exception.error_code = 0;
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -124,10 +76,4 @@ mod tests {
         assert_eq!(HostQuirks::resolve(QuirksMode::Off, true), HostQuirks::NONE);
     }
 
-    #[test]
-    fn breakpoint_injection_fields() {
-        let mut e = kvm_vcpu_events::default();
-        inject_breakpoint(&mut e);
-        assert_eq!((e.exception.injected, e.exception.nr), (1, 3));
-    }
 }

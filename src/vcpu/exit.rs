@@ -45,6 +45,14 @@ pub enum DeferredExit {
     InternalError,
     /// KVM_EXIT_DEBUG.
     Debug(kvm_debug_exit_arch),
+    /// A WRMSR the host-quirk assist traps through the MSR filter (already let through to
+    /// the guest's instruction; the assist must perform the write).
+    TrappedMsrWrite {
+        /// MSR index.
+        index: u32,
+        /// Value written.
+        value: u64,
+    },
 }
 
 /// The result of [`ExitHandler::dispatch`].
@@ -138,6 +146,13 @@ impl ExitHandler {
             }
             VcpuExit::X86Wrmsr(exit) => {
                 VcpuStats::bump(&self.stats.msr);
+                if self.assist.as_ref().is_some_and(|a| a.traps_msr_write(exit.index)) {
+                    *exit.error = 0;
+                    return Dispatch::Deferred(DeferredExit::TrappedMsrWrite {
+                        index: exit.index,
+                        value: exit.data,
+                    });
+                }
                 if self.msrs.write(vcpu, exit.index, exit.data).is_err() {
                     VcpuStats::bump(&self.stats.msr_gp);
                     log::debug!("vCPU {vcpu}: wrmsr {:#x}={:#x} -> #GP", exit.index, exit.data);
@@ -193,6 +208,20 @@ impl ExitHandler {
                     InternalError::Other { suberror, data } => {
                         ExitAction::Stop(StopReason::InternalError { vcpu, suberror, data })
                     }
+                }
+            }
+            DeferredExit::TrappedMsrWrite { index, value } => {
+                let done = match self.assist.as_mut() {
+                    Some(assist) => assist.on_trapped_msr_write(state, &self.mem, index, value),
+                    None => false,
+                };
+                if done {
+                    ExitAction::Continue
+                } else {
+                    ExitAction::Stop(StopReason::KvmRunFailed {
+                        vcpu,
+                        error: format!("cannot complete the trapped write of MSR {index:#x}"),
+                    })
                 }
             }
             DeferredExit::Debug(arch) => {
@@ -266,6 +295,18 @@ mod tests {
         }
         fn sregs(&self) -> Result<kvm_sregs, kvm_ioctls::Error> {
             Ok(kvm_sregs::default())
+        }
+        fn set_sregs(&self, _: &kvm_sregs) -> Result<(), kvm_ioctls::Error> {
+            Ok(())
+        }
+        fn msr(&self, _: u32) -> Result<u64, kvm_ioctls::Error> {
+            Ok(0)
+        }
+        fn set_msr(&self, _: u32, _: u64) -> Result<(), kvm_ioctls::Error> {
+            Ok(())
+        }
+        fn translate(&self, gva: u64) -> Option<u64> {
+            Some(gva)
         }
         fn events(&self) -> Result<kvm_vcpu_events, kvm_ioctls::Error> {
             Ok(kvm_vcpu_events::default())

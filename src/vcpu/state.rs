@@ -1,6 +1,6 @@
 //! The vCPU operations exit handlers need, behind a trait so tests can use a fake vCPU.
 
-use kvm_bindings::{kvm_guest_debug, kvm_regs, kvm_sregs, kvm_vcpu_events};
+use kvm_bindings::{kvm_guest_debug, kvm_msr_entry, kvm_regs, kvm_sregs, kvm_vcpu_events, Msrs};
 use kvm_ioctls::VcpuFd;
 
 use crate::kvm::run_data::{self, InternalError};
@@ -13,6 +13,14 @@ pub trait VcpuState {
     fn set_regs(&self, regs: &kvm_regs) -> Result<(), kvm_ioctls::Error>;
     /// KVM_GET_SREGS.
     fn sregs(&self) -> Result<kvm_sregs, kvm_ioctls::Error>;
+    /// KVM_SET_SREGS.
+    fn set_sregs(&self, sregs: &kvm_sregs) -> Result<(), kvm_ioctls::Error>;
+    /// Reads one MSR through KVM_GET_MSRS.
+    fn msr(&self, index: u32) -> Result<u64, kvm_ioctls::Error>;
+    /// Writes one MSR through KVM_SET_MSRS (a host-initiated write: MSR filters do not apply).
+    fn set_msr(&self, index: u32, value: u64) -> Result<(), kvm_ioctls::Error>;
+    /// Translates a guest-virtual address with the vCPU's current paging (KVM_TRANSLATE).
+    fn translate(&self, gva: u64) -> Option<u64>;
     /// KVM_GET_VCPU_EVENTS.
     fn events(&self) -> Result<kvm_vcpu_events, kvm_ioctls::Error>;
     /// KVM_SET_VCPU_EVENTS.
@@ -32,6 +40,29 @@ impl VcpuState for VcpuFd {
     }
     fn sregs(&self) -> Result<kvm_sregs, kvm_ioctls::Error> {
         self.get_sregs()
+    }
+    fn set_sregs(&self, sregs: &kvm_sregs) -> Result<(), kvm_ioctls::Error> {
+        VcpuFd::set_sregs(self, sregs)
+    }
+    fn msr(&self, index: u32) -> Result<u64, kvm_ioctls::Error> {
+        let mut msrs = Msrs::from_entries(&[kvm_msr_entry { index, ..Default::default() }])
+            .map_err(|_| kvm_ioctls::Error::new(libc::EINVAL))?;
+        match self.get_msrs(&mut msrs)? {
+            1 => Ok(msrs.as_slice()[0].data),
+            _ => Err(kvm_ioctls::Error::new(libc::EINVAL)),
+        }
+    }
+    fn set_msr(&self, index: u32, value: u64) -> Result<(), kvm_ioctls::Error> {
+        let msrs = Msrs::from_entries(&[kvm_msr_entry { index, data: value, ..Default::default() }])
+            .map_err(|_| kvm_ioctls::Error::new(libc::EINVAL))?;
+        match self.set_msrs(&msrs)? {
+            1 => Ok(()),
+            _ => Err(kvm_ioctls::Error::new(libc::EINVAL)),
+        }
+    }
+    fn translate(&self, gva: u64) -> Option<u64> {
+        let t = self.translate_gva(gva).ok()?;
+        (t.valid != 0).then_some(t.physical_address)
     }
     fn events(&self) -> Result<kvm_vcpu_events, kvm_ioctls::Error> {
         self.get_vcpu_events()

@@ -136,6 +136,10 @@ impl Vm {
             return Err(VmError::MissingCapability("KVM_CAP_X86_USER_SPACE_MSR"));
         }
 
+        if quirks.emulation_assist {
+            set_trap_filter(&vm, EmulationAssist::trapped_msr_writes())?;
+        }
+
         let mem = memory::allocate(config.memory_mib)?;
         memory::register_with_kvm(&vm, &mem)?;
         let ram_size = config.memory_mib << 20;
@@ -185,7 +189,7 @@ impl Vm {
                 mem: mem.clone(),
                 control: control.clone(),
                 stats: vcpu_stats,
-                assist: quirks.emulation_assist.then_some(EmulationAssist),
+                assist: quirks.emulation_assist.then(EmulationAssist::default),
             };
             vcpus.push((fd, handler));
         }
@@ -257,6 +261,24 @@ impl Vm {
 /// Builds and runs a VM in one call.
 pub fn run(config: VmConfig) -> Result<VmOutcome, VmError> {
     Vm::new(config)?.run()
+}
+
+/// Sends guest writes of `msrs` to user space (KVM_X86_SET_MSR_FILTER, default allow).
+fn set_trap_filter(vm: &VmFd, msrs: &[u32]) -> Result<(), VmError> {
+    use kvm_ioctls::{MsrFilterDefaultAction, MsrFilterRange, MsrFilterRangeFlags};
+    // One range per MSR; a clear bit in a range's bitmap denies (= exits to user space).
+    let deny = [0u8; 1];
+    let ranges: Vec<MsrFilterRange<'_>> = msrs
+        .iter()
+        .map(|&base| MsrFilterRange {
+            flags: MsrFilterRangeFlags::WRITE,
+            base,
+            msr_count: 1,
+            bitmap: &deny,
+        })
+        .collect();
+    vm.set_msr_filter(MsrFilterDefaultAction::ALLOW, &ranges)
+        .map_err(kvm_err("KVM_X86_SET_MSR_FILTER"))
 }
 
 fn describe(plan: &BootPlan) -> String {

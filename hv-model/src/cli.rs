@@ -1,0 +1,368 @@
+//! `hvkvm hv ...` subcommands and the `--hv`/`--profile` options `hvkvm run` flattens in.
+//! [`run`] writes only to the writer it is given and reports failures as [`CliError`] chains
+//! (print them with [`error_chain`]).
+
+use std::error::Error;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use crate::backend::Backend;
+use crate::baseline::{baseline, BaselineError, FleetHost};
+use crate::config::HvRequest;
+use crate::cpuid::cpuid_leaves;
+use crate::error::ModelError;
+use crate::formats::{self, Format, FormatError};
+use crate::host::{HostCapabilities, HostLoadError};
+use crate::parse::parse_hv_list;
+use crate::profiles::Profile;
+use crate::render;
+use crate::resolve::{resolve, HostChecks, Irqchip, Resolution, ResolveOptions};
+
+/// `--hv LIST` and `--profile P`, shared by `hvkvm run` and the `hvkvm hv` subcommands.
+#[derive(Debug, Clone, Default, PartialEq, Eq, clap::Args)]
+pub struct HvSelectionArgs {
+    /// Hyper-V enlightenments in QEMU syntax, applied on top of --profile:
+    /// hv-relaxed,hv-vapic,hv-spinlocks=0x1fff,-hv-evmcs (hv_ spellings, names without the
+    /// hv- prefix and libvirt names work too). May be repeated.
+    #[arg(long = "hv", value_name = "LIST")]
+    pub hv: Vec<String>,
+    /// Start from a profile: windows-server-hyperv, windows, linux, migratable, minimal, host.
+    #[arg(long, value_name = "PROFILE", value_parser = parse_profile)]
+    pub profile: Option<Profile>,
+}
+
+impl HvSelectionArgs {
+    /// The request these options describe (later `--hv` lists win).
+    pub fn request(&self) -> Result<HvRequest, ModelError> {
+        let mut request = HvRequest { profile: self.profile, ..HvRequest::default() };
+        for list in &self.hv {
+            request.overrides.merge(&parse_hv_list(list)?.overrides);
+        }
+        Ok(request)
+    }
+}
+
+fn parse_profile(s: &str) -> Result<Profile, ModelError> {
+    Profile::from_name(s)
+}
+
+/// Which host and VM setup to resolve against.
+#[derive(Debug, Clone, Default, PartialEq, Eq, clap::Args)]
+pub struct HostArgs {
+    /// Host description: the output of `hvkvm probe --json`, or a bare HostCapabilities
+    /// object. Without it, flags are not checked against a host.
+    #[arg(long = "host", value_name = "FILE")]
+    pub host: Option<PathBuf>,
+    /// Who implements the Hyper-V interface.
+    #[arg(long, value_enum, default_value_t = Backend::Kernel)]
+    pub backend: Backend,
+    /// The guest must stay live-migratable (blockers become errors or turn profile flags off).
+    #[arg(long)]
+    pub migratable: bool,
+    /// The VM's interrupt controller setup.
+    #[arg(long, value_enum, default_value_t = Irqchip::Kernel)]
+    pub irqchip: Irqchip,
+    /// Fixed guest TSC frequency in kHz (needed to migrate with hv-reenlightenment).
+    #[arg(long, value_name = "KHZ")]
+    pub tsc_khz: Option<u32>,
+}
+
+/// `hvkvm hv <command>`.
+#[derive(Debug, Clone, PartialEq, Eq, clap::Subcommand)]
+pub enum HvCommand {
+    /// Show every flag on/off with the reason, and the CPUID leaves the guest gets.
+    Explain {
+        /// What to resolve.
+        #[command(flatten)]
+        selection: HvSelectionArgs,
+        /// Against which host.
+        #[command(flatten)]
+        host: HostArgs,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write the resolved set in another tool's configuration language.
+    Export {
+        /// What to resolve.
+        #[command(flatten)]
+        selection: HvSelectionArgs,
+        /// Against which host.
+        #[command(flatten)]
+        host: HostArgs,
+        /// Target language.
+        #[arg(long, value_enum)]
+        format: Format,
+        /// Fail instead of commenting out settings the format cannot express.
+        #[arg(long)]
+        strict: bool,
+    },
+    /// Read another tool's configuration; print it as an hvkvm --hv list (or --to FORMAT).
+    Import {
+        /// Input language.
+        #[arg(long, value_enum)]
+        format: Format,
+        /// Input file.
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+        /// Translate to this language instead of printing an --hv list.
+        #[arg(long, value_enum)]
+        to: Option<Format>,
+        /// Check the imported settings against this host (otherwise dependencies only).
+        #[command(flatten)]
+        host: HostArgs,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The set safe on every host and for migration between them, with exclusion reasons.
+    Baseline {
+        /// Host descriptions (`hvkvm probe --json` output), one per host.
+        #[arg(value_name = "PROBE", required = true)]
+        probes: Vec<PathBuf>,
+        /// What to aim for (default: profile host, i.e. all that every host can do).
+        #[command(flatten)]
+        selection: HvSelectionArgs,
+        /// Who implements the Hyper-V interface.
+        #[arg(long, value_enum, default_value_t = Backend::Kernel)]
+        backend: Backend,
+        /// Also print the baseline in this language.
+        #[arg(long, value_enum)]
+        format: Option<Format>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the profiles.
+    Profiles,
+    /// List every flag: names, aliases, CPUID bits, dependencies, KVM capability.
+    Flags,
+}
+
+/// Why an `hvkvm hv` command failed. Messages do not repeat their source; print the chain.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// `--hv`/`--profile` could not be parsed.
+    #[error("invalid --hv/--profile selection")]
+    Selection(#[source] ModelError),
+    /// The `--host` file could not be used.
+    #[error("cannot use the host description")]
+    Host(#[source] HostLoadError),
+    /// The request cannot be satisfied.
+    #[error("cannot resolve {request}")]
+    Resolve {
+        /// The request, as typed.
+        request: String,
+        /// Why.
+        #[source]
+        source: ModelError,
+    },
+    /// The import input could not be read.
+    #[error("cannot read {path}")]
+    Read {
+        /// The file.
+        path: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The import input is not valid in its format.
+    #[error("cannot import {path} as {format}")]
+    Import {
+        /// The file.
+        path: String,
+        /// The format.
+        format: Format,
+        /// Why.
+        #[source]
+        source: FormatError,
+    },
+    /// `--strict` export and something cannot be expressed.
+    #[error("{format} cannot express {flags}; export without --strict to get them as comments")]
+    NotExpressible {
+        /// The format.
+        format: Format,
+        /// The flags.
+        flags: String,
+    },
+    /// No baseline.
+    #[error("cannot compute the fleet baseline")]
+    Baseline(#[source] BaselineError),
+    /// Writing the output failed.
+    #[error("cannot write the output")]
+    Write(#[source] std::io::Error),
+}
+
+/// `error: cause: cause` on one line, for printing a [`CliError`] (or any error) with its chain.
+pub fn error_chain(err: &dyn Error) -> String {
+    let mut s = err.to_string();
+    let mut cur = err.source();
+    while let Some(e) = cur {
+        s.push_str(": ");
+        s.push_str(&e.to_string());
+        cur = e.source();
+    }
+    s
+}
+
+/// Runs one `hvkvm hv` command, writing to `out`.
+pub fn run(cmd: &HvCommand, out: &mut dyn Write) -> Result<(), CliError> {
+    let text = match cmd {
+        HvCommand::Explain { selection, host, json } => explain(selection, host, *json)?,
+        HvCommand::Export { selection, host, format, strict } => {
+            let (_, resolution) = resolve_selection(selection, host)?;
+            let exported = formats::export(*format, &resolution.config);
+            if *strict && !exported.dropped.is_empty() {
+                let flags: Vec<&str> =
+                    exported.dropped.iter().flat_map(|d| d.flags.iter().map(|f| f.name())).collect();
+                return Err(CliError::NotExpressible { format: *format, flags: flags.join(",") });
+            }
+            exported.text
+        }
+        HvCommand::Import { format, file, to, host, json } => import(*format, file, *to, host, *json)?,
+        HvCommand::Baseline { probes, selection, backend, format, json } => {
+            fleet(probes, selection, *backend, *format, *json)?
+        }
+        HvCommand::Profiles => profiles(),
+        HvCommand::Flags => render::flags(),
+    };
+    out.write_all(text.as_bytes()).map_err(CliError::Write)
+}
+
+fn options(args: &HostArgs) -> Result<(HostCapabilities, ResolveOptions), CliError> {
+    let (host, checks) = match &args.host {
+        Some(path) => (HostCapabilities::load(path).map_err(CliError::Host)?, HostChecks::Enforce),
+        None => (HostCapabilities::default(), HostChecks::Skip),
+    };
+    let opts = ResolveOptions {
+        host_checks: checks,
+        require_migration: args.migratable,
+        irqchip: args.irqchip,
+        tsc_khz: args.tsc_khz,
+        max_vps: None,
+    };
+    Ok((host, opts))
+}
+
+fn resolve_selection(
+    selection: &HvSelectionArgs,
+    args: &HostArgs,
+) -> Result<(HvRequest, Resolution), CliError> {
+    let request = selection.request().map_err(CliError::Selection)?;
+    let (host, opts) = options(args)?;
+    let resolution = resolve(&request, &host, args.backend, &opts)
+        .map_err(|source| CliError::Resolve { request: request.to_string(), source })?;
+    Ok((request, resolution))
+}
+
+#[derive(Serialize)]
+struct ExplainJson<'a> {
+    request: &'a HvRequest,
+    #[serde(flatten)]
+    resolution: &'a Resolution,
+    kvm_caps_to_enable: Vec<&'static str>,
+    cpuid: Vec<crate::cpuid::CpuidLeaf>,
+    hv_list: String,
+}
+
+fn explain(selection: &HvSelectionArgs, args: &HostArgs, json: bool) -> Result<String, CliError> {
+    let (request, resolution) = resolve_selection(selection, args)?;
+    let leaves = cpuid_leaves(&resolution);
+    if json {
+        let doc = ExplainJson {
+            request: &request,
+            resolution: &resolution,
+            kvm_caps_to_enable: resolution.kvm_caps_to_enable().iter().map(|c| c.name).collect(),
+            cpuid: leaves,
+            hv_list: resolution.config.to_hv_list(),
+        };
+        return Ok(to_json(&doc));
+    }
+    let host = args.host.as_ref().map_or("not checked".to_string(), |p| p.display().to_string());
+    let title = format!("Hyper-V selection: {request} (backend {}, host: {host})", args.backend);
+    Ok(render::explain(&title, &resolution, &leaves))
+}
+
+fn import(
+    format: Format,
+    file: &Path,
+    to: Option<Format>,
+    args: &HostArgs,
+    json: bool,
+) -> Result<String, CliError> {
+    let path = file.display().to_string();
+    let text = std::fs::read_to_string(file).map_err(|source| CliError::Read { path: path.clone(), source })?;
+    let imported = formats::import(format, &text)
+        .map_err(|source| CliError::Import { path: path.clone(), format, source })?;
+    let request = &imported.request;
+    let (host, opts) = options(args)?;
+    let resolution = resolve(request, &host, args.backend, &opts)
+        .map_err(|source| CliError::Resolve { request: format!("the settings in {path}"), source })?;
+    if json {
+        #[derive(Serialize)]
+        struct ImportJson<'a> {
+            request: &'a HvRequest,
+            notes: &'a [String],
+            hv_list: String,
+        }
+        return Ok(to_json(&ImportJson { request, notes: &imported.notes, hv_list: request.overrides.to_hv_list() }));
+    }
+    let mut s: String = imported.notes.iter().map(|n| format!("# note: {n}\n")).collect();
+    match (to, request.profile) {
+        // Faithful translation of what the input says (explicit offs included).
+        (Some(to), None) => s.push_str(&formats::export(to, &request.overrides).text),
+        // A profile (libvirt host-model) needs resolving first.
+        (Some(to), Some(_)) => s.push_str(&formats::export(to, &resolution.config).text),
+        (None, Some(p)) => s.push_str(&format!("--profile {p} --hv {}\n", request.overrides)),
+        (None, None) => s.push_str(&format!("{}\n", request.overrides)),
+    }
+    Ok(s)
+}
+
+fn fleet(
+    probes: &[PathBuf],
+    selection: &HvSelectionArgs,
+    backend: Backend,
+    format: Option<Format>,
+    json: bool,
+) -> Result<String, CliError> {
+    let request = selection.request().map_err(CliError::Selection)?;
+    let hosts = probes
+        .iter()
+        .map(|p| {
+            Ok(FleetHost { name: p.display().to_string(), host: HostCapabilities::load(p).map_err(CliError::Host)? })
+        })
+        .collect::<Result<Vec<_>, CliError>>()?;
+    let b = baseline(&hosts, &request, backend, &ResolveOptions::default()).map_err(CliError::Baseline)?;
+    if json {
+        return Ok(to_json(&b));
+    }
+    let mut s = render::baseline(&b);
+    if let Some(f) = format {
+        s.push_str(&format!("\nAs {f}:\n"));
+        s.push_str(&formats::export(f, &b.config).text);
+    }
+    Ok(s)
+}
+
+fn profiles() -> String {
+    let opts = ResolveOptions { host_checks: HostChecks::Skip, ..ResolveOptions::default() };
+    let mut s = String::new();
+    for p in Profile::ALL {
+        s.push_str(&format!("{:<22} {}\n", p.name(), p.description()));
+        match p.config(&HostCapabilities::default(), Backend::Kernel, &opts) {
+            Ok(c) => s.push_str(&format!("{:<22} --hv {c}\n", "")),
+            Err(_) => s.push_str(&format!("{:<22} (computed from --host)\n", "")),
+        }
+    }
+    s
+}
+
+fn to_json<T: Serialize>(value: &T) -> String {
+    // Serialising these plain data types cannot fail (string keys, no non-finite floats).
+    let mut s = serde_json::to_string_pretty(value).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"));
+    s.push('\n');
+    s
+}

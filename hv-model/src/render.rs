@@ -1,0 +1,141 @@
+//! Plain-text tables for the CLI (`explain`, `baseline`, `flags`, `profiles`).
+
+use std::fmt::Write as _;
+
+use crate::baseline::Baseline;
+use crate::cpuid::CpuidLeaf;
+use crate::flags::{FlagKind, FLAGS};
+use crate::resolve::Resolution;
+use crate::USER_BACKEND_IMPLEMENTS;
+
+const SECTIONS: [(FlagKind, &str); 4] = [
+    (FlagKind::Enlightenment, "Hyper-V enlightenments"),
+    (FlagKind::Supplementary, "Supplementary"),
+    (FlagKind::Identity, "Identification"),
+    (FlagKind::KvmParavirt, "KVM paravirt interface"),
+];
+
+/// The `explain` table: flags, blockers, warnings, CPUID, the equivalent explicit list.
+pub(crate) fn explain(title: &str, r: &Resolution, leaves: &[CpuidLeaf]) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "{title}");
+    for (kind, heading) in SECTIONS {
+        let _ = writeln!(s, "\n{heading}:");
+        let _ = writeln!(s, "  {:<26} {:<5} {:<14} REASON", "FLAG", "STATE", "VALUE");
+        for d in r.decisions.iter().filter(|d| d.flag.kind() == kind) {
+            let state = match (kind, d.on) {
+                (FlagKind::Identity, true) => "set",
+                (FlagKind::Identity, false) => "-",
+                (_, true) => "on",
+                (_, false) => "off",
+            };
+            let value = d.value.as_deref().unwrap_or("");
+            let _ = writeln!(s, "  {:<26} {:<5} {:<14} {}", d.flag.name(), state, value, d.reason);
+        }
+    }
+    if r.migration_blockers.is_empty() {
+        let _ = writeln!(s, "\nMigration: nothing blocks live migration.");
+    } else {
+        let _ = writeln!(s, "\nMigration blockers:");
+        for b in &r.migration_blockers {
+            let _ = writeln!(s, "  {}: {}", b.flag, b.reason);
+        }
+    }
+    if !r.warnings.is_empty() {
+        let _ = writeln!(s, "\nWarnings:");
+        for w in &r.warnings {
+            let _ = writeln!(s, "  - {w}");
+        }
+    }
+    let caps: Vec<&str> = r.kvm_caps_to_enable().iter().map(|c| c.name).collect();
+    if !caps.is_empty() {
+        let _ = writeln!(s, "\nPer-vCPU KVM capabilities to enable: {}", caps.join(", "));
+    }
+    let _ = writeln!(s, "\nCPUID leaves:");
+    s.push_str(&cpuid_table(leaves));
+    let _ = writeln!(s, "\nEquivalent explicit list (no profile needed):\n  --hv {}", r.config);
+    s
+}
+
+/// CPUID leaves in hex, or why there are none.
+pub(crate) fn cpuid_table(leaves: &[CpuidLeaf]) -> String {
+    if leaves.is_empty() {
+        return "  (none: no Hyper-V enlightenment is on; KVM's own leaves stay at 0x40000000)\n".into();
+    }
+    let mut s = format!(
+        "  {:<10} {:<5} {:<10} {:<10} {:<10} {:<10}\n",
+        "FUNCTION", "INDEX", "EAX", "EBX", "ECX", "EDX"
+    );
+    for l in leaves {
+        let _ = writeln!(
+            s,
+            "  {:#010x} {:<5} {:#010x} {:#010x} {:#010x} {:#010x}",
+            l.function, l.index, l.eax, l.ebx, l.ecx, l.edx
+        );
+    }
+    s
+}
+
+/// The `baseline` report.
+pub(crate) fn baseline(b: &Baseline) -> String {
+    let mut s = format!("Fleet baseline over {} host(s): {}\n", b.hosts.len(), b.hosts.join(", "));
+    let _ = writeln!(s, "\nSafe on every host and across migration:\n  --hv {}", b.config);
+    if !b.notes.is_empty() {
+        let _ = writeln!(s, "\nNotes:");
+        for n in &b.notes {
+            let _ = writeln!(s, "  - {n}");
+        }
+    }
+    if b.excluded.is_empty() {
+        let _ = writeln!(s, "\nExcluded: nothing.");
+    } else {
+        let _ = writeln!(s, "\nExcluded:");
+        for e in &b.excluded {
+            let _ = writeln!(s, "  {}:", e.flag);
+            for (host, reason) in &e.hosts {
+                let _ = writeln!(s, "    {host}: {reason}");
+            }
+        }
+    }
+    s
+}
+
+/// The `flags` table, from the definition table.
+pub(crate) fn flags() -> String {
+    let mut s = format!(
+        "{:<26} {:<30} {:<22} {:<22} {:<32} {}\n",
+        "FLAG", "ALIASES", "CPUID", "REQUIRES", "KVM CAP (legacy check)", "USER BACKEND"
+    );
+    for d in FLAGS {
+        let aliases: Vec<String> = d.aliases.iter().map(|a| a.to_string()).collect();
+        let mut bits: Vec<String> = d.cpuid.iter().chain(d.extra_guest_bits).map(|b| b.describe()).collect();
+        if d.cpuid.is_empty() && d.extra_guest_bits.is_empty() {
+            bits.push("-".into());
+        }
+        let requires: Vec<&str> = d.requires.iter().map(|f| f.name()).collect();
+        let user = match d.kind {
+            FlagKind::KvmParavirt => "n/a (KVM)",
+            _ if USER_BACKEND_IMPLEMENTS.contains(&d.flag) => "yes",
+            _ => "not yet",
+        };
+        let _ = writeln!(
+            s,
+            "{:<26} {:<30} {:<22} {:<22} {:<32} {}",
+            d.name,
+            or_dash(&aliases.join(",")),
+            bits.join(" "),
+            or_dash(&requires.join(",")),
+            d.kvm_cap.map_or("-", |c| c.name),
+            user
+        );
+    }
+    s
+}
+
+fn or_dash(s: &str) -> &str {
+    if s.is_empty() {
+        "-"
+    } else {
+        s
+    }
+}

@@ -14,14 +14,15 @@
 //! - [`kvm`] and [`memory`] are the only modules allowed `unsafe`.
 //! - [`vcpu::exit`] decides what every exit means and is testable without /dev/kvm.
 //! - [`host_quirks`] holds every workaround for hosts that cannot run ordinary guests unaided.
-//! - Hyper-V enlightenments are modelled in the `hv-model` crate; their user-space emulation
-//!   (the user backend) will live in `hyperv`.
+//! - [`hyperv`] connects a VM to the `hv-model` crate, which decides the enlightenments; their
+//!   user-space emulation (the user backend) grows there.
 
 pub mod boot;
 pub mod cli;
 pub mod cpu;
 pub mod devices;
 pub mod host_quirks;
+pub mod hyperv;
 pub mod kvm;
 pub mod memory;
 pub(crate) mod ratelimit;

@@ -31,7 +31,11 @@ impl log::Log for StderrLogger {
     }
     fn log(&self, record: &log::Record<'_>) {
         if self.enabled(record.metadata()) {
-            eprintln!("hvkvm [{}] {}", record.level().as_str().to_lowercase(), record.args());
+            eprintln!(
+                "hvkvm [{}] {}",
+                record.level().as_str().to_lowercase(),
+                record.args()
+            );
         }
     }
     fn flush(&self) {}

@@ -21,7 +21,9 @@ pub struct RateLimiter {
 impl RateLimiter {
     /// A limiter that has not logged yet.
     pub const fn new() -> Self {
-        RateLimiter { state: Mutex::new(None) }
+        RateLimiter {
+            state: Mutex::new(None),
+        }
     }
 
     /// Returns `Some(suppressed)` when the caller may log now, with the number of messages

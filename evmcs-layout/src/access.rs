@@ -84,13 +84,10 @@ pub trait PageRead {
     ///
     /// # Errors
     /// As [`PageRead::read_bytes`]; [`AccessError::OutOfBounds`] for `size > 8`.
+    #[inline]
     fn read_le(&self, offset: usize, size: usize) -> Result<u64, AccessError> {
         let mut raw = [0u8; 8];
-        let dst = raw.get_mut(..size).ok_or(AccessError::OutOfBounds {
-            offset,
-            len: size,
-            available: 8,
-        })?;
+        let dst = raw.get_mut(..size).ok_or(too_wide(offset, size))?;
         self.read_bytes(offset, dst)?;
         Ok(u64::from_le_bytes(raw))
     }
@@ -108,69 +105,121 @@ pub trait PageWrite: PageRead {
     ///
     /// # Errors
     /// As [`PageWrite::write_bytes`]; [`AccessError::OutOfBounds`] for `size > 8`.
+    #[inline]
     fn write_le(&mut self, offset: usize, size: usize, value: u64) -> Result<(), AccessError> {
         let raw = value.to_le_bytes();
-        let src = raw.get(..size).ok_or(AccessError::OutOfBounds {
-            offset,
-            len: size,
-            available: 8,
-        })?;
+        let src = raw.get(..size).ok_or(too_wide(offset, size))?;
         self.write_bytes(offset, src)
     }
 }
 
-fn range_of(
-    offset: usize,
-    len: usize,
-    available: usize,
-) -> Result<core::ops::Range<usize>, AccessError> {
-    match offset.checked_add(len) {
-        Some(end) if end <= available => Ok(offset..end),
-        _ => Err(AccessError::OutOfBounds {
+/// `bytes[offset..offset + len]`, or the error saying why not.
+#[inline]
+fn subslice(bytes: &[u8], offset: usize, len: usize) -> Result<&[u8], AccessError> {
+    let available = bytes.len();
+    offset
+        .checked_add(len)
+        .and_then(|end| bytes.get(offset..end))
+        .ok_or(AccessError::OutOfBounds {
             offset,
             len,
             available,
-        }),
+        })
+}
+
+/// `&mut bytes[offset..offset + len]`, or the error saying why not.
+#[inline]
+fn subslice_mut(bytes: &mut [u8], offset: usize, len: usize) -> Result<&mut [u8], AccessError> {
+    let available = bytes.len();
+    offset
+        .checked_add(len)
+        .and_then(|end| bytes.get_mut(offset..end))
+        .ok_or(AccessError::OutOfBounds {
+            offset,
+            len,
+            available,
+        })
+}
+
+/// Error for a `read_le`/`write_le` wider than a `u64`.
+const fn too_wide(offset: usize, size: usize) -> AccessError {
+    AccessError::OutOfBounds {
+        offset,
+        len: size,
+        available: 8,
     }
 }
 
 impl PageRead for [u8] {
+    #[inline]
     fn read_bytes(&self, offset: usize, buf: &mut [u8]) -> Result<(), AccessError> {
-        let available = self.len();
-        let range = range_of(offset, buf.len(), available)?;
-        let src = self.get(range).ok_or(AccessError::OutOfBounds {
-            offset,
-            len: buf.len(),
-            available,
-        })?;
-        buf.copy_from_slice(src);
+        buf.copy_from_slice(subslice(self, offset, buf.len())?);
         Ok(())
+    }
+
+    // Fixed-width loads for the field sizes, instead of a variable-length copy.
+    #[inline]
+    fn read_le(&self, offset: usize, size: usize) -> Result<u64, AccessError> {
+        if size > 8 {
+            return Err(too_wide(offset, size));
+        }
+        let bytes = subslice(self, offset, size)?;
+        Ok(match *bytes {
+            [a, b] => u16::from_le_bytes([a, b]).into(),
+            [a, b, c, d] => u32::from_le_bytes([a, b, c, d]).into(),
+            [a, b, c, d, e, f, g, h] => u64::from_le_bytes([a, b, c, d, e, f, g, h]),
+            _ => bytes
+                .iter()
+                .rev()
+                .fold(0, |acc, &b| acc << 8 | u64::from(b)),
+        })
     }
 }
 
 impl PageWrite for [u8] {
+    #[inline]
     fn write_bytes(&mut self, offset: usize, data: &[u8]) -> Result<(), AccessError> {
-        let available = self.len();
-        let range = range_of(offset, data.len(), available)?;
-        let dst = self.get_mut(range).ok_or(AccessError::OutOfBounds {
-            offset,
-            len: data.len(),
-            available,
-        })?;
-        dst.copy_from_slice(data);
+        subslice_mut(self, offset, data.len())?.copy_from_slice(data);
+        Ok(())
+    }
+
+    // Fixed-width stores for the field sizes, instead of a variable-length copy.
+    #[inline]
+    fn write_le(&mut self, offset: usize, size: usize, value: u64) -> Result<(), AccessError> {
+        let raw = value.to_le_bytes();
+        let src = raw.get(..size).ok_or(too_wide(offset, size))?;
+        let dst = subslice_mut(self, offset, size)?;
+        match dst.len() {
+            2 => dst.copy_from_slice(&raw[..2]),
+            4 => dst.copy_from_slice(&raw[..4]),
+            8 => dst.copy_from_slice(&raw),
+            _ => dst.copy_from_slice(src),
+        }
         Ok(())
     }
 }
 
 impl<const N: usize> PageRead for [u8; N] {
+    #[inline]
     fn read_bytes(&self, offset: usize, buf: &mut [u8]) -> Result<(), AccessError> {
         self.as_slice().read_bytes(offset, buf)
+    }
+
+    #[inline]
+    fn read_le(&self, offset: usize, size: usize) -> Result<u64, AccessError> {
+        self.as_slice().read_le(offset, size)
     }
 }
 
 impl<const N: usize> PageWrite for [u8; N] {
+    #[inline]
     fn write_bytes(&mut self, offset: usize, data: &[u8]) -> Result<(), AccessError> {
         self.as_mut_slice().write_bytes(offset, data)
+    }
+
+    #[inline]
+    fn write_le(&mut self, offset: usize, size: usize, value: u64) -> Result<(), AccessError> {
+        self.as_mut_slice().write_le(offset, size, value)
     }
 }
 
@@ -191,14 +240,26 @@ impl Default for Page {
 }
 
 impl PageRead for Page {
+    #[inline]
     fn read_bytes(&self, offset: usize, buf: &mut [u8]) -> Result<(), AccessError> {
         self.0.read_bytes(offset, buf)
+    }
+
+    #[inline]
+    fn read_le(&self, offset: usize, size: usize) -> Result<u64, AccessError> {
+        self.0.read_le(offset, size)
     }
 }
 
 impl PageWrite for Page {
+    #[inline]
     fn write_bytes(&mut self, offset: usize, data: &[u8]) -> Result<(), AccessError> {
         self.0.write_bytes(offset, data)
+    }
+
+    #[inline]
+    fn write_le(&mut self, offset: usize, size: usize, value: u64) -> Result<(), AccessError> {
+        self.0.write_le(offset, size, value)
     }
 }
 
@@ -210,6 +271,7 @@ struct Resolved {
     high: bool,
 }
 
+#[inline]
 fn resolve(encoding: u32) -> Result<Resolved, AccessError> {
     if !vmcs::is_well_formed(encoding) {
         return Err(AccessError::InvalidEncoding(encoding));
@@ -345,6 +407,9 @@ pub struct Enlightenments {
 }
 
 impl Enlightenments {
+    /// Number of eVMCS members this struct holds.
+    pub const FIELDS: usize = 5;
+
     /// `control` as flags.
     pub const fn control_flags(&self) -> EnlightenmentsControl {
         EnlightenmentsControl::from_bits_retain(self.control)
@@ -416,6 +481,7 @@ impl VmcsImage {
     }
 }
 
+#[inline]
 fn truncate(value: u64, size: usize) -> u64 {
     match size {
         1 => value & 0xFF,
@@ -467,15 +533,12 @@ pub fn sync_with_clean<M: PageRead + ?Sized>(
         }
         if group == CleanGroup::EnlightenmentsControl {
             image.enlightenments = read_enlightenments(mem)?;
-            report.fields_copied += 5;
+            report.fields_copied += Enlightenments::FIELDS;
         }
         let (start, end) = GROUP_ROWS.get(group.index()).copied().unwrap_or_default();
-        let rows = FIELD_TABLE
-            .iter()
-            .zip(image.values.iter_mut())
-            .take(end)
-            .skip(start);
-        for (field, slot) in rows {
+        let fields = FIELD_TABLE.get(start..end).unwrap_or_default();
+        let slots = image.values.get_mut(start..end).unwrap_or_default();
+        for (field, slot) in fields.iter().zip(slots) {
             if field.is_read_only() {
                 continue;
             }

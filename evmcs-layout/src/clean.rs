@@ -134,12 +134,14 @@ impl CleanGroup {
     ];
 
     /// Index in [`CleanGroup::ALL_GROUPS`].
+    #[inline]
     pub const fn index(self) -> usize {
         self as usize
     }
 
     /// The clean-field bit number of a TLFS group; `None` for [`Always`](Self::Always) and
     /// [`All`](Self::All).
+    #[inline]
     pub const fn bit(self) -> Option<u32> {
         match self {
             Self::Always | Self::All => None,
@@ -149,6 +151,7 @@ impl CleanGroup {
 
     /// The bits a write to a field of this group clears in `hv_clean_fields`: its own bit, nothing
     /// for [`Always`](Self::Always), every bit for [`All`](Self::All).
+    #[inline]
     pub const fn dirty_mask(self) -> CleanFields {
         match self {
             Self::Always => CleanFields::empty(),
@@ -159,6 +162,7 @@ impl CleanGroup {
 
     /// Whether L0 must reload this group's fields given the guest's `clean` word: always for
     /// [`Always`](Self::Always) and [`All`](Self::All), otherwise when the group's bit is clear.
+    #[inline]
     pub const fn needs_reload(self, clean: CleanFields) -> bool {
         match self.bit() {
             None => true,

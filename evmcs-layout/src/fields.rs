@@ -39,21 +39,25 @@ pub struct EvmcsField {
 
 impl EvmcsField {
     /// Width class of the encoding.
+    #[inline]
     pub const fn width(&self) -> FieldWidth {
         FieldWidth::of(self.encoding)
     }
 
     /// Field type of the encoding (control, read-only exit information, guest, host).
+    #[inline]
     pub const fn field_type(&self) -> FieldType {
         FieldType::of(self.encoding)
     }
 
     /// True for VM-exit information fields: L0 writes them on VM exit, L1 only reads them.
+    #[inline]
     pub const fn is_read_only(&self) -> bool {
         matches!(self.field_type(), FieldType::ReadOnly)
     }
 
     /// One past the last byte of the field inside the eVMCS.
+    #[inline]
     pub const fn end(&self) -> usize {
         self.offset as usize + self.size as usize
     }
@@ -376,6 +380,7 @@ const SLOTS: usize = 64;
 const NO_ROW: u8 = u8::MAX;
 
 /// (class, index) of a full-access encoding.
+#[inline]
 const fn slot_of(encoding: u32) -> (usize, usize) {
     let class = ((encoding >> 11) & 0b1100) | ((encoding >> 10) & 0b11);
     (class as usize, ((encoding >> 1) & 0x1FF) as usize)
@@ -425,7 +430,7 @@ const fn build_lookup() -> [[u8; SLOTS]; CLASSES] {
 }
 
 /// Row range `[start, end)` of every clean group in [`FIELD_TABLE`], by [`CleanGroup::index`].
-pub(crate) const GROUP_ROWS: [(usize, usize); CleanGroup::COUNT] = build_group_rows();
+pub(crate) static GROUP_ROWS: [(usize, usize); CleanGroup::COUNT] = build_group_rows();
 
 const fn build_group_rows() -> [(usize, usize); CleanGroup::COUNT] {
     let mut rows = [(0, 0); CleanGroup::COUNT];
@@ -448,6 +453,7 @@ const fn build_group_rows() -> [(usize, usize); CleanGroup::COUNT] {
 
 /// Row number in [`FIELD_TABLE`] of a full-access `encoding`, or `None` when eVMCS v1 has no
 /// home for it (including malformed and "high" encodings).
+#[inline]
 pub fn row_of(encoding: u32) -> Option<usize> {
     if !vmcs::is_well_formed(encoding) || encoding & 1 != 0 {
         return None;
@@ -460,6 +466,7 @@ pub fn row_of(encoding: u32) -> Option<usize> {
 }
 
 /// The table row for a full-access `encoding`; `None` when eVMCS v1 has no home for it.
+#[inline]
 pub fn lookup(encoding: u32) -> Option<&'static EvmcsField> {
     FIELD_TABLE.get(row_of(encoding)?)
 }

@@ -1,6 +1,6 @@
 //! Fixed-layout structs, declared once and checked at compile time.
 //!
-//! [`layout_struct!`] takes one row per member (`name: type = offset, "TlfsName";`) and emits:
+//! `layout_struct!` takes one row per member (`name: type = offset, "TlfsName";`) and emits:
 //! - the `#[repr(C)]` struct;
 //! - `const_assert_eq!(offset_of!(..), offset)` for every member and for the total size, so the
 //!   golden offsets written in the row (derived from the TLFS, see the crate docs) are checked

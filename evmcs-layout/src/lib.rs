@@ -49,7 +49,7 @@ pub mod clean;
 pub mod evmcs;
 pub mod fields;
 pub mod json;
-pub mod layout;
+mod layout;
 pub mod version;
 pub mod vmcs;
 pub mod vp_assist;

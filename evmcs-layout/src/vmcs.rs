@@ -30,6 +30,7 @@ pub enum FieldWidth {
 
 impl FieldWidth {
     /// Width class of `encoding` (only bits 14:13 are looked at).
+    #[inline]
     pub const fn of(encoding: u32) -> Self {
         match (encoding >> 13) & 3 {
             0 => Self::Bits16,
@@ -40,6 +41,7 @@ impl FieldWidth {
     }
 
     /// Size in bytes on x86-64 (natural width = 8).
+    #[inline]
     pub const fn bytes(self) -> usize {
         match self {
             Self::Bits16 => 2,
@@ -75,6 +77,7 @@ pub enum FieldType {
 
 impl FieldType {
     /// Type of `encoding` (only bits 11:10 are looked at).
+    #[inline]
     pub const fn of(encoding: u32) -> Self {
         match (encoding >> 10) & 3 {
             0 => Self::Control,
@@ -90,12 +93,14 @@ const RESERVED_BITS: u32 = 0xFFFF_8000 | (1 << 12);
 
 /// True when `encoding` has no reserved bit set and uses the "high" access type (bit 0) only on
 /// a 64-bit field. Says nothing about whether the processor or the eVMCS implements the field.
+#[inline]
 pub const fn is_well_formed(encoding: u32) -> bool {
     encoding & RESERVED_BITS == 0
         && (encoding & 1 == 0 || matches!(FieldWidth::of(encoding), FieldWidth::Bits64))
 }
 
 /// True for the "high" access encoding of a 64-bit field (bit 0 set): it names bits 63:32.
+#[inline]
 pub const fn is_high_access(encoding: u32) -> bool {
     encoding & 1 == 1 && matches!(FieldWidth::of(encoding), FieldWidth::Bits64)
 }

@@ -5,8 +5,8 @@ use evmcs_layout::vmcs::{self, FieldType};
 use evmcs_layout::vp_assist::{self, NestedFeatures};
 use evmcs_layout::{
     dirtied_by, lookup, read_field, sync, sync_with_clean, write_field, write_field_and_dirty,
-    AccessError, CleanFields, CleanGroup, EnlightenmentsControl, EvmcsVersionRange, Page,
-    SyntheticField, VmcsImage, EVMCS_SIZE, FIELD_TABLE, PAGE_SIZE,
+    AccessError, CleanFields, CleanGroup, EnlightenmentsControl, EvmcsVersionRange, Page, PageRead,
+    PageWrite, SyntheticField, VmcsImage, EVMCS_SIZE, FIELD_TABLE, PAGE_SIZE,
 };
 
 /// A distinct, full 64-bit value per table row.
@@ -436,4 +436,61 @@ fn errors_display() {
         assert!(!e.to_string().is_empty());
         let _: &dyn std::error::Error = &e;
     }
+}
+
+/// A backing with only the required methods, like a VMM's wrapper over guest memory.
+struct MinimalBacking(Vec<u8>);
+
+impl PageRead for MinimalBacking {
+    fn read_bytes(&self, offset: usize, buf: &mut [u8]) -> Result<(), AccessError> {
+        self.0.as_slice().read_bytes(offset, buf)
+    }
+}
+
+impl PageWrite for MinimalBacking {
+    fn write_bytes(&mut self, offset: usize, data: &[u8]) -> Result<(), AccessError> {
+        self.0.as_mut_slice().write_bytes(offset, data)
+    }
+}
+
+#[test]
+fn slice_fast_paths_match_the_default_methods() {
+    let base: Vec<u8> = (0..EVMCS_SIZE).map(|i| (i * 7 + 3) as u8).collect();
+    for size in 0..=9 {
+        for offset in [
+            0,
+            1,
+            0x330,
+            EVMCS_SIZE - 8,
+            EVMCS_SIZE - 1,
+            EVMCS_SIZE,
+            usize::MAX,
+        ] {
+            let minimal = MinimalBacking(base.clone());
+            assert_eq!(
+                base.as_slice().read_le(offset, size),
+                minimal.read_le(offset, size),
+                "read size {size} at {offset:#x}"
+            );
+            let mut fast = base.clone();
+            let mut slow = MinimalBacking(base.clone());
+            let value = 0x0102_0304_0506_0708;
+            assert_eq!(
+                fast.as_mut_slice().write_le(offset, size, value),
+                slow.write_le(offset, size, value),
+                "write size {size} at {offset:#x}"
+            );
+            assert_eq!(fast, slow.0);
+        }
+    }
+}
+
+#[test]
+fn sync_through_a_minimal_backing_matches_slices() {
+    let page = filled_page();
+    let backing = MinimalBacking(page.0.to_vec());
+    let (mut a, mut b) = (VmcsImage::new(), VmcsImage::new());
+    let ra = sync_with_clean(&page, &mut a, CleanFields::empty()).unwrap();
+    let rb = sync_with_clean(&backing, &mut b, CleanFields::empty()).unwrap();
+    assert_eq!((ra, a), (rb, b));
 }

@@ -29,7 +29,11 @@ pub fn guest_binary(name: &str) -> PathBuf {
 
 /// Returns why KVM tests cannot run here, if they cannot.
 pub fn kvm_unavailable() -> Option<String> {
-    match std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm") {
+    match std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+    {
         Ok(_) => None,
         Err(e) => Some(format!("/dev/kvm is not usable: {e}")),
     }
@@ -66,11 +70,18 @@ impl GuestTest {
     /// An arbitrary ELF image (for hand-assembled payloads).
     pub fn from_image(name: &str, image: Vec<u8>) -> Self {
         let serial = CaptureBuffer::default();
-        let mut config = VmConfig::new(BootSource::Payload { image, name: name.to_string() });
+        let mut config = VmConfig::new(BootSource::Payload {
+            image,
+            name: name.to_string(),
+        });
         config.memory_mib = 64;
         config.timeout = Some(DEFAULT_TIMEOUT);
         config.serial = Box::new(serial.clone());
-        GuestTest { config, serial, name: name.to_string() }
+        GuestTest {
+            config,
+            serial,
+            name: name.to_string(),
+        }
     }
 
     /// Sets the vCPU count.
@@ -98,8 +109,14 @@ impl GuestTest {
     }
 
     /// Adds a user-space MSR handler.
-    pub fn msr_handler(mut self, range: RangeInclusive<u32>, handler: impl MsrHandler + 'static) -> Self {
-        self.config.msr_handlers.push((range, Arc::new(Mutex::new(handler))));
+    pub fn msr_handler(
+        mut self,
+        range: RangeInclusive<u32>,
+        handler: impl MsrHandler + 'static,
+    ) -> Self {
+        self.config
+            .msr_handlers
+            .push((range, Arc::new(Mutex::new(handler))));
         self
     }
 
@@ -124,7 +141,11 @@ impl GuestTest {
             outcome.stuck_vcpus,
             self.name
         );
-        TestRun { outcome, serial: self.serial.contents(), name: self.name }
+        TestRun {
+            outcome,
+            serial: self.serial.contents(),
+            name: self.name,
+        }
     }
 }
 
@@ -169,13 +190,23 @@ impl TestRun {
 
     /// The SYNC events of `stage`, in order.
     pub fn syncs(&self, stage: u64) -> Vec<&SyncEvent> {
-        self.outcome.syncs.iter().filter(|s| s.stage == stage).collect()
+        self.outcome
+            .syncs
+            .iter()
+            .filter(|s| s.stage == stage)
+            .collect()
     }
 
     /// The single SYNC of `stage`; panics if there is not exactly one.
     pub fn sync(&self, stage: u64) -> &SyncEvent {
         let syncs = self.syncs(stage);
-        assert_eq!(syncs.len(), 1, "guest '{}': expected one SYNC of stage {stage}: {:?}", self.name, self.outcome.syncs);
+        assert_eq!(
+            syncs.len(),
+            1,
+            "guest '{}': expected one SYNC of stage {stage}: {:?}",
+            self.name,
+            self.outcome.syncs
+        );
         syncs[0]
     }
 }

@@ -25,7 +25,11 @@ fn boot_contract_holds_on_every_vcpu() {
         assert_eq!(ram_top, 64 * MIB);
         assert_eq!(cr0 & (1 << 31 | 1), 1 << 31 | 1, "paging and protection on");
         assert_ne!(cr4 & (1 << 5), 0, "PAE on");
-        assert_eq!(efer & (1 << 8 | 1 << 10), 1 << 8 | 1 << 10, "long mode active");
+        assert_eq!(
+            efer & (1 << 8 | 1 << 10),
+            1 << 8 | 1 << 10,
+            "long mode active"
+        );
         assert_eq!(cr3, 0x9000, "hvkvm's identity page tables");
     }
 }
@@ -35,7 +39,11 @@ fn serial_output_reaches_the_host() {
     require_kvm!();
     let run = GuestTest::new("serial_hello").run();
     run.expect_done();
-    assert!(run.serial.contains("hvkvm guest: hello from COM1\n"), "serial: {:?}", run.serial);
+    assert!(
+        run.serial.contains("hvkvm guest: hello from COM1\n"),
+        "serial: {:?}",
+        run.serial
+    );
 }
 
 #[test]
@@ -54,19 +62,37 @@ fn every_vcpu_starts_at_the_entry() {
     let [mask, count, ..] = run.sync(1).values;
     assert_eq!((mask, count), (0b1111, 4));
     for cpu in 0..4 {
-        assert!(run.serial.contains(&format!("cpu {cpu} up")), "serial: {:?}", run.serial);
+        assert!(
+            run.serial.contains(&format!("cpu {cpu} up")),
+            "serial: {:?}",
+            run.serial
+        );
     }
 }
 
 #[test]
 fn cpuid_leaves_set_by_the_host_are_visible_to_the_guest() {
     require_kvm!();
-    let leaf = CpuidEntry { function: 0x4000_00f0, index: 0, eax: 0x1111, ebx: 0x2222, ecx: 0x3333, edx: 0x4444 };
+    let leaf = CpuidEntry {
+        function: 0x4000_00f0,
+        index: 0,
+        eax: 0x1111,
+        ebx: 0x2222,
+        ecx: 0x3333,
+        edx: 0x4444,
+    };
     let run = GuestTest::new("cpuid_leaf").cpuid(leaf).run();
     run.expect_done();
     let [_, ebx, ecx, edx, ..] = run.sync(1).values;
-    let vendor: Vec<u8> = [ebx, ecx, edx].iter().flat_map(|r| (*r as u32).to_le_bytes()).collect();
-    assert_eq!(&vendor[..9], b"KVMKVMKVM", "KVM's own leaf stays at 0x40000000 without Hyper-V");
+    let vendor: Vec<u8> = [ebx, ecx, edx]
+        .iter()
+        .flat_map(|r| (*r as u32).to_le_bytes())
+        .collect();
+    assert_eq!(
+        &vendor[..9],
+        b"KVMKVMKVM",
+        "KVM's own leaf stays at 0x40000000 without Hyper-V"
+    );
     assert_eq!(run.sync(2).values[..4], [0x1111, 0x2222, 0x3333, 0x4444]);
 }
 
@@ -93,7 +119,9 @@ fn msr_exit_round_trips_through_the_vmm() {
     require_kvm!();
     const TEST_MSR: u32 = 0x4856_4b4d;
     let msr = ScratchMsr::default();
-    let run = GuestTest::new("msr_roundtrip").msr_handler(TEST_MSR..=TEST_MSR, msr.clone()).run();
+    let run = GuestTest::new("msr_roundtrip")
+        .msr_handler(TEST_MSR..=TEST_MSR, msr.clone())
+        .run();
     run.expect_done();
     assert_eq!(run.sync(1).values[0], 0x1122_3344_5566_7788);
     let (value, writes, reads) = *msr.0.lock().unwrap();
@@ -104,7 +132,9 @@ fn msr_exit_round_trips_through_the_vmm() {
 #[test]
 fn a_guest_fault_is_reported_not_hung() {
     require_kvm!();
-    let run = GuestTest::new("triple_fault").timeout(Duration::from_secs(10)).run();
+    let run = GuestTest::new("triple_fault")
+        .timeout(Duration::from_secs(10))
+        .run();
     assert!(
         matches!(run.reason(), StopReason::TripleFault { vcpu: 0, .. }),
         "expected a triple fault, got: {}",
@@ -120,12 +150,19 @@ fn a_failed_guest_assertion_names_file_and_line() {
         panic!("expected a guest assertion, got {}", run.reason());
     };
     let source = include_str!("../guest/src/bin/assert_fail.rs");
-    let line = source.lines().position(|l| l.contains("guest_assert_eq!(1 + 1")).unwrap() as u64 + 1;
+    let line = source
+        .lines()
+        .position(|l| l.contains("guest_assert_eq!(1 + 1"))
+        .unwrap() as u64
+        + 1;
     assert!(a.file.ends_with("assert_fail.rs"), "file: {}", a.file);
     assert_eq!(a.line, line);
     assert_eq!(a.message, "arithmetic is broken");
     assert_eq!((a.a, a.b), (2, 3));
-    assert!(run.reason().to_string().contains(&format!("assert_fail.rs:{line}")));
+    assert!(run
+        .reason()
+        .to_string()
+        .contains(&format!("assert_fail.rs:{line}")));
 }
 
 /// `cli; hlt; jmp .-1`: a guest that halts forever with interrupts off.
@@ -136,12 +173,26 @@ fn timeout_stops_a_halted_or_spinning_guest() {
     require_kvm!();
     for (name, image) in [
         ("halt_forever", elf_from_code(0x20_0000, HALT_FOREVER)),
-        ("io_loop", std::fs::read(guest_tests::guest_binary("io_loop")).unwrap()),
+        (
+            "io_loop",
+            std::fs::read(guest_tests::guest_binary("io_loop")).unwrap(),
+        ),
     ] {
         let start = Instant::now();
-        let run = GuestTest::from_image(name, image).cpus(2).timeout(Duration::from_millis(300)).run();
-        assert_eq!(run.reason(), &StopReason::Timeout { after_ms: 300 }, "{name}");
-        assert!(start.elapsed() < Duration::from_secs(10), "{name} took {:?}", start.elapsed());
+        let run = GuestTest::from_image(name, image)
+            .cpus(2)
+            .timeout(Duration::from_millis(300))
+            .run();
+        assert_eq!(
+            run.reason(),
+            &StopReason::Timeout { after_ms: 300 },
+            "{name}"
+        );
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "{name} took {:?}",
+            start.elapsed()
+        );
     }
 }
 
@@ -155,7 +206,12 @@ fn emulation_failure_is_reported_with_instruction_bytes() {
     let run = GuestTest::from_image("sse", elf_from_code(0x20_0000, SSE_THEN_EXIT)).run();
     if host.is_pvm() {
         // CPL0 code is emulated here and the emulator has no SSE arithmetic.
-        let StopReason::EmulationFailure { vcpu: 0, rip: 0x20_0000, insn } = run.reason() else {
+        let StopReason::EmulationFailure {
+            vcpu: 0,
+            rip: 0x20_0000,
+            insn,
+        } = run.reason()
+        else {
             panic!("expected an emulation failure, got {}", run.reason());
         };
         assert_eq!(&insn[..4], &SSE_THEN_EXIT[..4]);
@@ -198,10 +254,17 @@ fn pause_stops_guest_progress_and_resume_restarts_it() {
     };
     wait_for(100);
     control.pause();
-    assert!(control.wait_paused(Duration::from_secs(5)), "vCPUs did not park");
+    assert!(
+        control.wait_paused(Duration::from_secs(5)),
+        "vCPUs did not park"
+    );
     let paused_at = count.load(Ordering::Relaxed);
     std::thread::sleep(Duration::from_millis(100));
-    assert_eq!(count.load(Ordering::Relaxed), paused_at, "guest ran while paused");
+    assert_eq!(
+        count.load(Ordering::Relaxed),
+        paused_at,
+        "guest ran while paused"
+    );
     control.resume();
     wait_for(paused_at + 100);
     control.stop(StopReason::PowerOff);

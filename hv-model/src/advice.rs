@@ -30,32 +30,44 @@ pub(crate) fn warnings(
 ) -> Vec<String> {
     let on = |f: E| slots[f as usize].on;
     let checked = opts.host_checks == crate::resolve::HostChecks::Enforce;
-    let hyperv = Enlightenment::all().zip(slots).any(|(f, s)| s.on && f.def().enables_hyperv);
+    let hyperv = Enlightenment::all()
+        .zip(slots)
+        .any(|(f, s)| s.on && f.def().enables_hyperv);
     let mut w = Vec::new();
     if !checked {
-        w.push("host not checked: pass --host FILE (from `hvkvm probe --json`) to check each flag \
+        w.push(
+            "host not checked: pass --host FILE (from `hvkvm probe --json`) to check each flag \
                 against the host"
-            .to_string());
+                .to_string(),
+        );
     }
     for flag in Enlightenment::all().filter(|f| on(*f)) {
-        let missing: Vec<Enlightenment> =
-            flag.def().recommends.iter().copied().filter(|d| !on(*d)).collect();
+        let missing: Vec<Enlightenment> = flag
+            .def()
+            .recommends
+            .iter()
+            .copied()
+            .filter(|d| !on(*d))
+            .collect();
         if missing.is_empty() {
             continue;
         }
         if missing == [E::Evmcs] {
             match (checked, host.cpu_vendor) {
-                (true, CpuVendor::Intel) => {
-                    w.push(format!("on Intel, {flag} only takes effect together with hv-evmcs"))
-                }
-                (false, _) => {
-                    w.push(format!("on Intel hosts, {flag} only takes effect together with hv-evmcs"))
-                }
+                (true, CpuVendor::Intel) => w.push(format!(
+                    "on Intel, {flag} only takes effect together with hv-evmcs"
+                )),
+                (false, _) => w.push(format!(
+                    "on Intel hosts, {flag} only takes effect together with hv-evmcs"
+                )),
                 _ => {}
             }
             continue;
         }
-        w.push(format!("{flag}: QEMU's documentation recommends also {}", and_list(&missing)));
+        w.push(format!(
+            "{flag}: QEMU's documentation recommends also {}",
+            and_list(&missing)
+        ));
     }
     let mut say = |cond: bool, text: &str| {
         if cond {
@@ -72,7 +84,20 @@ pub(crate) fn warnings(
         "hv-crash: a Windows bugcheck makes KVM exit with SYSTEM_EVENT_CRASH; the VMM must log \
          P0-P4 and let the guest continue, or Windows cannot write its crash dump",
     );
-    say(on(E::Reset), "hv-reset: modern Hyper-V does not expose it; QEMU advises leaving it off");
+    say(
+        !on(E::Kvm)
+            && Enlightenment::all().any(|f| {
+                f.kind() == FlagKind::KvmParavirt
+                    && f != E::Kvm
+                    && slots[f as usize].origin == Origin::Explicit
+                    && slots[f as usize].requested
+            }),
+        "kvm=off hides KVM's leaves, so the KVM paravirt features requested have no effect",
+    );
+    say(
+        on(E::Reset),
+        "hv-reset: modern Hyper-V does not expose it; QEMU advises leaving it off",
+    );
     say(
         on(E::Evmcs),
         "hv-evmcs hides posted interrupts, APICv, PML, VMFUNC and TSC scaling from L1; measure \
@@ -95,9 +120,12 @@ pub(crate) fn warnings(
         checked && on(E::Avic) && host.apicv == Some(false),
         "hv-avic without APICv/AVIC on the host may slow the guest down (QEMU docs)",
     );
-    if let (true, true, Some(hz), Some(khz)) =
-        (checked, on(E::Reenlightenment), guest.tsc_frequency_hz, host.tsc_khz)
-    {
+    if let (true, true, Some(hz), Some(khz)) = (
+        checked,
+        on(E::Reenlightenment),
+        guest.tsc_frequency_hz,
+        host.tsc_khz,
+    ) {
         say(
             hz / 1000 != u64::from(khz) && !host.tsc_control,
             "tsc-frequency differs from this host's TSC and the host has no TSC scaling: \
@@ -118,7 +146,9 @@ pub(crate) fn warnings(
     say(
         opts.require_migration
             && Enlightenment::all().any(|f| {
-                f.kind() == FlagKind::KvmParavirt && slots[f as usize].origin == Origin::Default
+                f.kind() == FlagKind::KvmParavirt
+                    && f != E::Kvm
+                    && slots[f as usize].origin == Origin::Default
             }),
         "KVM paravirt features default to what this host offers; list them explicitly (as \
          the migratable profile does) so that every host offers the same",

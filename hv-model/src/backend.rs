@@ -59,11 +59,11 @@ pub const USER_BACKEND_IMPLEMENTS: &[Enlightenment] = &[
 ];
 
 /// Whether the user backend implements the hypercall interface (GUEST_OS_ID and HYPERCALL
-/// MSRs, advertised by 03.EAX[5]). Not yet: the user backend then leaves that bit clear.
+/// MSRs, advertised by `03.EAX[5]`). Not yet: the user backend then leaves that bit clear.
 pub const USER_BACKEND_HYPERCALL_INTERFACE: bool = false;
 
 impl Backend {
-    /// Whether this backend serves the hypercall MSRs (03.EAX[5], always set by QEMU).
+    /// Whether this backend serves the hypercall MSRs (`03.EAX[5]`, always set by QEMU).
     pub fn hypercall_interface(self) -> bool {
         match self {
             Backend::Kernel => true,
@@ -83,7 +83,11 @@ pub(crate) fn availability(
     config_constraints(flag, opts)?;
     let checked = opts.host_checks == HostChecks::Enforce;
     if flag.kind() == FlagKind::KvmParavirt {
-        return if checked { kvm_paravirt(flag, host) } else { Ok("host not checked".into()) };
+        return if checked {
+            kvm_paravirt(flag, host)
+        } else {
+            Ok("host not checked".into())
+        };
     }
     match backend {
         Backend::User => user(flag, host, checked),
@@ -112,20 +116,22 @@ fn config_constraints(flag: Enlightenment, opts: &ResolveOptions) -> Result<(), 
 
 fn user(flag: Enlightenment, host: &HostCapabilities, checked: bool) -> Result<String, String> {
     if !USER_BACKEND_IMPLEMENTS.contains(&flag) {
-        return Err(format!(
-            "the user backend does not implement {flag} yet; use --backend kernel or drop {flag}"
-        ));
+        return Err(format!("the user backend does not implement {flag} yet"));
     }
     if !checked {
         return Ok("implemented by the user backend (host not checked)".into());
     }
     if !host.user_space_msr {
-        return Err("the user backend needs KVM_CAP_X86_USER_SPACE_MSR, which this host lacks".into());
+        return Err(
+            "the user backend needs KVM_CAP_X86_USER_SPACE_MSR, which this host lacks".into(),
+        );
     }
     if host.kernel_hyperv() && !host.msr_filter {
-        return Err("the user backend needs KVM_CAP_X86_MSR_FILTER on a kernel with Hyper-V \
+        return Err(
+            "the user backend needs KVM_CAP_X86_MSR_FILTER on a kernel with Hyper-V \
                     emulation, so that KVM forwards the synthetic MSRs"
-            .into());
+                .into(),
+        );
     }
     Ok("implemented by the user backend (pure CPUID value)".into())
 }
@@ -156,9 +162,11 @@ fn kernel(flag: Enlightenment, host: &HostCapabilities) -> Result<String, String
         return Ok("pure CPUID value".into());
     }
     if !host.kernel_hyperv() {
-        return Err("the host kernel has no Hyper-V emulation (KVM_CAP_HYPERV is 0: built \
+        return Err(
+            "the host kernel has no Hyper-V emulation (KVM_CAP_HYPERV is 0: built \
                     without CONFIG_KVM_HYPERV?); use --backend user"
-            .into());
+                .into(),
+        );
     }
     match flag {
         E::Evmcs => evmcs(host)?,
@@ -170,9 +178,11 @@ fn kernel(flag: Enlightenment, host: &HostCapabilities) -> Result<String, String
         }
         E::NoNonarchCoresharing => return Ok("pure CPUID hint".into()),
         E::Passthrough if host.supported_hv_cpuid.is_none() => {
-            return Err("hv-passthrough copies KVM_GET_SUPPORTED_HV_CPUID, and the probe has \
+            return Err(
+                "hv-passthrough copies KVM_GET_SUPPORTED_HV_CPUID, and the probe has \
                         no such leaves (kernel < 5.0?)"
-                .into())
+                    .into(),
+            )
         }
         _ => {}
     }
@@ -194,7 +204,11 @@ fn evmcs(host: &HostCapabilities) -> Result<(), String> {
 }
 
 fn nested(host: &HostCapabilities) -> Result<(), String> {
-    let module = if host.cpu_vendor == CpuVendor::Amd { "kvm_amd" } else { "kvm_intel" };
+    let module = if host.cpu_vendor == CpuVendor::Amd {
+        "kvm_amd"
+    } else {
+        "kvm_intel"
+    };
     if !(host.vmx || host.svm) {
         return Err("needs nested virtualization, and the host CPU has neither VMX nor SVM".into());
     }
@@ -243,9 +257,10 @@ fn evidence(def: &FlagDef, host: &HostCapabilities) -> Result<String, String> {
         ));
     }
     match def.kvm_cap {
-        Some(cap) if host.has_cap(cap) => {
-            Ok(format!("{} (legacy check: the probe has no KVM_GET_SUPPORTED_HV_CPUID)", cap.name))
-        }
+        Some(cap) if host.has_cap(cap) => Ok(format!(
+            "{} (legacy check: the probe has no KVM_GET_SUPPORTED_HV_CPUID)",
+            cap.name
+        )),
         Some(cap) => Err(format!("KVM does not report {}", cap.name)),
         None => Err("cannot tell whether KVM has it: the probe has no \
                      KVM_GET_SUPPORTED_HV_CPUID leaves"

@@ -71,17 +71,26 @@ pub fn baseline(
     if hosts.is_empty() {
         return Err(BaselineError::NoHosts);
     }
-    let request = if request.is_empty() { HvRequest::from_profile(Profile::Host) } else { request.clone() };
+    let request = if request.is_empty() {
+        HvRequest::from_profile(Profile::Host)
+    } else {
+        request.clone()
+    };
     let mut notes = Vec::new();
-    let mut opts = ResolveOptions { require_migration: true, ..opts.clone() };
+    let mut opts = ResolveOptions {
+        require_migration: true,
+        ..opts.clone()
+    };
     if request.overrides.tsc_frequency_hz.is_none() && opts.tsc_khz.is_none() {
         opts.tsc_khz = fleet_tsc_khz(hosts, &mut notes);
     }
     let resolutions: Vec<Resolution> = hosts
         .iter()
         .map(|h| {
-            resolve(&request, &h.host, backend, &opts)
-                .map_err(|source| BaselineError::Host { host: h.name.clone(), source })
+            resolve(&request, &h.host, backend, &opts).map_err(|source| BaselineError::Host {
+                host: h.name.clone(),
+                source,
+            })
         })
         .collect::<Result<_, _>>()?;
 
@@ -92,16 +101,23 @@ pub fn baseline(
         let kind = flag.kind();
         if on_everywhere(flag) {
             if flag == E::Spinlocks {
-                let retries = resolutions.iter().map(|r| r.guest.spinlock_retries).min().unwrap_or(0x1FFF);
+                let retries = resolutions
+                    .iter()
+                    .map(|r| r.guest.spinlock_retries)
+                    .min()
+                    .unwrap_or(0x1FFF);
                 set(&mut config, flag, FlagValue::Retries(retries));
             } else if let Some(v) = first.value(flag) {
                 let same = resolutions.iter().all(|r| r.config.value(flag) == Some(v));
                 if same {
                     set(&mut config, flag, v.clone());
                 } else {
-                    notes.push(format!("{flag}: hosts disagree on the value; left at the default"));
+                    notes.push(format!(
+                        "{flag}: hosts disagree on the value; left at the default"
+                    ));
                 }
-            } else if first.state(flag) == Some(true) {
+            } else if flag != E::Kvm {
+                // Pinned on, so that every host offers it even where it is only a default.
                 let _ = config.enable(flag);
             }
         } else if kind == FlagKind::KvmParavirt && flag != E::KvmHintDedicated {
@@ -118,10 +134,17 @@ pub fn baseline(
     // The intersection of dependency-closed sets is closed; check it anyway on every host.
     let check = HvRequest::from_config(config.clone());
     for h in hosts {
-        resolve(&check, &h.host, backend, &opts)
-            .map_err(|source| BaselineError::Host { host: h.name.clone(), source })?;
+        resolve(&check, &h.host, backend, &opts).map_err(|source| BaselineError::Host {
+            host: h.name.clone(),
+            source,
+        })?;
     }
-    Ok(Baseline { hosts: hosts.iter().map(|h| h.name.clone()).collect(), config, excluded, notes })
+    Ok(Baseline {
+        hosts: hosts.iter().map(|h| h.name.clone()).collect(),
+        config,
+        excluded,
+        notes,
+    })
 }
 
 fn set(config: &mut HvConfig, flag: Enlightenment, value: FlagValue) {
@@ -173,7 +196,10 @@ fn exclusions(hosts: &[FleetHost], resolutions: &[Resolution]) -> Vec<Exclusion>
             .filter(|(_, r)| !r.is_on(flag))
             .map(|(h, r)| (h.name.clone(), r.decision(flag).reason.clone()))
             .collect();
-        out.push(Exclusion { flag, hosts: reasons });
+        out.push(Exclusion {
+            flag,
+            hosts: reasons,
+        });
     }
     out
 }

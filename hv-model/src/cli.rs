@@ -26,7 +26,7 @@ pub struct HvSelectionArgs {
     /// Hyper-V enlightenments in QEMU syntax, applied on top of --profile:
     /// hv-relaxed,hv-vapic,hv-spinlocks=0x1fff,-hv-evmcs (hv_ spellings, names without the
     /// hv- prefix and libvirt names work too). May be repeated.
-    #[arg(long = "hv", value_name = "LIST")]
+    #[arg(long = "hv", value_name = "LIST", allow_hyphen_values = true)]
     pub hv: Vec<String>,
     /// Start from a profile: windows-server-hyperv, windows, linux, migratable, minimal, host.
     #[arg(long, value_name = "PROFILE", value_parser = parse_profile)]
@@ -36,7 +36,10 @@ pub struct HvSelectionArgs {
 impl HvSelectionArgs {
     /// The request these options describe (later `--hv` lists win).
     pub fn request(&self) -> Result<HvRequest, ModelError> {
-        let mut request = HvRequest { profile: self.profile, ..HvRequest::default() };
+        let mut request = HvRequest {
+            profile: self.profile,
+            ..HvRequest::default()
+        };
         for list in &self.hv {
             request.overrides.merge(&parse_hv_list(list)?.overrides);
         }
@@ -210,21 +213,51 @@ pub fn error_chain(err: &dyn Error) -> String {
 /// Runs one `hvkvm hv` command, writing to `out`.
 pub fn run(cmd: &HvCommand, out: &mut dyn Write) -> Result<(), CliError> {
     let text = match cmd {
-        HvCommand::Explain { selection, host, json } => explain(selection, host, *json)?,
-        HvCommand::Export { selection, host, format, strict } => {
+        HvCommand::Explain {
+            selection,
+            host,
+            json,
+        } => explain(selection, host, *json)?,
+        HvCommand::Export {
+            selection,
+            host,
+            format,
+            strict,
+        } => {
             let (_, resolution) = resolve_selection(selection, host)?;
             let exported = formats::export(*format, &resolution.config);
             if *strict && !exported.dropped.is_empty() {
-                let flags: Vec<&str> =
-                    exported.dropped.iter().flat_map(|d| d.flags.iter().map(|f| f.name())).collect();
-                return Err(CliError::NotExpressible { format: *format, flags: flags.join(",") });
+                let flags: Vec<&str> = exported
+                    .dropped
+                    .iter()
+                    .flat_map(|d| {
+                        d.flags
+                            .iter()
+                            .map(|f| f.name())
+                            .chain(d.tsc_frequency.then_some("tsc-frequency"))
+                    })
+                    .collect();
+                return Err(CliError::NotExpressible {
+                    format: *format,
+                    flags: flags.join(","),
+                });
             }
             exported.text
         }
-        HvCommand::Import { format, file, to, host, json } => import(*format, file, *to, host, *json)?,
-        HvCommand::Baseline { probes, selection, backend, format, json } => {
-            fleet(probes, selection, *backend, *format, *json)?
-        }
+        HvCommand::Import {
+            format,
+            file,
+            to,
+            host,
+            json,
+        } => import(*format, file, *to, host, *json)?,
+        HvCommand::Baseline {
+            probes,
+            selection,
+            backend,
+            format,
+            json,
+        } => fleet(probes, selection, *backend, *format, *json)?,
         HvCommand::Profiles => profiles(),
         HvCommand::Flags => render::flags(),
     };
@@ -233,7 +266,10 @@ pub fn run(cmd: &HvCommand, out: &mut dyn Write) -> Result<(), CliError> {
 
 fn options(args: &HostArgs) -> Result<(HostCapabilities, ResolveOptions), CliError> {
     let (host, checks) = match &args.host {
-        Some(path) => (HostCapabilities::load(path).map_err(CliError::Host)?, HostChecks::Enforce),
+        Some(path) => (
+            HostCapabilities::load(path).map_err(CliError::Host)?,
+            HostChecks::Enforce,
+        ),
         None => (HostCapabilities::default(), HostChecks::Skip),
     };
     let opts = ResolveOptions {
@@ -252,8 +288,11 @@ fn resolve_selection(
 ) -> Result<(HvRequest, Resolution), CliError> {
     let request = selection.request().map_err(CliError::Selection)?;
     let (host, opts) = options(args)?;
-    let resolution = resolve(&request, &host, args.backend, &opts)
-        .map_err(|source| CliError::Resolve { request: request.to_string(), source })?;
+    let resolution =
+        resolve(&request, &host, args.backend, &opts).map_err(|source| CliError::Resolve {
+            request: request.to_string(),
+            source,
+        })?;
     Ok((request, resolution))
 }
 
@@ -274,14 +313,24 @@ fn explain(selection: &HvSelectionArgs, args: &HostArgs, json: bool) -> Result<S
         let doc = ExplainJson {
             request: &request,
             resolution: &resolution,
-            kvm_caps_to_enable: resolution.kvm_caps_to_enable().iter().map(|c| c.name).collect(),
+            kvm_caps_to_enable: resolution
+                .kvm_caps_to_enable()
+                .iter()
+                .map(|c| c.name)
+                .collect(),
             cpuid: leaves,
             hv_list: resolution.config.to_hv_list(),
         };
         return Ok(to_json(&doc));
     }
-    let host = args.host.as_ref().map_or("not checked".to_string(), |p| p.display().to_string());
-    let title = format!("Hyper-V selection: {request} (backend {}, host: {host})", args.backend);
+    let host = args
+        .host
+        .as_ref()
+        .map_or("not checked".to_string(), |p| p.display().to_string());
+    let title = format!(
+        "Hyper-V selection: {request} (backend {}, host: {host})",
+        args.backend
+    );
     Ok(render::explain(&title, &resolution, &leaves))
 }
 
@@ -293,13 +342,22 @@ fn import(
     json: bool,
 ) -> Result<String, CliError> {
     let path = file.display().to_string();
-    let text = std::fs::read_to_string(file).map_err(|source| CliError::Read { path: path.clone(), source })?;
-    let imported = formats::import(format, &text)
-        .map_err(|source| CliError::Import { path: path.clone(), format, source })?;
+    let text = std::fs::read_to_string(file).map_err(|source| CliError::Read {
+        path: path.clone(),
+        source,
+    })?;
+    let imported = formats::import(format, &text).map_err(|source| CliError::Import {
+        path: path.clone(),
+        format,
+        source,
+    })?;
     let request = &imported.request;
     let (host, opts) = options(args)?;
-    let resolution = resolve(request, &host, args.backend, &opts)
-        .map_err(|source| CliError::Resolve { request: format!("the settings in {path}"), source })?;
+    let resolution =
+        resolve(request, &host, args.backend, &opts).map_err(|source| CliError::Resolve {
+            request: format!("the settings in {path}"),
+            source,
+        })?;
     if json {
         #[derive(Serialize)]
         struct ImportJson<'a> {
@@ -307,9 +365,17 @@ fn import(
             notes: &'a [String],
             hv_list: String,
         }
-        return Ok(to_json(&ImportJson { request, notes: &imported.notes, hv_list: request.overrides.to_hv_list() }));
+        return Ok(to_json(&ImportJson {
+            request,
+            notes: &imported.notes,
+            hv_list: request.overrides.to_hv_list(),
+        }));
     }
-    let mut s: String = imported.notes.iter().map(|n| format!("# note: {n}\n")).collect();
+    let mut s: String = imported
+        .notes
+        .iter()
+        .map(|n| format!("# note: {n}\n"))
+        .collect();
     match (to, request.profile) {
         // Faithful translation of what the input says (explicit offs included).
         (Some(to), None) => s.push_str(&formats::export(to, &request.overrides).text),
@@ -332,10 +398,14 @@ fn fleet(
     let hosts = probes
         .iter()
         .map(|p| {
-            Ok(FleetHost { name: p.display().to_string(), host: HostCapabilities::load(p).map_err(CliError::Host)? })
+            Ok(FleetHost {
+                name: p.display().to_string(),
+                host: HostCapabilities::load(p).map_err(CliError::Host)?,
+            })
         })
         .collect::<Result<Vec<_>, CliError>>()?;
-    let b = baseline(&hosts, &request, backend, &ResolveOptions::default()).map_err(CliError::Baseline)?;
+    let b = baseline(&hosts, &request, backend, &ResolveOptions::default())
+        .map_err(CliError::Baseline)?;
     if json {
         return Ok(to_json(&b));
     }
@@ -348,7 +418,10 @@ fn fleet(
 }
 
 fn profiles() -> String {
-    let opts = ResolveOptions { host_checks: HostChecks::Skip, ..ResolveOptions::default() };
+    let opts = ResolveOptions {
+        host_checks: HostChecks::Skip,
+        ..ResolveOptions::default()
+    };
     let mut s = String::new();
     for p in Profile::ALL {
         s.push_str(&format!("{:<22} {}\n", p.name(), p.description()));
@@ -362,7 +435,8 @@ fn profiles() -> String {
 
 fn to_json<T: Serialize>(value: &T) -> String {
     // Serialising these plain data types cannot fail (string keys, no non-finite floats).
-    let mut s = serde_json::to_string_pretty(value).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"));
+    let mut s =
+        serde_json::to_string_pretty(value).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"));
     s.push('\n');
     s
 }

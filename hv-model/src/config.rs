@@ -26,7 +26,9 @@ impl VendorId {
             why,
         };
         if s.is_empty() {
-            return Err(bad("the vendor string is empty; give 1 to 12 characters".into()));
+            return Err(bad(
+                "the vendor string is empty; give 1 to 12 characters".into()
+            ));
         }
         if let Some(c) = s.chars().find(|c| !(c.is_ascii_graphic() || *c == ' ')) {
             return Err(bad(format!(
@@ -34,7 +36,9 @@ impl VendorId {
             )));
         }
         if s.contains(',') {
-            return Err(bad("',' cannot appear in a QEMU -cpu list; choose another".into()));
+            return Err(bad(
+                "',' cannot appear in a QEMU -cpu list; choose another".into()
+            ));
         }
         if s.len() > 12 {
             return Err(bad(format!(
@@ -206,15 +210,18 @@ impl HvConfig {
                 Ok(())
             }
             ValueKind::OnOffAuto => self.set_value(flag, FlagValue::Coresharing(Coresharing::On)),
-            ValueKind::Retries => {
-                Err(ModelError::MissingValue { flag, example: "hv-spinlocks=0x1fff" })
-            }
-            ValueKind::Vendor => {
-                Err(ModelError::MissingValue { flag, example: "hv-vendor-id=KVMKVMKVM" })
-            }
-            ValueKind::Number(_) => {
-                Err(ModelError::MissingValue { flag, example: "hv-version-id-build=0x3839" })
-            }
+            ValueKind::Retries => Err(ModelError::MissingValue {
+                flag,
+                example: "hv-spinlocks=0x1fff",
+            }),
+            ValueKind::Vendor => Err(ModelError::MissingValue {
+                flag,
+                example: "hv-vendor-id=KVMKVMKVM",
+            }),
+            ValueKind::Number(_) => Err(ModelError::MissingValue {
+                flag,
+                example: "hv-version-id-build=0x3839",
+            }),
         }
     }
 
@@ -249,7 +256,10 @@ impl HvConfig {
                         return Err(ModelError::BadValue {
                             flag,
                             value: format!("{n:#x}"),
-                            why: format!("it must fit in {width} bits (at most {:#x})", (1u64 << width) - 1),
+                            why: format!(
+                                "it must fit in {width} bits (at most {:#x})",
+                                (1u64 << width) - 1
+                            ),
                         });
                     }
                 }
@@ -265,7 +275,11 @@ impl HvConfig {
     }
 
     /// Applies `name=text` (or `name` when `text` is None) with QEMU's value syntax.
-    pub fn apply_text(&mut self, flag: Enlightenment, text: Option<&str>) -> Result<(), ModelError> {
+    pub fn apply_text(
+        &mut self,
+        flag: Enlightenment,
+        text: Option<&str>,
+    ) -> Result<(), ModelError> {
         let Some(text) = text else {
             return self.enable(flag);
         };
@@ -301,7 +315,9 @@ impl HvConfig {
                 }
                 let n = parse_number(text)
                     .and_then(|n| u32::try_from(n).ok())
-                    .ok_or_else(|| bad("expected a retry count such as 0x1fff or 8191 (32 bits)"))?;
+                    .ok_or_else(|| {
+                        bad("expected a retry count such as 0x1fff or 8191 (32 bits)")
+                    })?;
                 self.set_value(flag, FlagValue::Retries(n))
             }
             ValueKind::Vendor => self.set_value(flag, FlagValue::Vendor(VendorId::new(text)?)),
@@ -345,7 +361,10 @@ impl HvConfig {
 
     /// Coresharing setting when mentioned (`Off` when turned off).
     pub fn coresharing(&self) -> Option<Coresharing> {
-        match (self.state(Enlightenment::NoNonarchCoresharing), self.values.get(&Enlightenment::NoNonarchCoresharing)) {
+        match (
+            self.state(Enlightenment::NoNonarchCoresharing),
+            self.values.get(&Enlightenment::NoNonarchCoresharing),
+        ) {
             (Some(false), _) => Some(Coresharing::Off),
             (_, Some(FlagValue::Coresharing(c))) => Some(*c),
             _ => None,
@@ -411,7 +430,9 @@ impl Serialize for HvConfig {
                 (true, Some(FlagValue::Retries(n) | FlagValue::Number(n))) => {
                     map.serialize_entry(flag.name(), n)?
                 }
-                (true, Some(FlagValue::Vendor(v))) => map.serialize_entry(flag.name(), v.as_str())?,
+                (true, Some(FlagValue::Vendor(v))) => {
+                    map.serialize_entry(flag.name(), v.as_str())?
+                }
                 (true, Some(FlagValue::Coresharing(c))) => {
                     map.serialize_entry(flag.name(), &c.to_string())?
                 }
@@ -438,12 +459,18 @@ pub struct HvRequest {
 impl HvRequest {
     /// A request for a profile without overrides.
     pub fn from_profile(profile: Profile) -> HvRequest {
-        HvRequest { profile: Some(profile), overrides: HvConfig::new() }
+        HvRequest {
+            profile: Some(profile),
+            overrides: HvConfig::new(),
+        }
     }
 
     /// A request without profile.
     pub fn from_config(overrides: HvConfig) -> HvRequest {
-        HvRequest { profile: None, overrides }
+        HvRequest {
+            profile: None,
+            overrides,
+        }
     }
 
     /// Whether it asks for nothing at all.

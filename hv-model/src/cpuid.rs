@@ -32,7 +32,14 @@ pub struct CpuidLeaf {
 impl CpuidLeaf {
     /// A leaf with subleaf 0.
     pub fn new(function: u32, eax: u32, ebx: u32, ecx: u32, edx: u32) -> CpuidLeaf {
-        CpuidLeaf { function, index: 0, eax, ebx, ecx, edx }
+        CpuidLeaf {
+            function,
+            index: 0,
+            eax,
+            ebx,
+            ecx,
+            edx,
+        }
     }
 
     /// One output register.
@@ -95,7 +102,11 @@ pub fn cpuid_leaves(resolution: &Resolution) -> Vec<CpuidLeaf> {
         nested_eax |= u32::from(range);
     }
     let nested = nested_eax != 0;
-    let mut max_leaf = if nested { tlfs::HV_NESTED_FEATURES } else { tlfs::HV_LIMITS };
+    let mut max_leaf = if nested {
+        tlfs::HV_NESTED_FEATURES
+    } else {
+        tlfs::HV_LIMITS
+    };
     if on(E::Syndbg) {
         max_leaf = max_leaf.max(tlfs::HV_SYNDBG_PLATFORM);
     }
@@ -103,7 +114,13 @@ pub fn cpuid_leaves(resolution: &Resolution) -> Vec<CpuidLeaf> {
     let vendor = tlfs::pack_signature(&g.vendor_id);
     let v = &g.version;
     let mut out = vec![
-        CpuidLeaf::new(tlfs::HV_VENDOR_AND_MAX, max_leaf, vendor[0], vendor[1], vendor[2]),
+        CpuidLeaf::new(
+            tlfs::HV_VENDOR_AND_MAX,
+            max_leaf,
+            vendor[0],
+            vendor[1],
+            vendor[2],
+        ),
         CpuidLeaf::new(tlfs::HV_INTERFACE, tlfs::HV_INTERFACE_SIGNATURE, 0, 0, 0),
         CpuidLeaf::new(
             tlfs::HV_VERSION,
@@ -112,26 +129,76 @@ pub fn cpuid_leaves(resolution: &Resolution) -> Vec<CpuidLeaf> {
             v.service_pack,
             (v.service_branch << 24) | (v.service_number & 0xFF_FFFF),
         ),
-        CpuidLeaf::new(tlfs::HV_FEATURES, features[0], features[1], features[2], features[3]),
-        CpuidLeaf::new(tlfs::HV_RECOMMENDATIONS, recommendations, g.spinlock_retries, 0, 0),
+        CpuidLeaf::new(
+            tlfs::HV_FEATURES,
+            features[0],
+            features[1],
+            features[2],
+            features[3],
+        ),
+        CpuidLeaf::new(
+            tlfs::HV_RECOMMENDATIONS,
+            recommendations,
+            g.spinlock_retries,
+            0,
+            0,
+        ),
         CpuidLeaf::new(tlfs::HV_LIMITS, g.max_vps, g.max_lps, 0, 0),
     ];
     if nested {
         // QEMU creates zeroed 0x40000006..0x40000009 before the nested leaf.
-        out.extend((tlfs::HV_LIMITS + 1..tlfs::HV_NESTED_FEATURES).map(|f| CpuidLeaf::new(f, 0, 0, 0, 0)));
-        out.push(CpuidLeaf::new(tlfs::HV_NESTED_FEATURES, nested_eax, 0, 0, 0));
+        out.extend(
+            (tlfs::HV_LIMITS + 1..tlfs::HV_NESTED_FEATURES).map(|f| CpuidLeaf::new(f, 0, 0, 0, 0)),
+        );
+        out.push(CpuidLeaf::new(
+            tlfs::HV_NESTED_FEATURES,
+            nested_eax,
+            0,
+            0,
+            0,
+        ));
     }
     if on(E::Syndbg) {
         let vs = tlfs::pack_signature("Microsoft VS");
-        out.push(CpuidLeaf::new(tlfs::HV_SYNDBG_VENDOR, 0, vs[0], vs[1], vs[2]));
-        out.push(CpuidLeaf::new(tlfs::HV_SYNDBG_INTERFACE, tlfs::HV_SYNDBG_INTERFACE_SIGNATURE, 0, 0, 0));
-        out.push(CpuidLeaf::new(tlfs::HV_SYNDBG_PLATFORM, tlfs::HV_SYNDBG_ALLOW_KERNEL_DEBUGGING, 0, 0, 0));
+        out.push(CpuidLeaf::new(
+            tlfs::HV_SYNDBG_VENDOR,
+            0,
+            vs[0],
+            vs[1],
+            vs[2],
+        ));
+        out.push(CpuidLeaf::new(
+            tlfs::HV_SYNDBG_INTERFACE,
+            tlfs::HV_SYNDBG_INTERFACE_SIGNATURE,
+            0,
+            0,
+            0,
+        ));
+        out.push(CpuidLeaf::new(
+            tlfs::HV_SYNDBG_PLATFORM,
+            tlfs::HV_SYNDBG_ALLOW_KERNEL_DEBUGGING,
+            0,
+            0,
+            0,
+        ));
     }
     if g.kvm_signature {
         let kvm = tlfs::pack_signature("KVMKVMKVM");
         let base = tlfs::KVM_SIGNATURE_RELOCATED;
-        out.push(CpuidLeaf::new(base, tlfs::KVM_FEATURES + tlfs::KVM_RELOCATION, kvm[0], kvm[1], kvm[2]));
-        out.push(CpuidLeaf::new(tlfs::KVM_FEATURES + tlfs::KVM_RELOCATION, g.kvm_features, 0, 0, g.kvm_hints));
+        out.push(CpuidLeaf::new(
+            base,
+            tlfs::KVM_FEATURES + tlfs::KVM_RELOCATION,
+            kvm[0],
+            kvm[1],
+            kvm[2],
+        ));
+        out.push(CpuidLeaf::new(
+            tlfs::KVM_FEATURES + tlfs::KVM_RELOCATION,
+            g.kvm_features,
+            0,
+            0,
+            g.kvm_hints,
+        ));
     }
     out
 }

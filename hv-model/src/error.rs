@@ -19,7 +19,8 @@ pub(crate) fn comma_list(flags: &[Enlightenment]) -> String {
 }
 
 fn did_you_mean(s: &Option<&'static str>) -> String {
-    s.map(|n| format!("; did you mean '{n}'?")).unwrap_or_default()
+    s.map(|n| format!("; did you mean '{n}'?"))
+        .unwrap_or_default()
 }
 
 /// What can go wrong while parsing, validating or resolving a Hyper-V selection.
@@ -71,11 +72,7 @@ pub enum ModelError {
         known: String,
     },
     /// A requested flag lacks flags it depends on (QEMU refuses to start in this case).
-    #[error(
-        "{flag} requires {}: add {}",
-        and_list(missing),
-        comma_list(missing)
-    )]
+    #[error("{flag} requires {}: add {}", and_list(missing), comma_list(missing))]
     MissingDependency {
         /// The requested flag.
         flag: Enlightenment,
@@ -104,7 +101,11 @@ pub enum ModelError {
         reason: String,
     },
     /// A requested flag cannot be offered on this host/backend.
-    #[error("{flag} is not available with the {backend} backend on this host: {reason}")]
+    #[error(
+        "{flag} is not available with the {backend} backend on this host: {reason}; drop \
+         {flag}{}",
+        if *backend == Backend::User { " or use --backend kernel" } else { "" }
+    )]
     Unavailable {
         /// The flag.
         flag: Enlightenment,
@@ -122,7 +123,9 @@ pub enum ModelError {
         reason: String,
     },
     /// Something needs a probed host description.
-    #[error("{what} needs a host description: pass --host FILE with the output of `hvkvm probe --json`")]
+    #[error(
+        "{what} needs a host description: pass --host FILE with the output of `hvkvm probe --json`"
+    )]
     HostRequired {
         /// What needed it.
         what: String,

@@ -17,7 +17,7 @@ use crate::tlfs::{self, bit, CpuidBits, KvmCap, Reg};
 /// One configurable item of the Hyper-V/KVM paravirt interface a guest is offered: a Hyper-V
 /// enlightenment (`hv-synic`), an identification value (`hv-vendor-id`), a supplementary mode
 /// (`hv-passthrough`) or a KVM paravirt feature (`kvm-pv-ipi`). Serialised as its QEMU name.
-#[allow(missing_docs)] // Each variant is documented by its table entry (`summary`).
+/// Each variant is described by its row in [`FLAGS`] (`name`, `summary`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(into = "&'static str", try_from = "String")]
 pub enum Enlightenment {
@@ -145,7 +145,11 @@ const HVA: u32 = tlfs::HV_NESTED_FEATURES;
 const KVMF: u32 = tlfs::KVM_FEATURES;
 
 const fn bits2(leaf: u32, reg: Reg, a: u32, b: u32) -> CpuidBits {
-    CpuidBits { leaf, reg, mask: (1 << a) | (1 << b) }
+    CpuidBits {
+        leaf,
+        reg,
+        mask: (1 << a) | (1 << b),
+    }
 }
 
 /// Builds a table row with the common defaults; fields are overridden with struct update.
@@ -173,8 +177,13 @@ const fn kvm_pv(flag: Enlightenment, name: &'static str, bits: &'static [CpuidBi
         kind: FlagKind::KvmParavirt,
         enables_hyperv: false,
         cpuid: bits,
-        requires: &[E::Kvm],
-        ..row(flag, name, "KVM paravirt feature (0x40000101, KVM's 0x40000001 moved)")
+        // No `requires: kvm`: with kvm=off QEMU accepts them and they have no effect (the
+        // leaf is hidden); resolve.rs turns them off with that reason.
+        ..row(
+            flag,
+            name,
+            "KVM paravirt feature (0x40000101, KVM's 0x40000001 moved)",
+        )
     }
 }
 
@@ -183,7 +192,11 @@ const fn version(flag: Enlightenment, name: &'static str, width: u32) -> FlagDef
         kind: FlagKind::Identity,
         value: ValueKind::Number(width),
         enables_hyperv: false,
-        ..row(flag, name, "Hyper-V version identification (0x40000002); not an enlightenment")
+        ..row(
+            flag,
+            name,
+            "Hyper-V version identification (0x40000002); not an enlightenment",
+        )
     }
 }
 
@@ -192,40 +205,68 @@ pub static FLAGS: &[FlagDef] = &[
     FlagDef {
         cpuid: &[bit(HV4, Reg::Eax, 5)],
         kvm_cap: Some(tlfs::KVM_CAP_HYPERV),
-        ..row(E::Relaxed, "hv-relaxed", "relaxed timing: Windows disables watchdog timeouts")
+        ..row(
+            E::Relaxed,
+            "hv-relaxed",
+            "relaxed timing: Windows disables watchdog timeouts",
+        )
     },
     FlagDef {
         // 04.EAX[3] (APIC access recommended) is added in cpuid.rs unless hv-avic is on.
         cpuid: &[bit(HV3, Reg::Eax, 4)],
         kvm_cap: Some(tlfs::KVM_CAP_HYPERV_VAPIC),
-        ..row(E::Vapic, "hv-vapic", "APIC MSRs and VP assist page (PV EOI); eVMCS needs it")
+        ..row(
+            E::Vapic,
+            "hv-vapic",
+            "APIC MSRs and VP assist page (PV EOI); eVMCS needs it",
+        )
     },
     FlagDef {
         // The value goes to 04.EBX; KVM honours HvNotifyLongSpinWait when it is not 0/~0.
         value: ValueKind::Retries,
         kvm_cap: Some(tlfs::KVM_CAP_HYPERV_SPIN),
-        ..row(E::Spinlocks, "hv-spinlocks", "spin-wait notification after N retries (04.EBX)")
+        ..row(
+            E::Spinlocks,
+            "hv-spinlocks",
+            "spin-wait notification after N retries (04.EBX)",
+        )
     },
     FlagDef {
         cpuid: &[bit(HV3, Reg::Eax, 6)],
         kvm_cap: Some(tlfs::KVM_CAP_HYPERV_VP_INDEX),
-        ..row(E::Vpindex, "hv-vpindex", "VP_INDEX MSR: the guest learns its VP numbers")
+        ..row(
+            E::Vpindex,
+            "hv-vpindex",
+            "VP_INDEX MSR: the guest learns its VP numbers",
+        )
     },
     FlagDef {
         cpuid: &[bit(HV3, Reg::Eax, 0)],
         kvm_cap: Some(tlfs::KVM_CAP_HYPERV_CPUID),
-        ..row(E::Runtime, "hv-runtime", "VP_RUNTIME MSR: time the vCPU actually ran")
+        ..row(
+            E::Runtime,
+            "hv-runtime",
+            "VP_RUNTIME MSR: time the vCPU actually ran",
+        )
     },
     FlagDef {
         cpuid: &[bit(HV3, Reg::Edx, 10)],
         kvm_cap: Some(tlfs::KVM_CAP_HYPERV_CPUID),
-        ..row(E::Crash, "hv-crash", "crash MSRs: the guest reports its bugcheck code")
+        ..row(
+            E::Crash,
+            "hv-crash",
+            "crash MSRs: the guest reports its bugcheck code",
+        )
     },
     FlagDef {
         aliases: &["hypervclock"],
         cpuid: &[bits2(HV3, Reg::Eax, 1, 9)],
         kvm_cap: Some(tlfs::KVM_CAP_HYPERV_TIME),
-        ..row(E::Time, "hv-time", "reference counter MSR and reference TSC page")
+        ..row(
+            E::Time,
+            "hv-time",
+            "reference counter MSR and reference TSC page",
+        )
     },
     FlagDef {
         cpuid: &[bit(HV3, Reg::Eax, 2)],
@@ -235,61 +276,101 @@ pub static FLAGS: &[FlagDef] = &[
         requires: &[E::Vpindex],
         kvm_cap: Some(tlfs::KVM_CAP_HYPERV_SYNIC2),
         enable_cap: Some(tlfs::KVM_CAP_HYPERV_SYNIC2),
-        ..row(E::Synic, "hv-synic", "synthetic interrupt controller (messages, events)")
+        ..row(
+            E::Synic,
+            "hv-synic",
+            "synthetic interrupt controller (messages, events)",
+        )
     },
     FlagDef {
         aliases: &["synictimer", "synic-timer"],
         cpuid: &[bit(HV3, Reg::Eax, 3)],
         requires: &[E::Synic, E::Time],
         kvm_cap: Some(tlfs::KVM_CAP_HYPERV_SYNIC2),
-        ..row(E::Stimer, "hv-stimer", "synthetic timers (Windows idles on HPET/RTC without)")
+        ..row(
+            E::Stimer,
+            "hv-stimer",
+            "synthetic timers (Windows idles on HPET/RTC without)",
+        )
     },
     FlagDef {
         aliases: &["synictimer-direct", "stimer-direct-mode"],
         cpuid: &[bit(HV3, Reg::Edx, 19)],
         requires: &[E::Stimer],
         kvm_cap: Some(tlfs::KVM_CAP_HYPERV_CPUID),
-        ..row(E::StimerDirect, "hv-stimer-direct", "direct-mode timers: nested Hyper-V needs")
+        ..row(
+            E::StimerDirect,
+            "hv-stimer-direct",
+            "direct-mode timers: nested Hyper-V needs",
+        )
     },
     FlagDef {
         cpuid: &[bits2(HV4, Reg::Eax, 2, 11)],
         requires: &[E::Vpindex],
         kvm_cap: Some(tlfs::KVM_CAP_HYPERV_TLBFLUSH),
-        ..row(E::Tlbflush, "hv-tlbflush", "PV remote TLB flush hypercalls (incl. Ex forms)")
+        ..row(
+            E::Tlbflush,
+            "hv-tlbflush",
+            "PV remote TLB flush hypercalls (incl. Ex forms)",
+        )
     },
     FlagDef {
         aliases: &["tlbflush-extended"],
         cpuid: &[bit(HV3, Reg::Edx, 14)],
         requires: &[E::Tlbflush],
-        ..row(E::TlbflushExt, "hv-tlbflush-ext", "extended GVA ranges in flush hypercalls")
+        ..row(
+            E::TlbflushExt,
+            "hv-tlbflush-ext",
+            "extended GVA ranges in flush hypercalls",
+        )
     },
     FlagDef {
         cpuid: &[bit(HVA, Reg::Eax, 17)],
         requires: &[E::Vapic],
         recommends: &[E::Evmcs],
-        ..row(E::TlbflushDirect, "hv-tlbflush-direct", "L0 handles L2's TLB flush hypercalls")
+        ..row(
+            E::TlbflushDirect,
+            "hv-tlbflush-direct",
+            "L0 handles L2's TLB flush hypercalls",
+        )
     },
     FlagDef {
         cpuid: &[bits2(HV4, Reg::Eax, 10, 11)],
         requires: &[E::Vpindex],
         kvm_cap: Some(tlfs::KVM_CAP_HYPERV_SEND_IPI),
-        ..row(E::Ipi, "hv-ipi", "PV IPI hypercalls (one call for >64 vCPUs)")
+        ..row(
+            E::Ipi,
+            "hv-ipi",
+            "PV IPI hypercalls (one call for >64 vCPUs)",
+        )
     },
     FlagDef {
         cpuid: &[bit(HV3, Reg::Eax, 7)],
         kvm_cap: Some(tlfs::KVM_CAP_HYPERV_CPUID),
-        ..row(E::Reset, "hv-reset", "reset MSR (modern Hyper-V does not expose it)")
+        ..row(
+            E::Reset,
+            "hv-reset",
+            "reset MSR (modern Hyper-V does not expose it)",
+        )
     },
     FlagDef {
         cpuid: &[bit(HV3, Reg::Eax, 11), bit(HV3, Reg::Edx, 8)],
         kvm_cap: Some(tlfs::KVM_CAP_HYPERV_CPUID),
-        ..row(E::Frequencies, "hv-frequencies", "TSC/APIC frequency MSRs (no calibration)")
+        ..row(
+            E::Frequencies,
+            "hv-frequencies",
+            "TSC/APIC frequency MSRs (no calibration)",
+        )
     },
     FlagDef {
         cpuid: &[bit(HV3, Reg::Eax, 13)],
         recommends: &[E::Frequencies],
         kvm_cap: Some(tlfs::KVM_CAP_HYPERV_CPUID),
-        ..row(E::Reenlightenment, "hv-reenlightenment", "TSC change notifications (nested)")
+        ..row(
+            E::Reenlightenment,
+            "hv-reenlightenment",
+            "TSC change notifications (nested)",
+        )
     },
     FlagDef {
         aliases: &["enlightened-vmcs"],
@@ -298,12 +379,20 @@ pub static FLAGS: &[FlagDef] = &[
         requires: &[E::Vapic],
         kvm_cap: Some(tlfs::KVM_CAP_HYPERV_ENLIGHTENED_VMCS),
         enable_cap: Some(tlfs::KVM_CAP_HYPERV_ENLIGHTENED_VMCS),
-        ..row(E::Evmcs, "hv-evmcs", "enlightened VMCS v1 for nested Hyper-V (Intel only)")
+        ..row(
+            E::Evmcs,
+            "hv-evmcs",
+            "enlightened VMCS v1 for nested Hyper-V (Intel only)",
+        )
     },
     FlagDef {
         cpuid: &[bit(HVA, Reg::Eax, 19)],
         recommends: &[E::Evmcs],
-        ..row(E::EmsrBitmap, "hv-emsr-bitmap", "enlightened MSR bitmap for L2 (nested)")
+        ..row(
+            E::EmsrBitmap,
+            "hv-emsr-bitmap",
+            "enlightened MSR bitmap for L2 (nested)",
+        )
     },
     FlagDef {
         cpuid: &[bit(HV3, Reg::Edx, 4)],
@@ -313,7 +402,11 @@ pub static FLAGS: &[FlagDef] = &[
     FlagDef {
         aliases: &["apicv"],
         cpuid: &[bit(HV4, Reg::Eax, 9)],
-        ..row(E::Avic, "hv-avic", "deprecate AutoEOI so APICv/AVIC stays on with SynIC")
+        ..row(
+            E::Avic,
+            "hv-avic",
+            "deprecate AutoEOI so APICv/AVIC stays on with SynIC",
+        )
     },
     FlagDef {
         // 04.EAX[18]; on: always, auto: what KVM reports (SMT impossible). Set in resolve.rs.
@@ -330,26 +423,42 @@ pub static FLAGS: &[FlagDef] = &[
         requires: &[E::Synic, E::Relaxed],
         recommends: &[E::Time, E::Vapic, E::Vpindex, E::Runtime, E::Stimer],
         skip_passthrough: true,
-        ..row(E::Syndbg, "hv-syndbg", "synthetic kernel debugger channel (needs VMBus)")
+        ..row(
+            E::Syndbg,
+            "hv-syndbg",
+            "synthetic kernel debugger channel (needs VMBus)",
+        )
     },
     FlagDef {
         kind: FlagKind::Supplementary,
         kvm_cap: Some(tlfs::KVM_CAP_HYPERV_CPUID),
-        ..row(E::Passthrough, "hv-passthrough", "everything KVM supports (not migratable)")
+        ..row(
+            E::Passthrough,
+            "hv-passthrough",
+            "everything KVM supports (not migratable)",
+        )
     },
     FlagDef {
         kind: FlagKind::Supplementary,
         enables_hyperv: false,
         kvm_cap: Some(tlfs::KVM_CAP_HYPERV_ENFORCE_CPUID),
         enable_cap: Some(tlfs::KVM_CAP_HYPERV_ENFORCE_CPUID),
-        ..row(E::EnforceCpuid, "hv-enforce-cpuid", "KVM allows only what CPUID exposes")
+        ..row(
+            E::EnforceCpuid,
+            "hv-enforce-cpuid",
+            "KVM allows only what CPUID exposes",
+        )
     },
     FlagDef {
         aliases: &["vendorid"],
         kind: FlagKind::Identity,
         value: ValueKind::Vendor,
         enables_hyperv: false,
-        ..row(E::VendorId, "hv-vendor-id", "vendor string in 0x40000000; not an enlightenment")
+        ..row(
+            E::VendorId,
+            "hv-vendor-id",
+            "vendor string in 0x40000000; not an enlightenment",
+        )
     },
     version(E::VersionIdBuild, "hv-version-id-build", 32),
     version(E::VersionIdMajor, "hv-version-id-major", 16),
@@ -360,24 +469,64 @@ pub static FLAGS: &[FlagDef] = &[
     FlagDef {
         kind: FlagKind::KvmParavirt,
         enables_hyperv: false,
-        ..row(E::Kvm, "kvm", "KVM signature leaf (moved to 0x40000100 while Hyper-V is on)")
+        ..row(
+            E::Kvm,
+            "kvm",
+            "KVM signature leaf (moved to 0x40000100 while Hyper-V is on)",
+        )
     },
     kvm_pv(E::KvmClock, "kvmclock", &[bits2(KVMF, Reg::Eax, 0, 3)]),
-    kvm_pv(E::KvmNopiodelay, "kvm-nopiodelay", &[bit(KVMF, Reg::Eax, 1)]),
+    kvm_pv(
+        E::KvmNopiodelay,
+        "kvm-nopiodelay",
+        &[bit(KVMF, Reg::Eax, 1)],
+    ),
     kvm_pv(E::KvmAsyncpf, "kvm-asyncpf", &[bit(KVMF, Reg::Eax, 4)]),
     kvm_pv(E::KvmStealTime, "kvm-steal-time", &[bit(KVMF, Reg::Eax, 5)]),
     kvm_pv(E::KvmPvEoi, "kvm-pv-eoi", &[bit(KVMF, Reg::Eax, 6)]),
     kvm_pv(E::KvmPvUnhalt, "kvm-pv-unhalt", &[bit(KVMF, Reg::Eax, 7)]),
-    kvm_pv(E::KvmPvTlbFlush, "kvm-pv-tlb-flush", &[bit(KVMF, Reg::Eax, 9)]),
-    kvm_pv(E::KvmAsyncpfVmexit, "kvm-asyncpf-vmexit", &[bit(KVMF, Reg::Eax, 10)]),
+    kvm_pv(
+        E::KvmPvTlbFlush,
+        "kvm-pv-tlb-flush",
+        &[bit(KVMF, Reg::Eax, 9)],
+    ),
+    kvm_pv(
+        E::KvmAsyncpfVmexit,
+        "kvm-asyncpf-vmexit",
+        &[bit(KVMF, Reg::Eax, 10)],
+    ),
     kvm_pv(E::KvmPvIpi, "kvm-pv-ipi", &[bit(KVMF, Reg::Eax, 11)]),
-    kvm_pv(E::KvmPollControl, "kvm-poll-control", &[bit(KVMF, Reg::Eax, 12)]),
-    kvm_pv(E::KvmPvSchedYield, "kvm-pv-sched-yield", &[bit(KVMF, Reg::Eax, 13)]),
-    kvm_pv(E::KvmAsyncpfInt, "kvm-asyncpf-int", &[bit(KVMF, Reg::Eax, 14)]),
-    kvm_pv(E::KvmMsiExtDestId, "kvm-msi-ext-dest-id", &[bit(KVMF, Reg::Eax, 15)]),
-    kvm_pv(E::KvmClockStableBit, "kvmclock-stable-bit", &[bit(KVMF, Reg::Eax, 24)]),
+    kvm_pv(
+        E::KvmPollControl,
+        "kvm-poll-control",
+        &[bit(KVMF, Reg::Eax, 12)],
+    ),
+    kvm_pv(
+        E::KvmPvSchedYield,
+        "kvm-pv-sched-yield",
+        &[bit(KVMF, Reg::Eax, 13)],
+    ),
+    kvm_pv(
+        E::KvmAsyncpfInt,
+        "kvm-asyncpf-int",
+        &[bit(KVMF, Reg::Eax, 14)],
+    ),
+    kvm_pv(
+        E::KvmMsiExtDestId,
+        "kvm-msi-ext-dest-id",
+        &[bit(KVMF, Reg::Eax, 15)],
+    ),
+    kvm_pv(
+        E::KvmClockStableBit,
+        "kvmclock-stable-bit",
+        &[bit(KVMF, Reg::Eax, 24)],
+    ),
     // KVM_HINTS_REALTIME (0x40000001.EDX[0]): a hint, so KVM never filters it.
-    kvm_pv(E::KvmHintDedicated, "kvm-hint-dedicated", &[bit(KVMF, Reg::Edx, 0)]),
+    kvm_pv(
+        E::KvmHintDedicated,
+        "kvm-hint-dedicated",
+        &[bit(KVMF, Reg::Edx, 0)],
+    ),
 ];
 
 impl Enlightenment {
@@ -458,25 +607,34 @@ fn short(name: &'static str) -> &'static str {
 
 /// The closest known name within edit distance 3, for "did you mean".
 fn suggest(key: &str) -> Option<&'static str> {
+    const MAX: usize = 3;
     FLAGS
         .iter()
-        .flat_map(|d| std::iter::once(short(d.name)).chain(d.aliases.iter().copied()).map(move |n| (n, d)))
+        .flat_map(|d| {
+            std::iter::once(short(d.name))
+                .chain(d.aliases.iter().copied())
+                .map(move |n| (n, d))
+        })
+        // The length difference bounds the distance from below; skip hopeless names cheaply.
+        .filter(|(n, _)| n.len().abs_diff(key.len()) <= MAX)
         .map(|(n, d)| (edit_distance(key, n), d.name))
-        .filter(|&(dist, _)| dist <= 3)
+        .filter(|&(dist, _)| dist <= MAX)
         .min_by_key(|&(dist, _)| dist)
         .map(|(_, name)| name)
 }
 
+/// Levenshtein distance with two rolling rows.
 fn edit_distance(a: &str, b: &str) -> usize {
     let b: Vec<char> = b.chars().collect();
     let mut prev: Vec<usize> = (0..=b.len()).collect();
+    let mut cur = vec![0; b.len() + 1];
     for (i, ca) in a.chars().enumerate() {
-        let mut cur = vec![i + 1];
+        cur[0] = i + 1;
         for (j, cb) in b.iter().enumerate() {
             let cost = usize::from(ca != *cb);
-            cur.push((prev[j] + cost).min(prev[j + 1] + 1).min(cur[j] + 1));
+            cur[j + 1] = (prev[j] + cost).min(prev[j + 1] + 1).min(cur[j] + 1);
         }
-        prev = cur;
+        std::mem::swap(&mut prev, &mut cur);
     }
     prev[b.len()]
 }
@@ -509,7 +667,10 @@ mod tests {
         }
         assert_eq!(Enlightenment::from_name("hv-apicv").unwrap(), E::Avic);
         assert_eq!(Enlightenment::from_name("vendor_id").unwrap(), E::VendorId);
-        assert_eq!(Enlightenment::from_name("emsr_bitmap").unwrap(), E::EmsrBitmap);
+        assert_eq!(
+            Enlightenment::from_name("emsr_bitmap").unwrap(),
+            E::EmsrBitmap
+        );
         assert_eq!(Enlightenment::from_name("hypervclock").unwrap(), E::Time);
         assert_eq!(Enlightenment::from_name("kvm_pv_ipi").unwrap(), E::KvmPvIpi);
     }

@@ -81,7 +81,7 @@ pub struct HostCapabilities {
     /// The host has an invariant TSC.
     #[serde(default)]
     pub invariant_tsc: bool,
-    /// SMT can be active on the host (`None`: unknown). KVM sets 04.EAX[18] only when not.
+    /// SMT can be active on the host (`None`: unknown). KVM sets `04.EAX[18]` only when not.
     #[serde(default)]
     pub smt_possible: Option<bool>,
     /// `KVM_CAP_NESTED_STATE`: nested (incl. eVMCS) state can be saved for migration.
@@ -140,9 +140,15 @@ impl HostCapabilities {
 
     /// Parses JSON text; `origin` names it in errors.
     pub fn from_json(text: &str, origin: &str) -> Result<HostCapabilities, HostLoadError> {
-        let json = |source| HostLoadError::Json { path: origin.to_string(), source };
+        let json = |source| HostLoadError::Json {
+            path: origin.to_string(),
+            source,
+        };
         let value: serde_json::Value = serde_json::from_str(text).map_err(json)?;
-        let not_host = |found: String| HostLoadError::NotAHost { path: origin.to_string(), found };
+        let not_host = |found: String| HostLoadError::NotAHost {
+            path: origin.to_string(),
+            found,
+        };
         let serde_json::Value::Object(map) = &value else {
             return Err(not_host(format!("a JSON {}", json_kind(&value))));
         };
@@ -151,11 +157,17 @@ impl HostCapabilities {
             None if map.contains_key("cpu_vendor") => value.clone(),
             None => {
                 let keys: Vec<&str> = map.keys().map(String::as_str).take(8).collect();
-                return Err(not_host(format!("an object with keys [{}]", keys.join(", "))));
+                return Err(not_host(format!(
+                    "an object with keys [{}]",
+                    keys.join(", ")
+                )));
             }
         };
         if !inner.is_object() {
-            return Err(not_host(format!("\"host_capabilities\" is a JSON {}", json_kind(&inner))));
+            return Err(not_host(format!(
+                "\"host_capabilities\" is a JSON {}",
+                json_kind(&inner)
+            )));
         }
         serde_json::from_value(inner).map_err(json)
     }
@@ -174,7 +186,12 @@ impl HostCapabilities {
     /// reads as 0, as QEMU's `hv_cpuid_get_host()`).
     pub fn hv_leaf(&self, leaf: u32, reg: Reg) -> Option<u32> {
         let leaves = self.supported_hv_cpuid.as_ref()?;
-        Some(leaves.iter().find(|l| l.function == leaf && l.index == 0).map_or(0, |l| l.reg(reg)))
+        Some(
+            leaves
+                .iter()
+                .find(|l| l.function == leaf && l.index == 0)
+                .map_or(0, |l| l.reg(reg)),
+        )
     }
 
     /// Whether an in-kernel LAPIC is possible (full or split irqchip).
@@ -229,7 +246,8 @@ impl HostCapabilities {
         host.cpu_vendor = CpuVendor::Amd;
         host.vmx = false;
         host.svm = true;
-        host.kvm_caps.insert(tlfs::KVM_CAP_HYPERV_ENLIGHTENED_VMCS.name.into(), 0);
+        host.kvm_caps
+            .insert(tlfs::KVM_CAP_HYPERV_ENLIGHTENED_VMCS.name.into(), 0);
         host.supported_hv_cpuid = Some(kvm_supported_hv_cpuid(false, false));
         host.tsc_khz = Some(3_000_000);
         host
@@ -237,11 +255,18 @@ impl HostCapabilities {
 }
 
 /// What upstream KVM returns from `KVM_GET_SUPPORTED_HV_CPUID` (reference §1, L-hv
-/// `kvm_get_hv_cpuid`) with an in-kernel LAPIC; `evmcs` adds 04.EAX[14] and the version
-/// range, `no_smt` adds 04.EAX[18].
+/// `kvm_get_hv_cpuid`) with an in-kernel LAPIC; `evmcs` adds `04.EAX[14]` and the version
+/// range, `no_smt` adds `04.EAX[18]`.
 pub fn kvm_supported_hv_cpuid(evmcs: bool, no_smt: bool) -> Vec<CpuidLeaf> {
     let vendor = tlfs::pack_signature("Linux KVM Hv");
-    let leaf = |function, eax, ebx, ecx, edx| CpuidLeaf { function, index: 0, eax, ebx, ecx, edx };
+    let leaf = |function, eax, ebx, ecx, edx| CpuidLeaf {
+        function,
+        index: 0,
+        eax,
+        ebx,
+        ecx,
+        edx,
+    };
     let bits = |list: &[u32]| list.iter().fold(0u32, |acc, b| acc | (1 << b));
     let mut recomm = bits(&[2, 3, 5, 9, 11, 10]);
     if evmcs {
@@ -250,9 +275,20 @@ pub fn kvm_supported_hv_cpuid(evmcs: bool, no_smt: bool) -> Vec<CpuidLeaf> {
     if no_smt {
         recomm |= tlfs::HV_NO_NONARCH_CORESHARING;
     }
-    let nested = bits(&[17, 19]) | if evmcs { u32::from(tlfs::EVMCS_VERSION_RANGE) } else { 0 };
+    let nested = bits(&[17, 19])
+        | if evmcs {
+            u32::from(tlfs::EVMCS_VERSION_RANGE)
+        } else {
+            0
+        };
     vec![
-        leaf(tlfs::HV_VENDOR_AND_MAX, tlfs::HV_SYNDBG_PLATFORM, vendor[0], vendor[1], vendor[2]),
+        leaf(
+            tlfs::HV_VENDOR_AND_MAX,
+            tlfs::HV_SYNDBG_PLATFORM,
+            vendor[0],
+            vendor[1],
+            vendor[2],
+        ),
         leaf(tlfs::HV_INTERFACE, tlfs::HV_INTERFACE_SIGNATURE, 0, 0, 0),
         leaf(tlfs::HV_VERSION, 0x3839, 0x000A_0000, 0, 0),
         leaf(
@@ -265,9 +301,27 @@ pub fn kvm_supported_hv_cpuid(evmcs: bool, no_smt: bool) -> Vec<CpuidLeaf> {
         leaf(tlfs::HV_RECOMMENDATIONS, recomm, 0xFFF, 0, 0),
         leaf(tlfs::HV_LIMITS, 4096, 64, 0, 0),
         leaf(tlfs::HV_NESTED_FEATURES, nested, u32::from(evmcs), 0, 0),
-        leaf(tlfs::HV_SYNDBG_VENDOR, 0, 0x7263_694D, 0x666F_736F, 0x5356_2074),
-        leaf(tlfs::HV_SYNDBG_INTERFACE, tlfs::HV_SYNDBG_INTERFACE_SIGNATURE, 0, 0, 0),
-        leaf(tlfs::HV_SYNDBG_PLATFORM, tlfs::HV_SYNDBG_ALLOW_KERNEL_DEBUGGING, 0, 0, 0),
+        leaf(
+            tlfs::HV_SYNDBG_VENDOR,
+            0,
+            0x7263_694D,
+            0x666F_736F,
+            0x5356_2074,
+        ),
+        leaf(
+            tlfs::HV_SYNDBG_INTERFACE,
+            tlfs::HV_SYNDBG_INTERFACE_SIGNATURE,
+            0,
+            0,
+            0,
+        ),
+        leaf(
+            tlfs::HV_SYNDBG_PLATFORM,
+            tlfs::HV_SYNDBG_ALLOW_KERNEL_DEBUGGING,
+            0,
+            0,
+            0,
+        ),
     ]
 }
 
@@ -305,9 +359,20 @@ mod tests {
 
     #[test]
     fn anything_else_is_refused() {
-        for text in ["", "[]", "42", "{}", r#"{"foo": 1}"#, r#"{"host_capabilities": 3}"#,
-                     r#"{"cpu_vendor": "sparc"}"#, r#"{"cpu_vendor": "intel", "vmx": "yes"}"#] {
-            assert!(HostCapabilities::from_json(text, "t").is_err(), "{text} accepted");
+        for text in [
+            "",
+            "[]",
+            "42",
+            "{}",
+            r#"{"foo": 1}"#,
+            r#"{"host_capabilities": 3}"#,
+            r#"{"cpu_vendor": "sparc"}"#,
+            r#"{"cpu_vendor": "intel", "vmx": "yes"}"#,
+        ] {
+            assert!(
+                HostCapabilities::from_json(text, "t").is_err(),
+                "{text} accepted"
+            );
         }
     }
 }

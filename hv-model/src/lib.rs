@@ -3,7 +3,7 @@
 //! hvkvm's single source of truth for the Hyper-V (and KVM paravirt) interface a guest sees,
 //! on either backend. It is host-independent logic: the VMM probes the host
 //! ([`HostCapabilities`]), the user picks a [`Profile`] and/or a QEMU-style `--hv` list
-//! ([`parse_hv_list`]), [`resolve`] decides every flag with a reason, and [`cpuid_leaves`]
+//! ([`parse_hv_list`]), [`resolve()`] decides every flag with a reason, and [`cpuid_leaves`]
 //! gives the hypervisor CPUID leaves to install.
 //!
 //! ```
@@ -23,8 +23,9 @@
 //!
 //! Layout: [`flags`] is the one definition table (names, aliases, CPUID bits, dependencies,
 //! KVM capabilities); [`config`] and [`parse`] hold what users ask for; [`host`] and
-//! [`backend`] what a host can do; [`resolve`] decides; [`cpuid`] builds leaves; [`profiles`],
-//! [`formats`] (QEMU, libvirt, KubeVirt, Proxmox), [`baseline`] and [`cli`] sit on top.
+//! [`backend`] what a host can do; [`resolve`](mod@resolve) decides; [`cpuid`] builds
+//! leaves; [`profiles`], [`formats`] (QEMU, libvirt, KubeVirt, Proxmox),
+//! [`baseline`](mod@baseline) and [`cli`] sit on top.
 #![forbid(unsafe_code)]
 
 mod advice;

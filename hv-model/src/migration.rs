@@ -17,7 +17,12 @@ pub(crate) fn blockers(
 ) -> Vec<MigrationBlocker> {
     let on = |f: E| slots[f as usize].on;
     let mut out = Vec::new();
-    let mut block = |flag, reason: &str| out.push(MigrationBlocker { flag, reason: reason.into() });
+    let mut block = |flag, reason: &str| {
+        out.push(MigrationBlocker {
+            flag,
+            reason: reason.into(),
+        })
+    };
     if on(E::Passthrough) {
         block(
             E::Passthrough,
@@ -41,7 +46,10 @@ pub(crate) fn blockers(
         );
     }
     if host_checked && !host.nested_state {
-        if let Some(flag) = [E::Evmcs, E::EmsrBitmap, E::TlbflushDirect].into_iter().find(|f| on(*f)) {
+        if let Some(flag) = [E::Evmcs, E::EmsrBitmap, E::TlbflushDirect]
+            .into_iter()
+            .find(|f| on(*f))
+        {
             block(
                 flag,
                 "nested state (including the eVMCS pointer) cannot be saved: the host lacks \
@@ -53,10 +61,12 @@ pub(crate) fn blockers(
 }
 
 /// Whether the host reports that SMT is impossible (what `coresharing=auto` follows; KVM sets
-/// 04.EAX[18] exactly then).
+/// `04.EAX[18]` exactly then).
 pub(crate) fn host_says_no_smt(host: &HostCapabilities) -> bool {
     host.smt_possible == Some(false)
-        || host.hv_leaf(tlfs::HV_RECOMMENDATIONS, Reg::Eax).unwrap_or(0)
+        || host
+            .hv_leaf(tlfs::HV_RECOMMENDATIONS, Reg::Eax)
+            .unwrap_or(0)
             & tlfs::HV_NO_NONARCH_CORESHARING
             != 0
 }

@@ -40,7 +40,10 @@ pub(crate) fn split_items(s: &str) -> impl Iterator<Item = &str> {
 
 /// Parses one item; unknown names give [`ModelError::UnknownFlag`].
 pub(crate) fn parse_item(item: &str) -> Result<Item, ModelError> {
-    let syntax = |why| ModelError::BadSyntax { item: item.to_string(), why };
+    let syntax = |why| ModelError::BadSyntax {
+        item: item.to_string(),
+        why,
+    };
     let (sign, rest) = match item.as_bytes().first() {
         Some(b'+') => (Some(true), &item[1..]),
         Some(b'-') => (Some(false), &item[1..]),
@@ -57,9 +60,9 @@ pub(crate) fn parse_item(item: &str) -> Result<Item, ModelError> {
         return Err(syntax("use either +name/-name or name=value, not both"));
     }
     if is_tsc_frequency(name) {
-        let hz = value
-            .and_then(parse_number)
-            .ok_or_else(|| syntax("tsc-frequency needs a number in Hz, e.g. tsc-frequency=2500000000"))?;
+        let hz = value.and_then(parse_number).ok_or_else(|| {
+            syntax("tsc-frequency needs a number in Hz, e.g. tsc-frequency=2500000000")
+        })?;
         return Ok(Item::TscFrequency(hz));
     }
     let flag = Enlightenment::from_name(name)?;
@@ -77,7 +80,10 @@ pub(crate) fn parse_item(item: &str) -> Result<Item, ModelError> {
 }
 
 fn is_tsc_frequency(name: &str) -> bool {
-    matches!(name.to_ascii_lowercase().replace('_', "-").as_str(), "tsc-frequency" | "tsc-freq")
+    matches!(
+        name.to_ascii_lowercase().replace('_', "-").as_str(),
+        "tsc-frequency" | "tsc-freq"
+    )
 }
 
 #[cfg(test)]
@@ -94,7 +100,14 @@ mod tests {
         )
         .unwrap();
         let c = &req.overrides;
-        for f in [E::Relaxed, E::Vapic, E::Time, E::Vpindex, E::Synic, E::Stimer] {
+        for f in [
+            E::Relaxed,
+            E::Vapic,
+            E::Time,
+            E::Vpindex,
+            E::Synic,
+            E::Stimer,
+        ] {
             assert_eq!(c.state(f), Some(true), "{f}");
         }
         assert_eq!(c.spinlocks(), Some(0x1fff));

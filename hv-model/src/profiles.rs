@@ -63,12 +63,13 @@ impl Profile {
     /// Looks a profile up by name (case-insensitive, `_` or `-`).
     pub fn from_name(name: &str) -> Result<Profile, ModelError> {
         let key = name.trim().to_ascii_lowercase().replace('_', "-");
-        Profile::ALL.into_iter().find(|p| p.name() == key).ok_or_else(|| {
-            ModelError::UnknownProfile {
+        Profile::ALL
+            .into_iter()
+            .find(|p| p.name() == key)
+            .ok_or_else(|| ModelError::UnknownProfile {
                 name: name.trim().to_string(),
                 known: Profile::ALL.map(Profile::name).join(", "),
-            }
-        })
+            })
     }
 
     /// One-line description.
@@ -116,7 +117,10 @@ impl Profile {
             Profile::Migratable => {
                 windows(&mut c)?;
                 c.forget(E::Avic);
-                c.set_value(E::NoNonarchCoresharing, FlagValue::Coresharing(Coresharing::Off))?;
+                c.set_value(
+                    E::NoNonarchCoresharing,
+                    FlagValue::Coresharing(Coresharing::Off),
+                )?;
                 for d in FLAGS.iter().filter(|d| d.kind == FlagKind::KvmParavirt) {
                     if d.flag == E::Kvm {
                         continue;
@@ -163,8 +167,12 @@ const WINDOWS: &[Enlightenment] = &[
 ];
 
 /// What an L1 Hyper-V adds (QEMU hyperv.rst: nested-specific flags).
-const NESTED: &[Enlightenment] =
-    &[E::Evmcs, E::EmsrBitmap, E::TlbflushDirect, E::Reenlightenment];
+const NESTED: &[Enlightenment] = &[
+    E::Evmcs,
+    E::EmsrBitmap,
+    E::TlbflushDirect,
+    E::Reenlightenment,
+];
 
 /// Bits Linux's Hyper-V guest code checks: VP index, reference TSC and counter, SynIC and
 /// (direct) stimers for clockevents, APIC MSRs/VP assist, frequency MSRs for calibration,
@@ -205,9 +213,10 @@ fn windows(c: &mut HvConfig) -> Result<(), ModelError> {
     c.set_value(E::Spinlocks, FlagValue::Retries(PROFILE_SPINLOCKS))
 }
 
-/// Everything the host can provide, except what must never be automatic: hv-syndbg (can stop
-/// Windows booting without a VMBus bridge), hv-passthrough itself, and kvm-hint-dedicated
-/// (only true with dedicated pCPUs).
+/// Everything hvkvm knows, on "where possible", so that resolution keeps exactly what this host
+/// and backend can do and says why the rest is off. Never automatic: hv-syndbg (can stop Windows
+/// booting without a VMBus bridge), hv-passthrough itself, kvm-hint-dedicated (only true with
+/// dedicated pCPUs). The coresharing hint is on only where the host has no SMT.
 fn host_profile(
     c: &mut HvConfig,
     host: &HostCapabilities,
@@ -215,38 +224,40 @@ fn host_profile(
     opts: &ResolveOptions,
 ) -> Result<(), ModelError> {
     if opts.host_checks != HostChecks::Enforce {
-        return Err(ModelError::HostRequired { what: "profile 'host'".into() });
+        return Err(ModelError::HostRequired {
+            what: "profile 'host'".into(),
+        });
     }
     for d in FLAGS {
-        let skip = matches!(
-            d.flag,
-            E::Syndbg | E::Passthrough | E::Kvm | E::KvmHintDedicated | E::NoNonarchCoresharing
-        ) || d.kind == FlagKind::Identity
-            || d.value != crate::flags::ValueKind::Switch;
-        if skip || availability(d.flag, host, backend, opts).is_err() {
-            continue;
-        }
-        if d.flag == E::Avic && host.apicv == Some(false) {
+        let never = matches!(d.flag, E::Syndbg | E::Passthrough | E::Kvm | E::KvmHintDedicated)
+            // Depends on the VM's irqchip, not on the host.
+            || (d.flag == E::KvmMsiExtDestId && opts.irqchip != crate::resolve::Irqchip::Split);
+        if never || d.kind == FlagKind::Identity || d.value != crate::flags::ValueKind::Switch {
             continue;
         }
         c.enable(d.flag)?;
     }
-    if availability(E::Spinlocks, host, backend, opts).is_ok() {
-        let reported = host.hv_leaf(tlfs::HV_RECOMMENDATIONS, Reg::Ebx).unwrap_or(0);
-        let retries = if (tlfs::SPINLOCKS_MIN..tlfs::SPINLOCKS_NEVER_NOTIFY).contains(&reported) {
-            reported
-        } else {
-            PROFILE_SPINLOCKS
-        };
-        c.set_value(E::Spinlocks, FlagValue::Retries(retries))?;
-    }
+    let reported = host
+        .hv_leaf(tlfs::HV_RECOMMENDATIONS, Reg::Ebx)
+        .unwrap_or(0);
+    let retries = if (tlfs::SPINLOCKS_MIN..tlfs::SPINLOCKS_NEVER_NOTIFY).contains(&reported) {
+        reported
+    } else {
+        PROFILE_SPINLOCKS
+    };
+    c.set_value(E::Spinlocks, FlagValue::Retries(retries))?;
     // SMT impossible on this host: the coresharing hint is true here (KVM reports 04.EAX[18]).
     let no_smt = host.smt_possible == Some(false)
-        || host.hv_leaf(tlfs::HV_RECOMMENDATIONS, Reg::Eax).unwrap_or(0)
+        || host
+            .hv_leaf(tlfs::HV_RECOMMENDATIONS, Reg::Eax)
+            .unwrap_or(0)
             & tlfs::HV_NO_NONARCH_CORESHARING
             != 0;
     if no_smt && availability(E::NoNonarchCoresharing, host, backend, opts).is_ok() {
-        c.set_value(E::NoNonarchCoresharing, FlagValue::Coresharing(Coresharing::On))?;
+        c.set_value(
+            E::NoNonarchCoresharing,
+            FlagValue::Coresharing(Coresharing::On),
+        )?;
     }
     Ok(())
 }
@@ -260,7 +271,10 @@ mod tests {
         for p in Profile::ALL {
             assert_eq!(Profile::from_name(p.name()).unwrap(), p);
         }
-        assert_eq!(Profile::from_name("Windows_Server_HyperV").unwrap(), Profile::WindowsServerHyperv);
+        assert_eq!(
+            Profile::from_name("Windows_Server_HyperV").unwrap(),
+            Profile::WindowsServerHyperv
+        );
         let err = Profile::from_name("win").unwrap_err().to_string();
         assert!(err.contains("windows-server-hyperv"), "{err}");
     }
@@ -268,7 +282,10 @@ mod tests {
     #[test]
     fn static_profiles_are_dependency_closed() {
         let host = HostCapabilities::default();
-        let opts = ResolveOptions { host_checks: HostChecks::Skip, ..ResolveOptions::default() };
+        let opts = ResolveOptions {
+            host_checks: HostChecks::Skip,
+            ..ResolveOptions::default()
+        };
         for p in Profile::ALL.into_iter().filter(|p| *p != Profile::Host) {
             let c = p.config(&host, Backend::Kernel, &opts).unwrap();
             for f in c.enabled() {

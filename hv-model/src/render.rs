@@ -30,7 +30,14 @@ pub(crate) fn explain(title: &str, r: &Resolution, leaves: &[CpuidLeaf]) -> Stri
                 (_, false) => "off",
             };
             let value = d.value.as_deref().unwrap_or("");
-            let _ = writeln!(s, "  {:<26} {:<5} {:<14} {}", d.flag.name(), state, value, d.reason);
+            let _ = writeln!(
+                s,
+                "  {:<26} {:<5} {:<14} {}",
+                d.flag.name(),
+                state,
+                value,
+                d.reason
+            );
         }
     }
     if r.migration_blockers.is_empty() {
@@ -49,18 +56,27 @@ pub(crate) fn explain(title: &str, r: &Resolution, leaves: &[CpuidLeaf]) -> Stri
     }
     let caps: Vec<&str> = r.kvm_caps_to_enable().iter().map(|c| c.name).collect();
     if !caps.is_empty() {
-        let _ = writeln!(s, "\nPer-vCPU KVM capabilities to enable: {}", caps.join(", "));
+        let _ = writeln!(
+            s,
+            "\nPer-vCPU KVM capabilities to enable: {}",
+            caps.join(", ")
+        );
     }
     let _ = writeln!(s, "\nCPUID leaves:");
     s.push_str(&cpuid_table(leaves));
-    let _ = writeln!(s, "\nEquivalent explicit list (no profile needed):\n  --hv {}", r.config);
+    let _ = writeln!(
+        s,
+        "\nEquivalent explicit list (no profile needed):\n  --hv {}",
+        r.config
+    );
     s
 }
 
 /// CPUID leaves in hex, or why there are none.
 pub(crate) fn cpuid_table(leaves: &[CpuidLeaf]) -> String {
     if leaves.is_empty() {
-        return "  (none: no Hyper-V enlightenment is on; KVM's own leaves stay at 0x40000000)\n".into();
+        return "  (none: no Hyper-V enlightenment is on; KVM's own leaves stay at 0x40000000)\n"
+            .into();
     }
     let mut s = format!(
         "  {:<10} {:<5} {:<10} {:<10} {:<10} {:<10}\n",
@@ -78,8 +94,16 @@ pub(crate) fn cpuid_table(leaves: &[CpuidLeaf]) -> String {
 
 /// The `baseline` report.
 pub(crate) fn baseline(b: &Baseline) -> String {
-    let mut s = format!("Fleet baseline over {} host(s): {}\n", b.hosts.len(), b.hosts.join(", "));
-    let _ = writeln!(s, "\nSafe on every host and across migration:\n  --hv {}", b.config);
+    let mut s = format!(
+        "Fleet baseline over {} host(s): {}\n",
+        b.hosts.len(),
+        b.hosts.join(", ")
+    );
+    let _ = writeln!(
+        s,
+        "\nSafe on every host and across migration:\n  --hv {}",
+        b.config
+    );
     if !b.notes.is_empty() {
         let _ = writeln!(s, "\nNotes:");
         for n in &b.notes {
@@ -108,7 +132,12 @@ pub(crate) fn flags() -> String {
     );
     for d in FLAGS {
         let aliases: Vec<String> = d.aliases.iter().map(|a| a.to_string()).collect();
-        let mut bits: Vec<String> = d.cpuid.iter().chain(d.extra_guest_bits).map(|b| b.describe()).collect();
+        let mut bits: Vec<String> = d
+            .cpuid
+            .iter()
+            .chain(d.extra_guest_bits)
+            .map(|b| b.describe())
+            .collect();
         if d.cpuid.is_empty() && d.extra_guest_bits.is_empty() {
             bits.push("-".into());
         }

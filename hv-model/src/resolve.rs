@@ -85,7 +85,10 @@ pub enum Origin {
 
 impl Origin {
     fn is_soft(self) -> bool {
-        matches!(self, Origin::Profile | Origin::Passthrough | Origin::Default)
+        matches!(
+            self,
+            Origin::Profile | Origin::Passthrough | Origin::Default
+        )
     }
 }
 
@@ -122,15 +125,15 @@ pub struct MigrationBlocker {
 pub struct HvVersion {
     /// EAX: build number.
     pub build: u32,
-    /// EBX[31:16].
+    /// `EBX[31:16]`.
     pub major: u32,
-    /// EBX[15:0].
+    /// `EBX[15:0]`.
     pub minor: u32,
     /// ECX: service pack.
     pub service_pack: u32,
-    /// EDX[31:24]: service branch.
+    /// `EDX[31:24]`: service branch.
     pub service_branch: u32,
-    /// EDX[23:0]: service number.
+    /// `EDX[23:0]`: service number.
     pub service_number: u32,
 }
 
@@ -143,15 +146,15 @@ pub struct GuestSettings {
     pub vendor_id: String,
     /// 40000002.
     pub version: HvVersion,
-    /// 40000004.EAX[18].
+    /// `40000004.EAX[18]`.
     pub no_nonarch_coresharing: bool,
     /// 40000005.EAX.
     pub max_vps: u32,
     /// 40000005.EBX.
     pub max_lps: u32,
-    /// 4000000A.EAX[15:0] when eVMCS is on.
+    /// `4000000A.EAX[15:0]` when eVMCS is on.
     pub evmcs_version: Option<u16>,
-    /// 03.EAX[5]: the backend serves the hypercall MSRs.
+    /// `03.EAX[5]`: the backend serves the hypercall MSRs.
     pub hypercall_interface: bool,
     /// KVM's signature leaf is exposed (`kvm=on`).
     pub kvm_signature: bool,
@@ -197,12 +200,18 @@ impl Resolution {
 
     /// Flags that are on, in table order.
     pub fn enabled(&self) -> Vec<Enlightenment> {
-        self.decisions.iter().filter(|d| d.on).map(|d| d.flag).collect()
+        self.decisions
+            .iter()
+            .filter(|d| d.on)
+            .map(|d| d.flag)
+            .collect()
     }
 
     /// Whether the guest sees Hyper-V at all (QEMU's `hyperv_enabled()`).
     pub fn hyperv_enabled(&self) -> bool {
-        self.decisions.iter().any(|d| d.on && d.flag.def().enables_hyperv)
+        self.decisions
+            .iter()
+            .any(|d| d.on && d.flag.def().enables_hyperv)
     }
 
     /// Whether nothing blocks live migration.
@@ -215,7 +224,11 @@ impl Resolution {
         if self.backend != Backend::Kernel || !self.hyperv_enabled() {
             return Vec::new();
         }
-        self.decisions.iter().filter(|d| d.on).filter_map(|d| d.flag.def().enable_cap).collect()
+        self.decisions
+            .iter()
+            .filter(|d| d.on)
+            .filter_map(|d| d.flag.def().enable_cap)
+            .collect()
     }
 }
 
@@ -250,9 +263,11 @@ pub fn resolve(
     let mut slots: Vec<Slot> = Enlightenment::all()
         .map(|f| initial_slot(f, request, &profile_cfg))
         .collect();
-    let passthrough_host = expand_passthrough(&mut slots, &mut wanted, request, host, backend, opts)?;
+    let passthrough_host =
+        expand_passthrough(&mut slots, &mut wanted, request, host, backend, opts)?;
     enforce_dependencies(&mut slots)?;
     check_availability(&mut slots, host, backend, opts)?;
+    hide_kvm_features(&mut slots);
     advice::gate_soft_flags(&mut slots, host, checked);
     enforce_dependencies(&mut slots)?;
 
@@ -261,7 +276,10 @@ pub fn resolve(
         for b in &blockers {
             let slot = &mut slots[b.flag as usize];
             if slot.origin == Origin::Explicit {
-                return Err(ModelError::MigrationBlocked { flag: b.flag, reason: b.reason.clone() });
+                return Err(ModelError::MigrationBlocked {
+                    flag: b.flag,
+                    reason: b.reason.clone(),
+                });
             }
             slot.on = false;
             slot.reason = format!("off because the guest must be migratable: {}", b.reason);
@@ -270,10 +288,20 @@ pub fn resolve(
         blockers = migration::blockers(&slots, &wanted, tsc_frequency_hz, host, checked);
     }
 
-    let guest = guest_settings(&slots, &wanted, passthrough_host, host, backend, opts, tsc_frequency_hz);
+    let guest = guest_settings(
+        &slots,
+        &wanted,
+        passthrough_host,
+        host,
+        backend,
+        opts,
+        tsc_frequency_hz,
+    );
     let warnings = advice::warnings(&slots, &wanted, &guest, host, backend, request, opts);
     let config = final_config(&slots, &wanted, &guest)?;
-    let hyperv = Enlightenment::all().zip(&slots).any(|(f, s)| s.on && f.def().enables_hyperv);
+    let hyperv = Enlightenment::all()
+        .zip(&slots)
+        .any(|(f, s)| s.on && f.def().enables_hyperv);
     let decisions = decisions(slots, &wanted, &guest, hyperv);
     Ok(Resolution {
         backend,
@@ -290,19 +318,40 @@ pub fn resolve(
 fn tsc_frequency(wanted: &HvConfig, opts: &ResolveOptions) -> Result<Option<u64>, ModelError> {
     let from_opts = opts.tsc_khz.map(|k| u64::from(k) * 1000);
     match (wanted.tsc_frequency_hz, from_opts) {
-        (Some(a), Some(b)) if a != b => Err(ModelError::ConflictingTsc { first: a, second: b }),
+        (Some(a), Some(b)) if a != b => Err(ModelError::ConflictingTsc {
+            first: a,
+            second: b,
+        }),
         (a, b) => Ok(a.or(b)),
     }
 }
 
 fn initial_slot(flag: Enlightenment, request: &HvRequest, profile_cfg: &HvConfig) -> Slot {
     if let Some(on) = request.overrides.state(flag) {
-        let reason = if on { "requested" } else { "turned off by the request" };
-        return Slot { on, requested: on, origin: Origin::Explicit, reason: reason.into() };
+        let reason = if on {
+            "requested"
+        } else {
+            "turned off by the request"
+        };
+        return Slot {
+            on,
+            requested: on,
+            origin: Origin::Explicit,
+            reason: reason.into(),
+        };
     }
     if let (Some(on), Some(p)) = (profile_cfg.state(flag), request.profile) {
-        let reason = if on { format!("profile {p}") } else { format!("profile {p} turns it off") };
-        return Slot { on, requested: on, origin: Origin::Profile, reason };
+        let reason = if on {
+            format!("profile {p}")
+        } else {
+            format!("profile {p} turns it off")
+        };
+        return Slot {
+            on,
+            requested: on,
+            origin: Origin::Profile,
+            reason,
+        };
     }
     let default_on = flag.kind() == FlagKind::KvmParavirt && flag != E::KvmHintDedicated;
     if default_on {
@@ -311,14 +360,24 @@ fn initial_slot(flag: Enlightenment, request: &HvRequest, profile_cfg: &HvConfig
         } else {
             "default, as QEMU -cpu host: on where the host offers it".to_string()
         };
-        return Slot { on: true, requested: true, origin: Origin::Default, reason };
+        return Slot {
+            on: true,
+            requested: true,
+            origin: Origin::Default,
+            reason,
+        };
     }
     let reason = match (request.profile, flag) {
         (_, E::KvmHintDedicated) => "not requested (only true with dedicated, pinned pCPUs)".into(),
         (Some(p), _) => format!("not in profile {p}"),
         (None, _) => "not requested".into(),
     };
-    Slot { on: false, requested: false, origin: Origin::NotRequested, reason }
+    Slot {
+        on: false,
+        requested: false,
+        origin: Origin::NotRequested,
+        reason,
+    }
 }
 
 /// hv-passthrough: every Hyper-V flag the host reports, except skip_passthrough ones and flags
@@ -338,7 +397,9 @@ fn expand_passthrough(
     }
     if opts.host_checks != HostChecks::Enforce {
         if pt.origin == Origin::Explicit {
-            return Err(ModelError::HostRequired { what: "hv-passthrough".into() });
+            return Err(ModelError::HostRequired {
+                what: "hv-passthrough".into(),
+            });
         }
         slots[E::Passthrough as usize].on = false;
         slots[E::Passthrough as usize].reason += ", but it needs a host description (--host)";
@@ -346,7 +407,11 @@ fn expand_passthrough(
     }
     if let Err(why) = availability(E::Passthrough, host, backend, opts) {
         if pt.origin == Origin::Explicit {
-            return Err(ModelError::Unavailable { flag: E::Passthrough, backend, reason: why });
+            return Err(ModelError::Unavailable {
+                flag: E::Passthrough,
+                backend,
+                reason: why,
+            });
         }
         slots[E::Passthrough as usize].on = false;
         slots[E::Passthrough as usize].reason += &format!(", but {why}");
@@ -382,12 +447,15 @@ fn expand_passthrough(
         }
     }
     if request.overrides.state(E::Spinlocks).is_none() {
-        let reported = host.hv_leaf(tlfs::HV_RECOMMENDATIONS, Reg::Ebx).unwrap_or(0);
+        let reported = host
+            .hv_leaf(tlfs::HV_RECOMMENDATIONS, Reg::Ebx)
+            .unwrap_or(0);
         if reported >= tlfs::SPINLOCKS_MIN && reported != tlfs::SPINLOCKS_NEVER_NOTIFY {
             wanted.set_value(E::Spinlocks, FlagValue::Retries(reported))?;
         } else {
             slots[E::Spinlocks as usize].on = false;
-            slots[E::Spinlocks as usize].reason = format!("hv-passthrough: KVM reports 04.EBX={reported:#x}");
+            slots[E::Spinlocks as usize].reason =
+                format!("hv-passthrough: KVM reports 04.EBX={reported:#x}");
         }
     }
     Ok(true)
@@ -401,8 +469,13 @@ pub(crate) fn enforce_dependencies(slots: &mut [Slot]) -> Result<(), ModelError>
             if !slots[flag as usize].on {
                 continue;
             }
-            let missing: Vec<Enlightenment> =
-                flag.def().requires.iter().copied().filter(|d| !slots[*d as usize].on).collect();
+            let missing: Vec<Enlightenment> = flag
+                .def()
+                .requires
+                .iter()
+                .copied()
+                .filter(|d| !slots[*d as usize].on)
+                .collect();
             if missing.is_empty() {
                 continue;
             }
@@ -412,7 +485,11 @@ pub(crate) fn enforce_dependencies(slots: &mut [Slot]) -> Result<(), ModelError>
             let slot = &mut slots[flag as usize];
             slot.on = false;
             let verb = if missing.len() == 1 { "is" } else { "are" };
-            slot.reason = format!("{}, but it needs {} which {verb} off", slot.reason, and_list(&missing));
+            slot.reason = format!(
+                "{}, but it needs {} which {verb} off",
+                slot.reason,
+                and_list(&missing)
+            );
             changed = true;
         }
         if !changed {
@@ -425,14 +502,26 @@ fn dependency_error(flag: Enlightenment, missing: &[Enlightenment], slots: &[Slo
     for dep in missing {
         let s = &slots[*dep as usize];
         match s.origin {
-            Origin::Explicit => return ModelError::DependencyDisabled { flag, dependency: *dep },
+            Origin::Explicit => {
+                return ModelError::DependencyDisabled {
+                    flag,
+                    dependency: *dep,
+                }
+            }
             origin if origin.is_soft() => {
-                return ModelError::DependencyUnavailable { flag, dependency: *dep, reason: s.reason.clone() }
+                return ModelError::DependencyUnavailable {
+                    flag,
+                    dependency: *dep,
+                    reason: s.reason.clone(),
+                }
             }
             _ => {}
         }
     }
-    ModelError::MissingDependency { flag, missing: missing.to_vec() }
+    ModelError::MissingDependency {
+        flag,
+        missing: missing.to_vec(),
+    }
 }
 
 fn check_availability(
@@ -449,7 +538,11 @@ fn check_availability(
         match availability(flag, host, backend, opts) {
             Ok(note) => slot.reason = format!("{}; {note}", slot.reason),
             Err(reason) if slot.origin == Origin::Explicit => {
-                return Err(ModelError::Unavailable { flag, backend, reason })
+                return Err(ModelError::Unavailable {
+                    flag,
+                    backend,
+                    reason,
+                })
             }
             Err(reason) => {
                 slot.on = false;
@@ -458,6 +551,21 @@ fn check_availability(
         }
     }
     Ok(())
+}
+
+/// With `kvm=off` KVM's leaves are hidden, so its paravirt features cannot take effect; QEMU
+/// accepts such a command line, so this is not an error.
+fn hide_kvm_features(slots: &mut [Slot]) {
+    if slots[E::Kvm as usize].on {
+        return;
+    }
+    for flag in Enlightenment::all().filter(|f| f.kind() == FlagKind::KvmParavirt && *f != E::Kvm) {
+        let slot = &mut slots[flag as usize];
+        if slot.on {
+            slot.on = false;
+            slot.reason += ", but kvm=off hides KVM's leaves, so it has no effect";
+        }
+    }
 }
 
 fn guest_settings(
@@ -470,7 +578,13 @@ fn guest_settings(
     tsc_frequency_hz: Option<u64>,
 ) -> GuestSettings {
     let on = |f: Enlightenment| slots[f as usize].on;
-    let host_reg = |leaf, reg| if passthrough { host.hv_leaf(leaf, reg) } else { None };
+    let host_reg = |leaf, reg| {
+        if passthrough {
+            host.hv_leaf(leaf, reg)
+        } else {
+            None
+        }
+    };
     let vendor = match wanted.vendor_id() {
         Some(v) => v.to_string(),
         None => match (host_reg(tlfs::HV_VENDOR_AND_MAX, Reg::Ebx), passthrough) {
@@ -482,12 +596,27 @@ fn guest_settings(
             _ => VendorId::default().to_string(),
         },
     };
-    let host_version = |reg, shift: u32, mask: u32| host_reg(tlfs::HV_VERSION, reg).map(|v| (v >> shift) & mask);
-    let pick = |flag, from_host: Option<u32>, default: u32| wanted.number(flag).or(from_host).unwrap_or(default);
+    let host_version =
+        |reg, shift: u32, mask: u32| host_reg(tlfs::HV_VERSION, reg).map(|v| (v >> shift) & mask);
+    let pick = |flag, from_host: Option<u32>, default: u32| {
+        wanted.number(flag).or(from_host).unwrap_or(default)
+    };
     let version = HvVersion {
-        build: pick(E::VersionIdBuild, host_version(Reg::Eax, 0, u32::MAX), tlfs::DEFAULT_VERSION_BUILD),
-        major: pick(E::VersionIdMajor, host_version(Reg::Ebx, 16, 0xFFFF), tlfs::DEFAULT_VERSION_MAJOR),
-        minor: pick(E::VersionIdMinor, host_version(Reg::Ebx, 0, 0xFFFF), tlfs::DEFAULT_VERSION_MINOR),
+        build: pick(
+            E::VersionIdBuild,
+            host_version(Reg::Eax, 0, u32::MAX),
+            tlfs::DEFAULT_VERSION_BUILD,
+        ),
+        major: pick(
+            E::VersionIdMajor,
+            host_version(Reg::Ebx, 16, 0xFFFF),
+            tlfs::DEFAULT_VERSION_MAJOR,
+        ),
+        minor: pick(
+            E::VersionIdMinor,
+            host_version(Reg::Ebx, 0, 0xFFFF),
+            tlfs::DEFAULT_VERSION_MINOR,
+        ),
         service_pack: pick(E::VersionIdSpack, host_version(Reg::Ecx, 0, u32::MAX), 0),
         service_branch: pick(E::VersionIdSbranch, host_version(Reg::Edx, 24, 0xFF), 0),
         service_number: pick(E::VersionIdSnumber, host_version(Reg::Edx, 0, 0xFF_FFFF), 0),
@@ -514,7 +643,10 @@ fn guest_settings(
         vendor_id: vendor,
         version,
         no_nonarch_coresharing,
-        max_vps: opts.max_vps.or(host_reg(tlfs::HV_LIMITS, Reg::Eax)).unwrap_or(tlfs::DEFAULT_MAX_VPS),
+        max_vps: opts
+            .max_vps
+            .or(host_reg(tlfs::HV_LIMITS, Reg::Eax))
+            .unwrap_or(tlfs::DEFAULT_MAX_VPS),
         max_lps: host_reg(tlfs::HV_LIMITS, Reg::Ebx).unwrap_or(tlfs::DEFAULT_MAX_LPS),
         evmcs_version: on(E::Evmcs).then_some(tlfs::EVMCS_VERSION_RANGE),
         hypercall_interface: backend.hypercall_interface(),
@@ -526,7 +658,11 @@ fn guest_settings(
 }
 
 /// The explicit settings that reproduce this guest without profile or passthrough.
-fn final_config(slots: &[Slot], wanted: &HvConfig, guest: &GuestSettings) -> Result<HvConfig, ModelError> {
+fn final_config(
+    slots: &[Slot],
+    wanted: &HvConfig,
+    guest: &GuestSettings,
+) -> Result<HvConfig, ModelError> {
     let mut c = HvConfig::new();
     for flag in Enlightenment::all() {
         let on = slots[flag as usize].on;
@@ -548,8 +684,14 @@ fn final_config(slots: &[Slot], wanted: &HvConfig, guest: &GuestSettings) -> Res
                 }
             }
             _ if flag.def().value != crate::flags::ValueKind::Switch => {}
+            // KVM paravirt defaults stay defaults (they follow the host, as QEMU -cpu host);
+            // what a profile or the user pinned is kept, on or off.
+            _ if flag.kind() == FlagKind::KvmParavirt => match (slots[flag as usize].origin, on) {
+                (Origin::Default | Origin::NotRequested, _) => {}
+                (_, true) => c.enable(flag)?,
+                (_, false) => c.disable(flag),
+            },
             _ if on => c.enable(flag)?,
-            _ if flag.kind() == FlagKind::KvmParavirt && flag != E::KvmHintDedicated => c.disable(flag),
             _ => {}
         }
     }
@@ -571,7 +713,12 @@ fn version_field(flag: Enlightenment, v: &HvVersion) -> (u32, u32) {
     }
 }
 
-fn decisions(slots: Vec<Slot>, wanted: &HvConfig, guest: &GuestSettings, hyperv: bool) -> Vec<Decision> {
+fn decisions(
+    slots: Vec<Slot>,
+    wanted: &HvConfig,
+    guest: &GuestSettings,
+    hyperv: bool,
+) -> Vec<Decision> {
     slots
         .into_iter()
         .zip(Enlightenment::all())
@@ -586,7 +733,9 @@ fn decisions(slots: Vec<Slot>, wanted: &HvConfig, guest: &GuestSettings, hyperv:
                 E::VersionIdSbranch => Some(guest.version.service_branch.to_string()),
                 E::VersionIdSnumber => Some(guest.version.service_number.to_string()),
                 E::NoNonarchCoresharing if slot.on => Some(match wanted.coresharing() {
-                    Some(Coresharing::Auto) => format!("auto ({})", bit_state(guest.no_nonarch_coresharing)),
+                    Some(Coresharing::Auto) => {
+                        format!("auto ({})", bit_state(guest.no_nonarch_coresharing))
+                    }
                     _ => "on".into(),
                 }),
                 _ => None,
@@ -602,7 +751,14 @@ fn decisions(slots: Vec<Slot>, wanted: &HvConfig, guest: &GuestSettings, hyperv:
             if flag.kind() == FlagKind::Identity && !slot.on {
                 reason = "default".into();
             }
-            Decision { flag, on: slot.on, origin: slot.origin, requested: slot.requested, value, reason }
+            Decision {
+                flag,
+                on: slot.on,
+                origin: slot.origin,
+                requested: slot.requested,
+                value,
+                reason,
+            }
         })
         .collect()
 }

@@ -9,8 +9,8 @@ use serde::{Deserialize, Serialize};
 pub const HV_VENDOR_AND_MAX: u32 = 0x4000_0000;
 /// Interface signature: EAX = "Hv#1". KVM only treats the vCPU as Hyper-V when it sees this.
 pub const HV_INTERFACE: u32 = 0x4000_0001;
-/// Hypervisor version: EAX build, EBX major[31:16] minor[15:0], ECX service pack,
-/// EDX service branch[31:24] service number[23:0].
+/// Hypervisor version: EAX build, EBX `major[31:16]` `minor[15:0]`, ECX service pack,
+/// EDX service `branch[31:24]` service `number[23:0]`.
 pub const HV_VERSION: u32 = 0x4000_0002;
 /// Partition privileges (EAX/EBX) and feature flags (EDX).
 pub const HV_FEATURES: u32 = 0x4000_0003;
@@ -18,14 +18,14 @@ pub const HV_FEATURES: u32 = 0x4000_0003;
 pub const HV_RECOMMENDATIONS: u32 = 0x4000_0004;
 /// Implementation limits: EAX max virtual processors, EBX max logical processors.
 pub const HV_LIMITS: u32 = 0x4000_0005;
-/// Nested-virtualization features: EAX[15:0] eVMCS version range, EAX[17]/[19] direct flush
+/// Nested-virtualization features: `EAX[15:0]` eVMCS version range, `EAX[17]`/`[19]` direct flush
 /// and enlightened MSR bitmap.
 pub const HV_NESTED_FEATURES: u32 = 0x4000_000A;
 /// SynDbg vendor: EBX:ECX:EDX = "Microsoft VS".
 pub const HV_SYNDBG_VENDOR: u32 = 0x4000_0080;
 /// SynDbg interface: EAX = "VS#1".
 pub const HV_SYNDBG_INTERFACE: u32 = 0x4000_0081;
-/// SynDbg platform capabilities: EAX[1] = kernel debugging allowed.
+/// SynDbg platform capabilities: `EAX[1]` = kernel debugging allowed.
 pub const HV_SYNDBG_PLATFORM: u32 = 0x4000_0082;
 
 /// Where KVM's own signature leaf lives while Hyper-V owns 0x40000000 (QEMU's
@@ -40,17 +40,17 @@ pub const KVM_RELOCATION: u32 = 0x100;
 pub const HV_INTERFACE_SIGNATURE: u32 = 0x3123_7648;
 /// "VS#1" as 40000081.EAX.
 pub const HV_SYNDBG_INTERFACE_SIGNATURE: u32 = 0x3123_5356;
-/// 40000082.EAX[1]: the guest may use the synthetic kernel debugger.
+/// `40000082.EAX[1]`: the guest may use the synthetic kernel debugger.
 pub const HV_SYNDBG_ALLOW_KERNEL_DEBUGGING: u32 = 1 << 1;
 
-/// 40000003.EAX[5]: hypercall MSRs (GUEST_OS_ID, HYPERCALL). QEMU always sets it.
+/// `40000003.EAX[5]`: hypercall MSRs (GUEST_OS_ID, HYPERCALL). QEMU always sets it.
 pub const HV_HYPERCALL_MSRS: u32 = 1 << 5;
-/// 40000003.EDX[3]: CPU dynamic partitioning. KVM does not report it, but QEMU always sets it
+/// `40000003.EDX[3]`: CPU dynamic partitioning. KVM does not report it, but QEMU always sets it
 /// because Windows needs it for CPU hotplug.
 pub const HV_CPU_DYNAMIC_PARTITIONING: u32 = 1 << 3;
-/// 40000004.EAX[3]: use the APIC MSRs. QEMU sets it with hv-vapic unless hv-avic is on.
+/// `40000004.EAX[3]`: use the APIC MSRs. QEMU sets it with hv-vapic unless hv-avic is on.
 pub const HV_APIC_ACCESS_RECOMMENDED: u32 = 1 << 3;
-/// 40000004.EAX[18]: virtual processors never share a physical core unless reported as SMT
+/// `40000004.EAX[18]`: virtual processors never share a physical core unless reported as SMT
 /// siblings. KVM reports it when SMT is impossible on the host.
 pub const HV_NO_NONARCH_CORESHARING: u32 = 1 << 18;
 /// eVMCS version range 1..=1 (low byte minimum, high byte maximum); QEMU pins the maximum at
@@ -114,15 +114,26 @@ pub struct CpuidBits {
 impl CpuidBits {
     /// The bit number(s) as `[n]` or `[n,m]`, for tables.
     pub fn describe(&self) -> String {
-        let bits: Vec<String> =
-            (0..32).filter(|b| self.mask & (1 << b) != 0).map(|b| b.to_string()).collect();
-        format!("{:02X}.{}[{}]", self.leaf & 0xFF, self.reg.name(), bits.join(","))
+        let bits: Vec<String> = (0..32)
+            .filter(|b| self.mask & (1 << b) != 0)
+            .map(|b| b.to_string())
+            .collect();
+        format!(
+            "{:02X}.{}[{}]",
+            self.leaf & 0xFF,
+            self.reg.name(),
+            bits.join(",")
+        )
     }
 }
 
 /// Shorthand for the table: `bit(leaf, reg, n)`.
 pub const fn bit(leaf: u32, reg: Reg, n: u32) -> CpuidBits {
-    CpuidBits { leaf, reg, mask: 1 << n }
+    CpuidBits {
+        leaf,
+        reg,
+        mask: 1 << n,
+    }
 }
 
 /// A KVM capability (`KVM_CHECK_EXTENSION` number and uAPI name). Numbers are from the KVM
@@ -170,9 +181,7 @@ pub fn pack_signature(s: &str) -> [u32; 3] {
     for (dst, src) in bytes.iter_mut().zip(s.bytes()) {
         *dst = src;
     }
-    let word = |i: usize| {
-        u32::from_le_bytes([bytes[i], bytes[i + 1], bytes[i + 2], bytes[i + 3]])
-    };
+    let word = |i: usize| u32::from_le_bytes([bytes[i], bytes[i + 1], bytes[i + 2], bytes[i + 3]]);
     [word(0), word(4), word(8)]
 }
 
@@ -189,7 +198,10 @@ mod tests {
 
     #[test]
     fn microsoft_hv_packs_like_hyper_v() {
-        assert_eq!(pack_signature("Microsoft Hv"), [0x7263_694D, 0x666F_736F, 0x7648_2074]);
+        assert_eq!(
+            pack_signature("Microsoft Hv"),
+            [0x7263_694D, 0x666F_736F, 0x7648_2074]
+        );
         assert_eq!(unpack_signature(pack_signature("KVMKVMKVM")), "KVMKVMKVM");
     }
 

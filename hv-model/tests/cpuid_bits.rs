@@ -20,7 +20,8 @@ const NEST: u32 = 0x4000_000A;
 fn added_bits(base: &str, extra: &str) -> BTreeMap<u32, [u32; 4]> {
     let a = leaves(&format!("kvm=off,{base}"));
     let b = leaves(&format!("kvm=off,{base},{extra}"));
-    let functions: std::collections::BTreeSet<u32> = a.iter().chain(&b).map(|l| l.function).collect();
+    let functions: std::collections::BTreeSet<u32> =
+        a.iter().chain(&b).map(|l| l.function).collect();
     functions
         .into_iter()
         .filter_map(|f| {
@@ -34,7 +35,10 @@ fn added_bits(base: &str, extra: &str) -> BTreeMap<u32, [u32; 4]> {
 fn expect(base: &str, extra: &str, expected: &[(u32, [u32; 4])]) {
     let got = added_bits(base, extra);
     let want: BTreeMap<u32, [u32; 4]> = expected.iter().copied().collect();
-    assert_eq!(got, want, "bits added by {extra} on top of {base}:\n got {got:#x?}\n want {want:#x?}");
+    assert_eq!(
+        got, want,
+        "bits added by {extra} on top of {base}:\n got {got:#x?}\n want {want:#x?}"
+    );
 }
 
 #[test]
@@ -44,13 +48,25 @@ fn relaxed_sets_04_eax_5() {
 
 #[test]
 fn vapic_sets_03_eax_4_and_recommends_apic_msrs() {
-    expect("hv-runtime", "hv-vapic", &[(FEAT, [bits(&[4]), 0, 0, 0]), (RECO, [bits(&[3]), 0, 0, 0])]);
+    expect(
+        "hv-runtime",
+        "hv-vapic",
+        &[(FEAT, [bits(&[4]), 0, 0, 0]), (RECO, [bits(&[3]), 0, 0, 0])],
+    );
 }
 
 #[test]
 fn spinlocks_value_goes_to_04_ebx() {
-    expect("hv-runtime", "hv-spinlocks=0x1fff", &[(RECO, [0, 0xFFFF_FFFF ^ 0x1FFF, 0, 0])]);
-    assert_eq!(regs(&leaves("hv-runtime"), RECO)[1], 0xFFFF_FFFF, "never notify by default");
+    expect(
+        "hv-runtime",
+        "hv-spinlocks=0x1fff",
+        &[(RECO, [0, 0xFFFF_FFFF ^ 0x1FFF, 0, 0])],
+    );
+    assert_eq!(
+        regs(&leaves("hv-runtime"), RECO)[1],
+        0xFFFF_FFFF,
+        "never notify by default"
+    );
 }
 
 #[test]
@@ -75,27 +91,47 @@ fn time_sets_03_eax_1_and_9() {
 
 #[test]
 fn synic_sets_03_eax_2_and_post_messages_signal_events() {
-    expect("hv-vpindex", "hv-synic", &[(FEAT, [bits(&[2]), bits(&[4, 5]), 0, 0])]);
+    expect(
+        "hv-vpindex",
+        "hv-synic",
+        &[(FEAT, [bits(&[2]), bits(&[4, 5]), 0, 0])],
+    );
 }
 
 #[test]
 fn stimer_sets_03_eax_3() {
-    expect("hv-vpindex,hv-synic,hv-time", "hv-stimer", &[(FEAT, [bits(&[3]), 0, 0, 0])]);
+    expect(
+        "hv-vpindex,hv-synic,hv-time",
+        "hv-stimer",
+        &[(FEAT, [bits(&[3]), 0, 0, 0])],
+    );
 }
 
 #[test]
 fn stimer_direct_sets_03_edx_19() {
-    expect("hv-vpindex,hv-synic,hv-time,hv-stimer", "hv-stimer-direct", &[(FEAT, [0, 0, 0, bits(&[19])])]);
+    expect(
+        "hv-vpindex,hv-synic,hv-time,hv-stimer",
+        "hv-stimer-direct",
+        &[(FEAT, [0, 0, 0, bits(&[19])])],
+    );
 }
 
 #[test]
 fn tlbflush_sets_04_eax_2_and_11() {
-    expect("hv-vpindex", "hv-tlbflush", &[(RECO, [bits(&[2, 11]), 0, 0, 0])]);
+    expect(
+        "hv-vpindex",
+        "hv-tlbflush",
+        &[(RECO, [bits(&[2, 11]), 0, 0, 0])],
+    );
 }
 
 #[test]
 fn tlbflush_ext_sets_03_edx_14() {
-    expect("hv-vpindex,hv-tlbflush", "hv-tlbflush-ext", &[(FEAT, [0, 0, 0, bits(&[14])])]);
+    expect(
+        "hv-vpindex,hv-tlbflush",
+        "hv-tlbflush-ext",
+        &[(FEAT, [0, 0, 0, bits(&[14])])],
+    );
 }
 
 #[test]
@@ -103,13 +139,20 @@ fn tlbflush_direct_sets_0a_eax_17_and_raises_the_max_leaf() {
     expect(
         "hv-vapic",
         "hv-tlbflush-direct",
-        &[(VENDOR, [0x4000_0005 ^ 0x4000_000A, 0, 0, 0]), (NEST, [bits(&[17]), 0, 0, 0])],
+        &[
+            (VENDOR, [0x4000_0005 ^ 0x4000_000A, 0, 0, 0]),
+            (NEST, [bits(&[17]), 0, 0, 0]),
+        ],
     );
 }
 
 #[test]
 fn ipi_sets_04_eax_10_and_11() {
-    expect("hv-vpindex", "hv-ipi", &[(RECO, [bits(&[10, 11]), 0, 0, 0])]);
+    expect(
+        "hv-vpindex",
+        "hv-ipi",
+        &[(RECO, [bits(&[10, 11]), 0, 0, 0])],
+    );
 }
 
 #[test]
@@ -119,12 +162,20 @@ fn reset_sets_03_eax_7() {
 
 #[test]
 fn frequencies_sets_03_eax_11_and_edx_8() {
-    expect("hv-runtime", "hv-frequencies", &[(FEAT, [bits(&[11]), 0, 0, bits(&[8])])]);
+    expect(
+        "hv-runtime",
+        "hv-frequencies",
+        &[(FEAT, [bits(&[11]), 0, 0, bits(&[8])])],
+    );
 }
 
 #[test]
 fn reenlightenment_sets_03_eax_13() {
-    expect("hv-runtime", "hv-reenlightenment", &[(FEAT, [bits(&[13]), 0, 0, 0])]);
+    expect(
+        "hv-runtime",
+        "hv-reenlightenment",
+        &[(FEAT, [bits(&[13]), 0, 0, 0])],
+    );
 }
 
 #[test]
@@ -151,13 +202,20 @@ fn emsr_bitmap_sets_0a_eax_19() {
     expect(
         "hv-runtime",
         "hv-emsr-bitmap",
-        &[(VENDOR, [0x4000_0005 ^ 0x4000_000A, 0, 0, 0]), (NEST, [bits(&[19]), 0, 0, 0])],
+        &[
+            (VENDOR, [0x4000_0005 ^ 0x4000_000A, 0, 0, 0]),
+            (NEST, [bits(&[19]), 0, 0, 0]),
+        ],
     );
 }
 
 #[test]
 fn xmm_input_sets_03_edx_4() {
-    expect("hv-runtime", "hv-xmm-input", &[(FEAT, [0, 0, 0, bits(&[4])])]);
+    expect(
+        "hv-runtime",
+        "hv-xmm-input",
+        &[(FEAT, [0, 0, 0, bits(&[4])])],
+    );
 }
 
 #[test]
@@ -170,7 +228,11 @@ fn avic_sets_04_eax_9_and_drops_the_apic_access_hint() {
 
 #[test]
 fn no_nonarch_coresharing_on_sets_04_eax_18() {
-    expect("hv-runtime", "hv-no-nonarch-coresharing=on", &[(RECO, [bits(&[18]), 0, 0, 0])]);
+    expect(
+        "hv-runtime",
+        "hv-no-nonarch-coresharing=on",
+        &[(RECO, [bits(&[18]), 0, 0, 0])],
+    );
     expect("hv-runtime", "hv-no-nonarch-coresharing=off", &[]);
 }
 
@@ -200,15 +262,24 @@ fn enforce_cpuid_changes_no_bits() {
 #[test]
 fn vendor_id_fills_40000000_ebx_ecx_edx() {
     let l = leaves("hv-relaxed,hv-vendor-id=KVMKVMKVM");
-    assert_eq!(regs(&l, VENDOR), [0x4000_0005, 0x4B4D_564B, 0x564B_4D56, 0x0000_004D]);
+    assert_eq!(
+        regs(&l, VENDOR),
+        [0x4000_0005, 0x4B4D_564B, 0x564B_4D56, 0x0000_004D]
+    );
     let l = leaves("hv-relaxed");
     // "Microsoft Hv"
-    assert_eq!(regs(&l, VENDOR), [0x4000_0005, 0x7263_694D, 0x666F_736F, 0x7648_2074]);
+    assert_eq!(
+        regs(&l, VENDOR),
+        [0x4000_0005, 0x7263_694D, 0x666F_736F, 0x7648_2074]
+    );
 }
 
 #[test]
 fn version_defaults_to_ws2016_and_can_be_overridden() {
-    assert_eq!(regs(&leaves("hv-relaxed"), VERSION), [0x3839, 0x000A_0000, 0, 0]);
+    assert_eq!(
+        regs(&leaves("hv-relaxed"), VERSION),
+        [0x3839, 0x000A_0000, 0, 0]
+    );
     let l = leaves(
         "hv-relaxed,hv-version-id-build=0x4563,hv-version-id-major=10,hv-version-id-minor=1,\
          hv-version-id-spack=2,hv-version-id-sbranch=3,hv-version-id-snumber=0x123456",
@@ -231,14 +302,19 @@ fn interface_limits_and_always_on_bits() {
 #[test]
 fn no_hyperv_means_no_leaves() {
     assert!(leaves("").is_empty());
-    assert!(leaves("hv-vendor-id=KVMKVMKVM,hv-enforce-cpuid,hv-no-nonarch-coresharing=on").is_empty());
+    assert!(
+        leaves("hv-vendor-id=KVMKVMKVM,hv-enforce-cpuid,hv-no-nonarch-coresharing=on").is_empty()
+    );
     assert!(!resolve_list("kvm-pv-ipi").unwrap().hyperv_enabled());
 }
 
 #[test]
 fn kvm_leaves_move_to_0x40000100() {
     let l = leaves("hv-relaxed");
-    assert_eq!(regs(&l, 0x4000_0100), [0x4000_0101, 0x4B4D_564B, 0x564B_4D56, 0x0000_004D]);
+    assert_eq!(
+        regs(&l, 0x4000_0100),
+        [0x4000_0101, 0x4B4D_564B, 0x564B_4D56, 0x0000_004D]
+    );
     assert!(has_leaf(&l, 0x4000_0101));
     let l = leaves("hv-relaxed,kvm=off");
     assert!(!has_leaf(&l, 0x4000_0100) && !has_leaf(&l, 0x4000_0101));
@@ -247,10 +323,21 @@ fn kvm_leaves_move_to_0x40000100() {
 #[test]
 fn each_kvm_paravirt_feature_sets_its_bit() {
     const ALL: &[&str] = &[
-        "kvmclock", "kvm-nopiodelay", "kvm-asyncpf", "kvm-steal-time", "kvm-pv-eoi",
-        "kvm-pv-unhalt", "kvm-pv-tlb-flush", "kvm-asyncpf-vmexit", "kvm-pv-ipi",
-        "kvm-poll-control", "kvm-pv-sched-yield", "kvm-asyncpf-int", "kvm-msi-ext-dest-id",
-        "kvmclock-stable-bit", "kvm-hint-dedicated",
+        "kvmclock",
+        "kvm-nopiodelay",
+        "kvm-asyncpf",
+        "kvm-steal-time",
+        "kvm-pv-eoi",
+        "kvm-pv-unhalt",
+        "kvm-pv-tlb-flush",
+        "kvm-asyncpf-vmexit",
+        "kvm-pv-ipi",
+        "kvm-poll-control",
+        "kvm-pv-sched-yield",
+        "kvm-asyncpf-int",
+        "kvm-msi-ext-dest-id",
+        "kvmclock-stable-bit",
+        "kvm-hint-dedicated",
     ];
     // KVM's cpuid.rst: KVM_FEATURE_* bit numbers; kvmclock is CLOCKSOURCE (0) + CLOCKSOURCE2 (3).
     let expected: &[(&str, u32, u32)] = &[
@@ -270,12 +357,20 @@ fn each_kvm_paravirt_feature_sets_its_bit() {
         ("kvmclock-stable-bit", bits(&[24]), 0),
         ("kvm-hint-dedicated", 0, bits(&[0])),
     ];
-    let opts = hv_model::ResolveOptions { irqchip: Irqchip::Split, ..common::no_host() };
+    let opts = hv_model::ResolveOptions {
+        irqchip: Irqchip::Split,
+        ..common::no_host()
+    };
     for &(name, eax, edx) in expected {
         let offs: Vec<String> = ALL.iter().map(|n| format!("{n}=off")).collect();
         let list = format!("hv-relaxed,{},{name}", offs.join(","));
-        let r = resolve(&parse_hv_list(&list).unwrap(), &HostCapabilities::default(), Backend::Kernel, &opts)
-            .unwrap();
+        let r = resolve(
+            &parse_hv_list(&list).unwrap(),
+            &HostCapabilities::default(),
+            Backend::Kernel,
+            &opts,
+        )
+        .unwrap();
         let l = cpuid_leaves(&r);
         assert_eq!(regs(&l, 0x4000_0101), [eax, 0, 0, edx], "{name}");
     }

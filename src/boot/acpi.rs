@@ -5,13 +5,15 @@
 //! Non-zero PM1a blocks matter beyond Linux: Hyper-V's loader refuses to start when a FADT
 //! has zero PM1a addresses (reference §5, cloud-hypervisor 2026).
 
-use acpi_tables::{aml, Aml};
 use acpi_tables::fadt::{FADTBuilder, Flags};
 use acpi_tables::gas::{AccessSize, AddressSpace, GAS};
-use acpi_tables::madt::{EnabledStatus, IoApic, LocalInterruptController, ProcessorLocalApic, MADT};
+use acpi_tables::madt::{
+    EnabledStatus, IoApic, LocalInterruptController, ProcessorLocalApic, MADT,
+};
 use acpi_tables::rsdp::Rsdp;
 use acpi_tables::sdt::Sdt;
 use acpi_tables::xsdt::XSDT;
+use acpi_tables::{aml, Aml};
 
 use crate::devices::acpi_pm::S5_SLP_TYP;
 use crate::devices::{ACPI_SCI_IRQ, PM1A_CNT_PORT, PM1A_EVT_PORT};
@@ -27,7 +29,9 @@ const MADT_PCAT_COMPAT: u32 = 1;
 #[derive(Debug, thiserror::Error)]
 pub enum AcpiError {
     /// The tables do not fit in the ACPI area.
-    #[error("ACPI tables for {cpus} vCPUs need {needed} bytes, more than the {available} reserved")]
+    #[error(
+        "ACPI tables for {cpus} vCPUs need {needed} bytes, more than the {available} reserved"
+    )]
     TooLarge {
         /// vCPUs.
         cpus: u32,
@@ -51,16 +55,29 @@ fn bytes(table: &dyn Aml) -> Vec<u8> {
 }
 
 fn io_gas(port: u16, bytes: u8) -> GAS {
-    let access = if bytes == 2 { AccessSize::WordAccess } else { AccessSize::DwordAccess };
-    GAS::new(AddressSpace::SystemIo, bytes * 8, 0, access, u64::from(port))
+    let access = if bytes == 2 {
+        AccessSize::WordAccess
+    } else {
+        AccessSize::DwordAccess
+    };
+    GAS::new(
+        AddressSpace::SystemIo,
+        bytes * 8,
+        0,
+        access,
+        u64::from(port),
+    )
 }
 
 fn dsdt() -> Vec<u8> {
     let mut dsdt = Sdt::new(*b"DSDT", 36, 6, OEM_ID, OEM_TABLE_ID, 1);
     // \_S5: SLP_TYPa, SLP_TYPb, reserved, reserved (ACPI 7.4.2).
     let typ = S5_SLP_TYP as u8;
-    aml::Name::new("_S5_".into(), &aml::Package::new(vec![&typ, &typ, &0u8, &0u8]))
-        .to_aml_bytes(&mut dsdt);
+    aml::Name::new(
+        "_S5_".into(),
+        &aml::Package::new(vec![&typ, &typ, &0u8, &0u8]),
+    )
+    .to_aml_bytes(&mut dsdt);
     dsdt.update_checksum();
     dsdt.as_slice().to_vec()
 }
@@ -76,7 +93,10 @@ fn fadt(dsdt_addr: u64) -> Vec<u8> {
     f.x_pm1a_cnt_blk = io_gas(PM1A_CNT_PORT, 2);
     // Bit 1 of IAPC_BOOT_ARCH: an 8042 is present (its reset command is how Linux reboots).
     f.iapc_boot_arch = 2u16.into();
-    let f = f.flag(Flags::Wbinvd).flag(Flags::PwrButton).flag(Flags::SlpButton);
+    let f = f
+        .flag(Flags::Wbinvd)
+        .flag(Flags::PwrButton)
+        .flag(Flags::SlpButton);
     bytes(&f.finalize())
 }
 
@@ -84,10 +104,18 @@ fn madt(cpus: u32) -> Result<Vec<u8>, AcpiError> {
     if cpus > 255 {
         return Err(AcpiError::TooManyCpus(cpus));
     }
-    let mut madt =
-        MADT::new(OEM_ID, OEM_TABLE_ID, 1, LocalInterruptController::Address(LAPIC_ADDR as u32));
+    let mut madt = MADT::new(
+        OEM_ID,
+        OEM_TABLE_ID,
+        1,
+        LocalInterruptController::Address(LAPIC_ADDR as u32),
+    );
     for i in 0..cpus {
-        madt.add_structure(ProcessorLocalApic::new(i as u8, i as u8, EnabledStatus::Enabled));
+        madt.add_structure(ProcessorLocalApic::new(
+            i as u8,
+            i as u8,
+            EnabledStatus::Enabled,
+        ));
     }
     madt.add_structure(IoApic::new(0, IOAPIC_ADDR as u32, 0));
     let mut out = bytes(&madt);
@@ -127,10 +155,15 @@ pub fn write_tables(mem: &GuestMemory, cpus: u32) -> Result<u64, AcpiError> {
         });
     }
     let rsdp = bytes(&Rsdp::new(OEM_ID, xsdt_addr));
-    for (addr, table) in
-        [(rsdp_addr, &rsdp), (dsdt_addr, &dsdt), (fadt_addr, &fadt), (madt_addr, &madt), (xsdt_addr, &xsdt)]
-    {
-        mem.write_slice(table, GuestAddress(addr)).map_err(AcpiError::Write)?;
+    for (addr, table) in [
+        (rsdp_addr, &rsdp),
+        (dsdt_addr, &dsdt),
+        (fadt_addr, &fadt),
+        (madt_addr, &madt),
+        (xsdt_addr, &xsdt),
+    ] {
+        mem.write_slice(table, GuestAddress(addr))
+            .map_err(AcpiError::Write)?;
     }
     Ok(rsdp_addr)
 }

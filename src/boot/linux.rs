@@ -84,7 +84,12 @@ fn load_kernel(mem: &GuestMemory, kernel: &[u8]) -> Result<LoadedKernel, LinuxEr
     let highmem = Some(GuestAddress(layout::LOW_RESERVED_END));
     let load_elf = |image: &[u8], format: String| {
         let r = Elf::load(mem, None, &mut Cursor::new(image), highmem).map_err(LinuxError::Load)?;
-        Ok(LoadedKernel { entry: r.kernel_load.0, end: r.kernel_end, header: None, format })
+        Ok(LoadedKernel {
+            entry: r.kernel_load.0,
+            end: r.kernel_end,
+            header: None,
+            format,
+        })
     };
     if vmlinux::is_elf(kernel) {
         return load_elf(kernel, "vmlinux ELF".into());
@@ -106,14 +111,29 @@ fn load_kernel(mem: &GuestMemory, kernel: &[u8]) -> Result<LoadedKernel, LinuxEr
 }
 
 fn e820_map(ram_size: u64) -> Vec<boot_e820_entry> {
-    let entry = |addr: u64, end: u64, r#type| boot_e820_entry { addr, size: end - addr, r#type };
+    let entry = |addr: u64, end: u64, r#type| boot_e820_entry {
+        addr,
+        size: end - addr,
+        r#type,
+    };
     let mut map = vec![
         entry(0, layout::LOW_RAM_END, E820_RAM),
         entry(layout::LOW_RAM_END, layout::LOW_RESERVED_END, E820_RESERVED),
-        entry(layout::LOW_RESERVED_END, layout::low_ram_top(ram_size), E820_RAM),
+        entry(
+            layout::LOW_RESERVED_END,
+            layout::low_ram_top(ram_size),
+            E820_RAM,
+        ),
     ];
-    if let Some(high) = ram_size.checked_sub(layout::MMIO_HOLE_START).filter(|&h| h > 0) {
-        map.push(entry(layout::MMIO_HOLE_END, layout::MMIO_HOLE_END + high, E820_RAM));
+    if let Some(high) = ram_size
+        .checked_sub(layout::MMIO_HOLE_START)
+        .filter(|&h| h > 0)
+    {
+        map.push(entry(
+            layout::MMIO_HOLE_END,
+            layout::MMIO_HOLE_END + high,
+            E820_RAM,
+        ));
     }
     map
 }
@@ -128,7 +148,10 @@ pub fn load(
     let kernel = load_kernel(mem, &image.kernel)?;
     let cmdline = image.cmdline.as_bytes();
     if cmdline.len() >= CMDLINE_MAX || cmdline.contains(&0) {
-        return Err(LinuxError::Cmdline { len: cmdline.len(), max: CMDLINE_MAX - 1 });
+        return Err(LinuxError::Cmdline {
+            len: cmdline.len(),
+            max: CMDLINE_MAX - 1,
+        });
     }
     mem.write_slice(cmdline, GuestAddress(CMDLINE_ADDR))
         .and_then(|()| mem.write_obj(0u8, GuestAddress(CMDLINE_ADDR + cmdline.len() as u64)))
@@ -160,7 +183,8 @@ pub fn load(
             .map(|a| a & !0xfff)
             .filter(|&a| a >= kernel.end)
             .ok_or(LinuxError::InitrdTooLarge { size })?;
-        mem.write_slice(initrd, GuestAddress(addr)).map_err(|e| LinuxError::Write("the initrd", e))?;
+        mem.write_slice(initrd, GuestAddress(addr))
+            .map_err(|e| LinuxError::Write("the initrd", e))?;
         params.hdr.ramdisk_image = addr as u32;
         params.hdr.ramdisk_size = size as u32;
     }
@@ -205,13 +229,24 @@ mod tests {
             small,
             vec![
                 (0, layout::LOW_RAM_END, E820_RAM),
-                (layout::LOW_RAM_END, (1 << 20) - layout::LOW_RAM_END, E820_RESERVED),
+                (
+                    layout::LOW_RAM_END,
+                    (1 << 20) - layout::LOW_RAM_END,
+                    E820_RESERVED
+                ),
                 (1 << 20, (256 << 20) - (1 << 20), E820_RAM),
             ]
         );
         let big: Vec<_> = e820_map(6 << 30).iter().map(span).collect();
         assert_eq!(big.len(), 4);
         assert_eq!(big[2].0 + big[2].1, layout::MMIO_HOLE_START);
-        assert_eq!(big[3], (layout::MMIO_HOLE_END, (6 << 30) - layout::MMIO_HOLE_START, E820_RAM));
+        assert_eq!(
+            big[3],
+            (
+                layout::MMIO_HOLE_END,
+                (6 << 30) - layout::MMIO_HOLE_START,
+                E820_RAM
+            )
+        );
     }
 }

@@ -3,9 +3,7 @@
 
 use kvm_bindings::{kvm_regs, kvm_segment, kvm_sregs};
 
-use crate::memory::layout::{
-    GDT_ADDR, IDENTITY_MAPPED_GIB, PD_BASE_ADDR, PDPT_ADDR, PML4_ADDR,
-};
+use crate::memory::layout::{GDT_ADDR, IDENTITY_MAPPED_GIB, PDPT_ADDR, PD_BASE_ADDR, PML4_ADDR};
 use crate::memory::{Bytes, GuestAddress, GuestMemory};
 
 /// Selector of the 64-bit code segment (Linux's `__BOOT_CS`).
@@ -66,7 +64,11 @@ pub fn write_tables(mem: &GuestMemory) -> Result<(), LongModeError> {
         write("PDPT", PDPT_ADDR + gib * 8, pd | PTE_PRESENT | PTE_WRITABLE)?;
         for i in 0..512u64 {
             let frame = (gib << 30) | (i << 21);
-            write("page directory", pd + i * 8, frame | PTE_PRESENT | PTE_WRITABLE | PTE_HUGE)?;
+            write(
+                "page directory",
+                pd + i * 8,
+                frame | PTE_PRESENT | PTE_WRITABLE | PTE_HUGE,
+            )?;
         }
     }
     Ok(())

@@ -121,20 +121,26 @@ fn parse(image: &[u8], area: Range<u64>) -> Result<ParsedElf, PayloadError> {
         return Err(PayloadError::NotElf("e_machine is not x86-64 (62)"));
     }
     if u16_at(image, 16) != 2 {
-        return Err(PayloadError::NotElf("not an executable (ET_EXEC); link with -static -no-pie"));
+        return Err(PayloadError::NotElf(
+            "not an executable (ET_EXEC); link with -static -no-pie",
+        ));
     }
     let entry = u64_at(image, 24);
     let phoff = usize::try_from(u64_at(image, 32)).map_err(|_| PayloadError::Corrupt("e_phoff"))?;
     let phentsize = usize::from(u16_at(image, 54));
     let phnum = usize::from(u16_at(image, 56));
     if phentsize != PHDR_SIZE || phnum > MAX_PHDRS {
-        return Err(PayloadError::Corrupt("unexpected program header size or count"));
+        return Err(PayloadError::Corrupt(
+            "unexpected program header size or count",
+        ));
     }
     let table_end = phnum
         .checked_mul(PHDR_SIZE)
         .and_then(|n| n.checked_add(phoff))
         .filter(|&end| end <= image.len())
-        .ok_or(PayloadError::Corrupt("program headers past the end of the file"))?;
+        .ok_or(PayloadError::Corrupt(
+            "program headers past the end of the file",
+        ))?;
     let mut segments = Vec::new();
     for (index, ph) in image[phoff..table_end].chunks_exact(PHDR_SIZE).enumerate() {
         if u32_at(ph, 0) != PT_LOAD {
@@ -150,8 +156,12 @@ fn parse(image: &[u8], area: Range<u64>) -> Result<ParsedElf, PayloadError> {
         let file_end = offset
             .checked_add(filesz)
             .filter(|&end| end <= image.len() as u64)
-            .ok_or(PayloadError::Corrupt("segment data past the end of the file"))?;
-        let end = paddr.checked_add(memsz).ok_or(PayloadError::Corrupt("segment wraps"))?;
+            .ok_or(PayloadError::Corrupt(
+                "segment data past the end of the file",
+            ))?;
+        let end = paddr
+            .checked_add(memsz)
+            .ok_or(PayloadError::Corrupt("segment wraps"))?;
         if memsz == 0 {
             continue;
         }
@@ -164,7 +174,12 @@ fn parse(image: &[u8], area: Range<u64>) -> Result<ParsedElf, PayloadError> {
                 max: area.end,
             });
         }
-        segments.push(Segment { index, paddr, file: offset as usize..file_end as usize, memsz });
+        segments.push(Segment {
+            index,
+            paddr,
+            file: offset as usize..file_end as usize,
+            memsz,
+        });
     }
     if segments.is_empty() {
         return Err(PayloadError::NoSegments);
@@ -176,7 +191,10 @@ fn parse(image: &[u8], area: Range<u64>) -> Result<ParsedElf, PayloadError> {
             }
         }
     }
-    if !segments.iter().any(|s| (s.paddr..s.paddr + s.memsz).contains(&entry)) {
+    if !segments
+        .iter()
+        .any(|s| (s.paddr..s.paddr + s.memsz).contains(&entry))
+    {
         return Err(PayloadError::EntryOutsideSegments(entry));
     }
     Ok(ParsedElf { entry, segments })
@@ -203,11 +221,16 @@ pub fn load(
     let ram_top = layout::low_ram_top(ram_size);
     let elf = parse(image, payload_area(ram_top, cpus)?)?;
     for seg in &elf.segments {
-        let write_err = |source| PayloadError::Write { index: seg.index, source };
-        mem.write_slice(&image[seg.file.clone()], GuestAddress(seg.paddr)).map_err(write_err)?;
+        let write_err = |source| PayloadError::Write {
+            index: seg.index,
+            source,
+        };
+        mem.write_slice(&image[seg.file.clone()], GuestAddress(seg.paddr))
+            .map_err(write_err)?;
         let filesz = seg.file.len() as u64;
         let bss = vec![0u8; (seg.memsz - filesz) as usize];
-        mem.write_slice(&bss, GuestAddress(seg.paddr + filesz)).map_err(write_err)?;
+        mem.write_slice(&bss, GuestAddress(seg.paddr + filesz))
+            .map_err(write_err)?;
     }
     long_mode::write_tables(mem)?;
     let vcpus = (0..cpus)
@@ -263,7 +286,8 @@ pub(crate) mod tests {
     #[test]
     fn loads_segments_and_zeroes_bss() {
         let mem = crate::memory::allocate(32).unwrap();
-        mem.write_slice(&[0xaa; 16], GuestAddress(0x200004)).unwrap();
+        mem.write_slice(&[0xaa; 16], GuestAddress(0x200004))
+            .unwrap();
         let elf = make_elf(0x200000, &[(0x200000, &[0xf4, 0x90, 0x90, 0x90], 20)]);
         let plan = load(&mem, 32 << 20, 2, &elf, "t").unwrap();
         let mut buf = [0u8; 8];
@@ -279,21 +303,39 @@ pub(crate) mod tests {
     #[test]
     fn rejects_bad_images() {
         let area = PAYLOAD_MIN_ADDR..0x800000;
-        assert!(matches!(parse(b"nope", area.clone()), Err(PayloadError::NotElf(_))));
+        assert!(matches!(
+            parse(b"nope", area.clone()),
+            Err(PayloadError::NotElf(_))
+        ));
         let low = make_elf(0x1000, &[(0x1000, &[0x90], 1)]);
-        assert!(matches!(parse(&low, area.clone()), Err(PayloadError::SegmentOutOfBounds { .. })));
+        assert!(matches!(
+            parse(&low, area.clone()),
+            Err(PayloadError::SegmentOutOfBounds { .. })
+        ));
         let into_stacks = make_elf(0x7ff000, &[(0x7ff000, &[0x90], 0x2000)]);
         assert!(matches!(
             parse(&into_stacks, area.clone()),
             Err(PayloadError::SegmentOutOfBounds { .. })
         ));
-        let overlap = make_elf(0x200000, &[(0x200000, &[0x90], 0x100), (0x200080, &[0x90], 1)]);
-        assert!(matches!(parse(&overlap, area.clone()), Err(PayloadError::Overlap(0, 1))));
+        let overlap = make_elf(
+            0x200000,
+            &[(0x200000, &[0x90], 0x100), (0x200080, &[0x90], 1)],
+        );
+        assert!(matches!(
+            parse(&overlap, area.clone()),
+            Err(PayloadError::Overlap(0, 1))
+        ));
         let bad_entry = make_elf(0x300000, &[(0x200000, &[0x90], 1)]);
-        assert!(matches!(parse(&bad_entry, area.clone()), Err(PayloadError::EntryOutsideSegments(_))));
+        assert!(matches!(
+            parse(&bad_entry, area.clone()),
+            Err(PayloadError::EntryOutsideSegments(_))
+        ));
         let mut truncated = make_elf(0x200000, &[(0x200000, &[0x90; 64], 64)]);
         truncated.truncate(truncated.len() - 10);
-        assert!(matches!(parse(&truncated, area), Err(PayloadError::Corrupt(_))));
+        assert!(matches!(
+            parse(&truncated, area),
+            Err(PayloadError::Corrupt(_))
+        ));
     }
 
     #[test]
@@ -307,6 +349,9 @@ pub(crate) mod tests {
     #[test]
     fn stacks_must_fit() {
         assert!(payload_area(0x120000, 2).is_err());
-        assert_eq!(payload_area(0x800000, 1).unwrap(), PAYLOAD_MIN_ADDR..0x7f0000);
+        assert_eq!(
+            payload_area(0x800000, 1).unwrap(),
+            PAYLOAD_MIN_ADDR..0x7f0000
+        );
     }
 }

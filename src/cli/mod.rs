@@ -13,6 +13,7 @@ use clap::{Parser, Subcommand};
 Examples:
   hvkvm demo                                   boot the built-in guest on 2 vCPUs
   hvkvm probe                                  what this host's KVM can do
+  hvkvm hv explain --profile windows           which Hyper-V enlightenments, and why
   hvkvm run --payload test.elf --cpus 2        run an ELF test payload
   hvkvm run --kernel vmlinuz --initrd initrd.cpio --cpus 2 --timeout 600")]
 pub struct Cli {
@@ -33,6 +34,10 @@ pub enum Command {
     Demo(demo::DemoArgs),
     /// Report what this host's KVM supports and which Hyper-V backends can work here.
     Probe(probe::ProbeArgs),
+    /// Hyper-V enlightenments: explain a selection, export/import QEMU, libvirt, KubeVirt and
+    /// Proxmox configurations, compute a fleet baseline.
+    #[command(subcommand)]
+    Hv(hv_model::cli::HvCommand),
 }
 
 /// Errors of any subcommand.
@@ -47,6 +52,9 @@ pub enum CliError {
     /// Writing output.
     #[error("cannot write output")]
     Output(#[from] std::io::Error),
+    /// `hv`.
+    #[error(transparent)]
+    Hv(#[from] hv_model::cli::CliError),
 }
 
 /// Runs the parsed command; returns the process exit status.
@@ -55,5 +63,9 @@ pub fn execute(cli: Cli) -> Result<i32, CliError> {
         Command::Run(args) => Ok(run::execute(args)?),
         Command::Demo(args) => Ok(demo::execute(args)?),
         Command::Probe(args) => probe::execute(args),
+        Command::Hv(command) => {
+            hv_model::cli::run(&command, &mut std::io::stdout().lock())?;
+            Ok(0)
+        }
     }
 }

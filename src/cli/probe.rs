@@ -35,7 +35,8 @@ pub fn verdicts(host: &HostProbe) -> Vec<Verdict> {
         Verdict {
             name: "kernel backend",
             available: true,
-            reason: "KVM emulates Hyper-V in the kernel (KVM_CAP_HYPERV and friends present)".into(),
+            reason: "KVM emulates Hyper-V in the kernel (KVM_CAP_HYPERV and friends present)"
+                .into(),
         }
     } else {
         Verdict {
@@ -64,13 +65,17 @@ pub fn verdicts(host: &HostProbe) -> Vec<Verdict> {
                 .into(),
         },
     };
-    let nested_ok = host.cpu_vendor == CpuVendor::Intel && host.vmx && host.nested_param == Some(true);
+    let nested_ok =
+        host.cpu_vendor == CpuVendor::Intel && host.vmx && host.nested_param == Some(true);
     let evmcs_cap = host.cap("KVM_CAP_HYPERV_ENLIGHTENED_VMCS") > 0;
     let evmcs = Verdict {
         name: "nested eVMCS",
         available: nested_ok && evmcs_cap && host.cap("KVM_CAP_NESTED_STATE") > 0,
         reason: if host.cpu_vendor != CpuVendor::Intel {
-            format!("eVMCS is Intel-only; this host's CPU vendor is {:?}", host.cpu_vendor)
+            format!(
+                "eVMCS is Intel-only; this host's CPU vendor is {:?}",
+                host.cpu_vendor
+            )
         } else if !host.vmx {
             "the host CPU does not expose VMX to this kernel".into()
         } else if host.nested_param != Some(true) {
@@ -100,6 +105,8 @@ struct ProbeDocument<'a> {
     #[serde(flatten)]
     host: &'a HostProbe,
     verdicts: Vec<Verdict>,
+    /// What `hvkvm hv … --host FILE` reads.
+    host_capabilities: hv_model::HostCapabilities,
 }
 
 fn yes_no(b: bool) -> &'static str {
@@ -116,23 +123,48 @@ pub fn execute(args: ProbeArgs) -> Result<i32, CliError> {
     let verdicts = verdicts(&host);
     let mut out = std::io::stdout().lock();
     if args.json {
-        let doc = ProbeDocument { host: &host, verdicts };
-        writeln!(out, "{}", serde_json::to_string_pretty(&doc).unwrap_or_default())?;
+        let doc = ProbeDocument {
+            host: &host,
+            verdicts,
+            host_capabilities: crate::hyperv::host_capabilities(&host),
+        };
+        writeln!(
+            out,
+            "{}",
+            serde_json::to_string_pretty(&doc).unwrap_or_default()
+        )?;
         return Ok(0);
     }
     writeln!(out, "KVM API version     {}", host.kvm_api_version)?;
-    writeln!(out, "KVM module          {}", host.kvm_module.as_deref().unwrap_or("unknown"))?;
+    writeln!(
+        out,
+        "KVM module          {}",
+        host.kvm_module.as_deref().unwrap_or("unknown")
+    )?;
     writeln!(
         out,
         "CPU                 {:?} {}",
         host.cpu_vendor,
         host.cpu_model.as_deref().unwrap_or("")
     )?;
-    writeln!(out, "VMX / SVM           {} / {}", yes_no(host.vmx), yes_no(host.svm))?;
-    let nested = host.nested_param.map_or("module not loaded", |n| if n { "1" } else { "0" });
+    writeln!(
+        out,
+        "VMX / SVM           {} / {}",
+        yes_no(host.vmx),
+        yes_no(host.svm)
+    )?;
+    let nested = host
+        .nested_param
+        .map_or("module not loaded", |n| if n { "1" } else { "0" });
     writeln!(out, "nested parameter    {nested}")?;
-    let tsc = host.tsc_khz.map_or("unknown".to_string(), |k| format!("{k} kHz"));
-    writeln!(out, "TSC                 {tsc}, invariant: {}", yes_no(host.invariant_tsc))?;
+    let tsc = host
+        .tsc_khz
+        .map_or("unknown".to_string(), |k| format!("{k} kHz"));
+    writeln!(
+        out,
+        "TSC                 {tsc}, invariant: {}",
+        yes_no(host.invariant_tsc)
+    )?;
     writeln!(out, "\nHyper-V capabilities")?;
     for c in &host.hyperv_caps {
         writeln!(out, "  {:<36} {}", c.name, c.value)?;
@@ -143,7 +175,13 @@ pub fn execute(args: ProbeArgs) -> Result<i32, CliError> {
     }
     writeln!(out, "\nWhat this means")?;
     for v in &verdicts {
-        writeln!(out, "  {:<16} {:<4} {}", v.name, yes_no(v.available), v.reason)?;
+        writeln!(
+            out,
+            "  {:<16} {:<4} {}",
+            v.name,
+            yes_no(v.available),
+            v.reason
+        )?;
     }
     Ok(0)
 }

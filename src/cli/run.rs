@@ -29,14 +29,18 @@ pub struct RunArgs {
     /// Initramfs for the kernel (uncompressed cpio boots fastest).
     #[arg(long, value_name = "FILE", requires = "kernel")]
     pub initrd: Option<PathBuf>,
-    /// Kernel command line [default: see DEFAULT_CMDLINE in `hvkvm run --help`].
+    /// Kernel command line [default: "console=ttyS0 nokaslr panic=-1 reboot=k pci=off audit=0
+    /// cryptomgr.notests", plus "nosmp" for one vCPU; host-quirk additions come first].
     #[arg(long, value_name = "TEXT", requires = "kernel")]
     pub cmdline: Option<String>,
-    /// Number of vCPUs.
-    #[arg(long, default_value_t = 1, value_name = "N")]
+    /// Number of vCPUs (1 to 255).
+    #[arg(long, default_value_t = 1, value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1..=i64::from(crate::vm::config::MAX_VCPUS)))]
     pub cpus: u32,
-    /// Guest RAM in MiB.
-    #[arg(long, default_value_t = 256, value_name = "MIB")]
+    /// Guest RAM in MiB (16 to 61440; above 3 GiB the rest is mapped from 4 GiB up).
+    #[arg(long, default_value_t = 256, value_name = "MIB",
+          value_parser = clap::value_parser!(u64).range(
+              crate::memory::layout::MIN_RAM_MIB..=crate::memory::layout::MAX_RAM_MIB))]
     pub memory: u64,
     /// CPU model: `baseline` (portable x86-64, no AVX/XSAVE) or `host` (all KVM supports).
     #[arg(long, default_value = "baseline", value_name = "MODEL")]
@@ -45,7 +49,7 @@ pub struct RunArgs {
     #[arg(long, value_name = "FILE")]
     pub serial_file: Option<PathBuf>,
     /// Stop the VM after this many seconds (exit status 124).
-    #[arg(long, value_name = "SECONDS")]
+    #[arg(long, value_name = "SECONDS", value_parser = parse_seconds)]
     pub timeout: Option<f64>,
     /// Workarounds for hosts that cannot run ordinary guests unaided (kvm_pvm): auto, on, off.
     #[arg(long, default_value = "auto", value_name = "MODE")]
@@ -53,6 +57,13 @@ pub struct RunArgs {
     /// Write how the VM ended (reason, exit counts, ucall reports) as JSON to FILE.
     #[arg(long, value_name = "FILE")]
     pub outcome_json: Option<PathBuf>,
+    /// Hyper-V enlightenments for the guest.
+    #[command(flatten)]
+    pub hv: hv_model::cli::HvSelectionArgs,
+    /// Hyper-V backend: auto, kernel (KVM's in-kernel emulation) or user
+    /// (hvkvm's own).
+    #[arg(long, value_enum, default_value_t = crate::hyperv::BackendChoice::Auto)]
+    pub backend: crate::hyperv::BackendChoice,
 }
 
 /// Errors of `hvkvm run`.
@@ -82,8 +93,23 @@ pub enum RunError {
     #[error("--timeout {0} is not a positive number of seconds")]
     Timeout(f64),
     /// Building or running the VM.
+    #[error("cannot run '{name}'")]
+    Vm {
+        /// The payload or kernel.
+        name: String,
+        /// What failed.
+        #[source]
+        source: vm::VmError,
+    },
+    /// `--hv`/`--profile` could not be honoured.
     #[error(transparent)]
-    Vm(#[from] vm::VmError),
+    HyperV(#[from] crate::hyperv::HyperVError),
+    /// `--hv` did not parse.
+    #[error("bad --hv/--profile selection")]
+    HvSelection(#[source] hv_model::ModelError),
+    /// Probing the host failed.
+    #[error(transparent)]
+    Probe(#[from] crate::kvm::ProbeError),
     /// Writing the outcome JSON.
     #[error("cannot write the outcome to '{path}'")]
     OutcomeJson {
@@ -95,8 +121,20 @@ pub enum RunError {
     },
 }
 
+/// Parses a positive, finite number of seconds.
+pub fn parse_seconds(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(t) if t.is_finite() && t > 0.0 => Ok(t),
+        _ => Err(format!("'{s}' is not a positive number of seconds")),
+    }
+}
+
 fn read(what: &'static str, path: &Path) -> Result<Vec<u8>, RunError> {
-    fs::read(path).map_err(|source| RunError::Read { what, path: path.to_owned(), source })
+    fs::read(path).map_err(|source| RunError::Read {
+        what,
+        path: path.to_owned(),
+        source,
+    })
 }
 
 /// Kernel command-line additions a host's quirks need (hiding CPU features the CPL0
@@ -118,17 +156,25 @@ pub fn config(args: &RunArgs) -> Result<VmConfig, RunError> {
             args.host_quirks,
             HostProbe::probe().map(|p| p.is_pvm()).unwrap_or(false),
         );
-        let mut cmdline = args.cmdline.clone().unwrap_or_else(|| DEFAULT_CMDLINE.to_string());
+        let mut cmdline = args
+            .cmdline
+            .clone()
+            .unwrap_or_else(|| DEFAULT_CMDLINE.to_string());
         if let Some(extra) = quirk_cmdline(quirks) {
-            log::info!("host quirks: appending to the kernel command line: {extra}");
-            cmdline = format!("{cmdline} {extra}");
+            // First, so that the user's own parameters (later on the line) win.
+            log::info!("host quirks: adding to the kernel command line: {extra}");
+            cmdline = format!("{extra} {cmdline}");
         }
         if args.cpus == 1 && !cmdline.split_whitespace().any(|w| w == "nosmp") {
             cmdline.push_str(" nosmp");
         }
         BootSource::Linux(LinuxImage {
             kernel: read("kernel", kernel)?,
-            initrd: args.initrd.as_deref().map(|p| read("initrd", p)).transpose()?,
+            initrd: args
+                .initrd
+                .as_deref()
+                .map(|p| read("initrd", p))
+                .transpose()?,
             cmdline,
         })
     } else {
@@ -139,6 +185,16 @@ pub fn config(args: &RunArgs) -> Result<VmConfig, RunError> {
         }
     };
     let mut config = VmConfig::new(boot);
+    let request = args.hv.request().map_err(RunError::HvSelection)?;
+    let host = HostProbe::probe()?;
+    if let Some(resolution) = crate::hyperv::resolve_for_vm(&request, &host, args.backend)? {
+        for d in &resolution.decisions {
+            let state = if d.on { "on" } else { "off" };
+            log::info!("hv-{}: {state} ({})", d.flag.name(), d.reason);
+        }
+        let leaves = crate::hyperv::cpuid_entries(&resolution);
+        config.hypervisor_leaves = (!leaves.is_empty()).then_some(leaves);
+    }
     config.cpus = args.cpus;
     config.memory_mib = args.memory;
     config.cpu_model = args.cpu;
@@ -149,8 +205,10 @@ pub fn config(args: &RunArgs) -> Result<VmConfig, RunError> {
         Some(t) => return Err(RunError::Timeout(t)),
     };
     if let Some(path) = &args.serial_file {
-        let file = fs::File::create(path)
-            .map_err(|source| RunError::SerialFile { path: path.clone(), source })?;
+        let file = fs::File::create(path).map_err(|source| RunError::SerialFile {
+            path: path.clone(),
+            source,
+        })?;
         config.serial = Box::new(file) as SerialSink;
     } else {
         config.serial = Box::new(Unbuffered(std::io::stdout()));
@@ -158,10 +216,16 @@ pub fn config(args: &RunArgs) -> Result<VmConfig, RunError> {
     Ok(config)
 }
 
-/// Prints the one-line summary of how the VM ended to stderr.
+/// Prints the one-line summary of how the VM ended to stderr (and, for a timeout, where each
+/// vCPU was).
 pub fn report(outcome: &VmOutcome) {
+    if matches!(outcome.reason, vm::StopReason::Timeout { .. }) {
+        for (i, s) in outcome.vcpu_stats.iter().enumerate() {
+            eprintln!("hvkvm: vCPU {i} was at RIP {:#x} ({} exits)", s.final_rip, s.exits);
+        }
+    }
     eprintln!(
-        "hvkvm: {} after {:.3} s (exit status {})",
+        "hvkvm: {}; ran {:.3} s (exit status {})",
         outcome.reason,
         outcome.elapsed.as_secs_f64(),
         outcome.reason.exit_status()
@@ -171,12 +235,16 @@ pub fn report(outcome: &VmOutcome) {
 /// Runs `hvkvm run`.
 pub fn execute(args: RunArgs) -> Result<i32, RunError> {
     let config = config(&args)?;
-    let outcome = vm::run(config)?;
+    let name = args.payload.as_ref().or(args.kernel.as_ref()).map(|p| p.display().to_string());
+    let outcome = vm::run(config)
+        .map_err(|source| RunError::Vm { name: name.unwrap_or_default(), source })?;
     report(&outcome);
     if let Some(path) = &args.outcome_json {
         let json = serde_json::to_string_pretty(&outcome).unwrap_or_default();
-        fs::write(path, json)
-            .map_err(|source| RunError::OutcomeJson { path: path.clone(), source })?;
+        fs::write(path, json).map_err(|source| RunError::OutcomeJson {
+            path: path.clone(),
+            source,
+        })?;
     }
     Ok(outcome.reason.exit_status())
 }

@@ -42,7 +42,9 @@ impl FromStr for CpuModel {
         match s {
             "host" => Ok(CpuModel::Host),
             "baseline" => Ok(CpuModel::Baseline),
-            other => Err(format!("unknown CPU model '{other}': use 'baseline' or 'host'")),
+            other => Err(format!(
+                "unknown CPU model '{other}': use 'baseline' or 'host'"
+            )),
         }
     }
 }
@@ -52,14 +54,38 @@ impl FromStr for CpuModel {
 const BASELINE_HIDDEN: &[(u32, u32, usize, u32, &str)] = &[
     // CPUID.1:ECX — SSE3, PCLMULQDQ, MONITOR, VMX, SMX, SSSE3, FMA, CX16, SSE4.1, SSE4.2,
     // MOVBE, POPCNT, AES, XSAVE, OSXSAVE, AVX, F16C, RDRAND.
-    (1, 0, 2, 0x7ed8_3a6b, "sse3+ vector/crypto, cx16, popcnt, xsave, avx, rdrand, vmx"),
+    (
+        1,
+        0,
+        2,
+        0x7ed8_3a6b,
+        "sse3+ vector/crypto, cx16, popcnt, xsave, avx, rdrand, vmx",
+    ),
     // CPUID.7.0:EBX — FSGSBASE, BMI1, HLE, AVX2, BMI2, RTM, MPX, AVX512*, RDSEED, ADX, SMAP,
     // SHA.
-    (7, 0, 1, 0xfc3f_4939, "fsgsbase, bmi, tsx, avx2, avx512, rdseed, adx, smap, sha"),
+    (
+        7,
+        0,
+        1,
+        0xfc3f_4939,
+        "fsgsbase, bmi, tsx, avx2, avx512, rdseed, adx, smap, sha",
+    ),
     // CPUID.7.0:ECX — every vector/crypto/PKU/RDPID extension.
-    (7, 0, 2, 0xffff_ffff, "avx512 ext, pku, gfni, vaes, rdpid, …"),
+    (
+        7,
+        0,
+        2,
+        0xffff_ffff,
+        "avx512 ext, pku, gfni, vaes, rdpid, …",
+    ),
     // CPUID.7.0:EDX — AVX512 4VNNIW/4FMAPS, AMX, …; speculation-control bits stay.
-    (7, 0, 3, 0x03ff_ffff, "avx512/amx/serialize/… (speculation control kept)"),
+    (
+        7,
+        0,
+        3,
+        0x03ff_ffff,
+        "avx512/amx/serialize/… (speculation control kept)",
+    ),
     // CPUID.7.1:EAX — AVX-VNNI, AVX512-BF16, …
     (7, 1, 0, 0xffff_ffff, "avx-vnni, bf16, …"),
     // CPUID.80000001:ECX — ABM/LZCNT, SSE4A, XOP, FMA4, TBM; EDX — RDTSCP.
@@ -119,14 +145,21 @@ pub fn for_vcpu(
         let entry = kvm_cpuid_entry2 {
             function: o.function,
             index: o.index,
-            flags: if o.index != 0 { KVM_CPUID_FLAG_SIGNIFCANT_INDEX } else { 0 },
+            flags: if o.index != 0 {
+                KVM_CPUID_FLAG_SIGNIFCANT_INDEX
+            } else {
+                0
+            },
             eax: o.eax,
             ebx: o.ebx,
             ecx: o.ecx,
             edx: o.edx,
             ..Default::default()
         };
-        match entries.iter_mut().find(|e| e.function == o.function && e.index == o.index) {
+        match entries
+            .iter_mut()
+            .find(|e| e.function == o.function && e.index == o.index)
+        {
             Some(existing) => {
                 let flags = existing.flags;
                 *existing = entry;
@@ -177,10 +210,23 @@ mod tests {
     fn host() -> Vec<kvm_cpuid_entry2> {
         vec![
             leaf(0, 0, [0xd, 0, 0, 0]),
-            leaf(1, 0, [0x806f8, 0x0080_0800, 0xffff_ffff & !HYPERVISOR_BIT, 0xffff_ffff]),
+            leaf(
+                1,
+                0,
+                [
+                    0x806f8,
+                    0x0080_0800,
+                    !HYPERVISOR_BIT,
+                    0xffff_ffff,
+                ],
+            ),
             leaf(7, 0, [0, 0xffff_ffff, 0xffff_ffff, 0xffff_ffff]),
             leaf(0xd, 0, [7, 0, 0, 0]),
-            leaf(0x4000_0000, 0, [0x4000_0001, 0x4b4d_564b, 0x564b_4d56, 0x4d]),
+            leaf(
+                0x4000_0000,
+                0,
+                [0x4000_0001, 0x4b4d_564b, 0x564b_4d56, 0x4d],
+            ),
             leaf(0x8000_0001, 0, [0, 0, 0xffff_ffff, 0xffff_ffff]),
         ]
     }
@@ -217,8 +263,22 @@ mod tests {
 
     #[test]
     fn overrides_replace_or_add_leaves() {
-        let add = CpuidEntry { function: 0x4000_00f0, index: 0, eax: 1, ebx: 2, ecx: 3, edx: 4 };
-        let replace = CpuidEntry { function: 0x4000_0000, index: 0, eax: 9, ebx: 0, ecx: 0, edx: 0 };
+        let add = CpuidEntry {
+            function: 0x4000_00f0,
+            index: 0,
+            eax: 1,
+            ebx: 2,
+            ecx: 3,
+            edx: 4,
+        };
+        let replace = CpuidEntry {
+            function: 0x4000_0000,
+            index: 0,
+            eax: 9,
+            ebx: 0,
+            ecx: 0,
+            edx: 0,
+        };
         let t = for_vcpu(&host(), CpuModel::Host, 0, &[add, replace]);
         let f0 = t.iter().find(|e| e.function == 0x4000_00f0).unwrap();
         assert_eq!((f0.eax, f0.ebx, f0.ecx, f0.edx), (1, 2, 3, 4));
@@ -229,10 +289,19 @@ mod tests {
     #[test]
     fn hypervisor_leaves_are_replaced_wholesale() {
         let mut t = host();
-        let hv = CpuidEntry { function: 0x4000_0001, index: 0, eax: 0x3123_7648, ebx: 0, ecx: 0, edx: 0 };
+        let hv = CpuidEntry {
+            function: 0x4000_0001,
+            index: 0,
+            eax: 0x3123_7648,
+            ebx: 0,
+            ecx: 0,
+            edx: 0,
+        };
         replace_hypervisor_leaves(&mut t, &[hv]);
-        let hv_leaves: Vec<_> =
-            t.iter().filter(|e| (0x4000_0000..0x5000_0000).contains(&e.function)).collect();
+        let hv_leaves: Vec<_> = t
+            .iter()
+            .filter(|e| (0x4000_0000..0x5000_0000).contains(&e.function))
+            .collect();
         assert_eq!(hv_leaves.len(), 1);
         assert_eq!(hv_leaves[0].eax, 0x3123_7648);
     }

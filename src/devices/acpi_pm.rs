@@ -21,7 +21,11 @@ pub struct AcpiPm {
 impl Default for AcpiPm {
     fn default() -> Self {
         // SCI_EN set: hvkvm has no SMI_CMD port, so the platform is always in ACPI mode.
-        AcpiPm { status: 0, enable: 0, control: SCI_EN }
+        AcpiPm {
+            status: 0,
+            enable: 0,
+            control: SCI_EN,
+        }
     }
 }
 
@@ -39,7 +43,11 @@ impl AcpiPm {
 impl PioDevice for AcpiPm {
     fn read(&mut self, offset: u16, data: &mut [u8]) {
         let value = self.register(offset).map_or(0, |r| *r);
-        let bytes = if offset & 1 == 1 { [(value >> 8) as u8, 0] } else { value.to_le_bytes() };
+        let bytes = if offset & 1 == 1 {
+            [(value >> 8) as u8, 0]
+        } else {
+            value.to_le_bytes()
+        };
         for (i, b) in data.iter_mut().enumerate() {
             *b = bytes.get(i).copied().unwrap_or(0);
         }
@@ -76,18 +84,34 @@ mod tests {
     fn s5_with_slp_en_powers_off() {
         let mut pm = AcpiPm::default();
         let v = (S5_SLP_TYP << 10) | SLP_EN;
-        assert_eq!(pm.write(4, &v.to_le_bytes()), PioOutcome::Request(GuestRequest::PowerOff));
+        assert_eq!(
+            pm.write(4, &v.to_le_bytes()),
+            PioOutcome::Request(GuestRequest::PowerOff)
+        );
         // The high byte alone (how some code writes it) works too.
-        assert_eq!(pm.write(5, &[(v >> 8) as u8]), PioOutcome::Request(GuestRequest::PowerOff));
+        assert_eq!(
+            pm.write(5, &[(v >> 8) as u8]),
+            PioOutcome::Request(GuestRequest::PowerOff)
+        );
     }
 
     #[test]
     fn other_sleep_types_and_plain_writes_do_not() {
         let mut pm = AcpiPm::default();
-        assert_eq!(pm.write(4, &((1 << 10) | SLP_EN).to_le_bytes()), PioOutcome::Done);
-        assert_eq!(pm.write(4, &(S5_SLP_TYP << 10).to_le_bytes()), PioOutcome::Done);
+        assert_eq!(
+            pm.write(4, &((1 << 10) | SLP_EN).to_le_bytes()),
+            PioOutcome::Done
+        );
+        assert_eq!(
+            pm.write(4, &(S5_SLP_TYP << 10).to_le_bytes()),
+            PioOutcome::Done
+        );
         let mut data = [0u8; 2];
         pm.read(4, &mut data);
-        assert_eq!(u16::from_le_bytes(data) & SCI_EN, SCI_EN, "always in ACPI mode");
+        assert_eq!(
+            u16::from_le_bytes(data) & SCI_EN,
+            SCI_EN,
+            "always in ACPI mode"
+        );
     }
 }

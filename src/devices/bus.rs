@@ -40,8 +40,11 @@ pub struct IoBus {
 
 impl std::fmt::Debug for IoBus {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let ranges: Vec<_> =
-            self.mappings.iter().map(|m| format!("{:#x}+{}", m.base, m.len)).collect();
+        let ranges: Vec<_> = self
+            .mappings
+            .iter()
+            .map(|m| format!("{:#x}+{}", m.base, m.len))
+            .collect();
         f.debug_struct("IoBus").field("ranges", &ranges).finish()
     }
 }
@@ -167,7 +170,9 @@ mod tests {
         let mut bus = IoBus::new();
         bus.insert(0x100, 8, Arc::new(Mutex::new(Sink))).unwrap();
         assert!(bus.insert(0x107, 2, Arc::new(Mutex::new(Sink))).is_err());
-        assert!(bus.insert(0xfff0, 0x20, Arc::new(Mutex::new(Sink))).is_err());
+        assert!(bus
+            .insert(0xfff0, 0x20, Arc::new(Mutex::new(Sink)))
+            .is_err());
         assert!(bus.insert(0x200, 0, Arc::new(Mutex::new(Sink))).is_err());
         assert!(bus.insert(0x108, 1, Arc::new(Mutex::new(Sink))).is_ok());
     }

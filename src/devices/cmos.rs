@@ -27,14 +27,22 @@ pub struct Cmos {
 
 impl Default for Cmos {
     fn default() -> Self {
-        Cmos::with_clock(|| SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()))
+        Cmos::with_clock(|| {
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs())
+        })
     }
 }
 
 impl Cmos {
     /// A CMOS whose clock is `now()` seconds since the Unix epoch.
     pub fn with_clock(now: fn() -> u64) -> Self {
-        Cmos { index: 0, nvram: [0; 128], now }
+        Cmos {
+            index: 0,
+            nvram: [0; 128],
+            now,
+        }
     }
 
     fn register(&self, index: u8) -> u8 {
@@ -61,12 +69,18 @@ impl Cmos {
 
 impl PioDevice for Cmos {
     fn read(&mut self, offset: u16, data: &mut [u8]) {
-        let value = if offset == 1 { self.register(self.index) } else { self.index };
+        let value = if offset == 1 {
+            self.register(self.index)
+        } else {
+            self.index
+        };
         data.fill(value);
     }
 
     fn write(&mut self, offset: u16, data: &[u8]) -> PioOutcome {
-        let Some(&value) = data.first() else { return PioOutcome::Done };
+        let Some(&value) = data.first() else {
+            return PioOutcome::Done;
+        };
         if offset == 0 {
             // Bit 7 is the NMI mask, not part of the index.
             self.index = value & 0x7f;
@@ -136,14 +150,22 @@ mod tests {
         assert_eq!(read(&mut cmos, 0x02), 0x12);
         assert_eq!(read(&mut cmos, 0x00), 0x21);
         assert_eq!(read(&mut cmos, 0x06), 0x07);
-        assert_eq!(read(&mut cmos, REG_STATUS_A) & 0x80, 0, "never update-in-progress");
+        assert_eq!(
+            read(&mut cmos, REG_STATUS_A) & 0x80,
+            0,
+            "never update-in-progress"
+        );
     }
 
     #[test]
     fn leap_day_and_nmi_bit() {
         // 2024-02-29 00:00:00 UTC.
         let mut cmos = Cmos::with_clock(|| 1_709_164_800);
-        assert_eq!(read(&mut cmos, 0x80 | 0x08), 0x02, "NMI-mask bit is not part of the index");
+        assert_eq!(
+            read(&mut cmos, 0x80 | 0x08),
+            0x02,
+            "NMI-mask bit is not part of the index"
+        );
         assert_eq!(read(&mut cmos, 0x07), 0x29);
     }
 }

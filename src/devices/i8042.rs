@@ -32,7 +32,10 @@ mod tests {
     #[test]
     fn only_command_fe_on_port_64_resets() {
         let mut dev = I8042;
-        assert_eq!(dev.write(4, &[0xfe]), PioOutcome::Request(GuestRequest::Reset));
+        assert_eq!(
+            dev.write(4, &[0xfe]),
+            PioOutcome::Request(GuestRequest::Reset)
+        );
         assert_eq!(dev.write(0, &[0xfe]), PioOutcome::Done);
         assert_eq!(dev.write(4, &[0xd1]), PioOutcome::Done);
     }

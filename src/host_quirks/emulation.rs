@@ -25,7 +25,9 @@ pub struct EmulationAssist {
 impl EmulationAssist {
     /// Returns true if the refused instruction was completed and the vCPU can continue.
     pub fn complete(&mut self, state: &mut dyn VcpuState, mem: &GuestMemory, insn: &[u8]) -> bool {
-        let Ok(mut regs) = state.regs() else { return false };
+        let Ok(mut regs) = state.regs() else {
+            return false;
+        };
         match insn.first() {
             Some(&INT3) => {
                 if read_virt_byte(state, mem, regs.rip) != Some(INT3) {
@@ -33,7 +35,9 @@ impl EmulationAssist {
                     return true;
                 }
                 regs.rip += 1;
-                let Ok(mut events) = state.events() else { return false };
+                let Ok(mut events) = state.events() else {
+                    return false;
+                };
                 inject_breakpoint(&mut events);
                 state.set_regs(&regs).is_ok() && state.set_events(&events).is_ok()
             }
@@ -97,7 +101,8 @@ pub(super) fn read_virt(
         let in_page = (0x1000 - (addr & 0xfff)) as usize;
         let len = in_page.min(buf.len() - done);
         let gpa = state.translate(addr)?;
-        mem.read_slice(&mut buf[done..done + len], GuestAddress(gpa)).ok()?;
+        mem.read_slice(&mut buf[done..done + len], GuestAddress(gpa))
+            .ok()?;
         done += len;
     }
     Some(())

@@ -15,7 +15,9 @@ pub fn entry_insn_len(bytes: &[u8]) -> Option<usize> {
         [0x50..=0x57, ..] => Some(1),
         [0x41, 0x50..=0x57, ..] => Some(2),
         // multi-byte nops: [66] 0f 1f /0 with a ModRM-encoded memory operand
-        [0x66, rest @ ..] => entry_insn_len(rest).filter(|_| rest.first() == Some(&0x0f)).map(|l| l + 1),
+        [0x66, rest @ ..] => entry_insn_len(rest)
+            .filter(|_| rest.first() == Some(&0x0f))
+            .map(|l| l + 1),
         [0x0f, 0x1f, modrm, rest @ ..] => nop_modrm_len(*modrm, rest).map(|l| l + 2),
         // cld
         [0xfc, ..] => Some(1),
@@ -49,9 +51,15 @@ mod tests {
         assert_eq!(entry_insn_len(&[0x0f, 0x1f, 0x00]), Some(3)); // nopl (%rax)
         assert_eq!(entry_insn_len(&[0x0f, 0x1f, 0x40, 0x00]), Some(4)); // nopl 0(%rax)
         assert_eq!(entry_insn_len(&[0x0f, 0x1f, 0x44, 0x00, 0x00]), Some(5));
-        assert_eq!(entry_insn_len(&[0x66, 0x0f, 0x1f, 0x44, 0x00, 0x00]), Some(6));
+        assert_eq!(
+            entry_insn_len(&[0x66, 0x0f, 0x1f, 0x44, 0x00, 0x00]),
+            Some(6)
+        );
         assert_eq!(entry_insn_len(&[0x0f, 0x1f, 0x80, 0, 0, 0, 0]), Some(7));
-        assert_eq!(entry_insn_len(&[0x0f, 0x1f, 0x84, 0x00, 0, 0, 0, 0]), Some(8));
+        assert_eq!(
+            entry_insn_len(&[0x0f, 0x1f, 0x84, 0x00, 0, 0, 0, 0]),
+            Some(8)
+        );
         assert_eq!(entry_insn_len(&[0x41, 0x57]), Some(2));
         assert_eq!(entry_insn_len(&[0xe8, 0, 0, 0, 0]), None);
         assert_eq!(entry_insn_len(&[]), None);

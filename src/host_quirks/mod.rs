@@ -31,7 +31,9 @@ impl std::str::FromStr for QuirksMode {
             "auto" => Ok(QuirksMode::Auto),
             "on" => Ok(QuirksMode::On),
             "off" => Ok(QuirksMode::Off),
-            other => Err(format!("unknown host-quirks mode '{other}': use auto, on or off")),
+            other => Err(format!(
+                "unknown host-quirks mode '{other}': use auto, on or off"
+            )),
         }
     }
 }
@@ -50,10 +52,17 @@ pub struct HostQuirks {
 
 impl HostQuirks {
     /// The set for a `kvm_pvm` host.
-    pub const PVM: HostQuirks = HostQuirks { no_pit: true, hide_cx16: true, emulation_assist: true };
+    pub const PVM: HostQuirks = HostQuirks {
+        no_pit: true,
+        hide_cx16: true,
+        emulation_assist: true,
+    };
     /// Nothing.
-    pub const NONE: HostQuirks =
-        HostQuirks { no_pit: false, hide_cx16: false, emulation_assist: false };
+    pub const NONE: HostQuirks = HostQuirks {
+        no_pit: false,
+        hide_cx16: false,
+        emulation_assist: false,
+    };
 
     /// Resolves `mode` against the host (`is_pvm`: /dev/kvm is served by kvm_pvm).
     pub fn resolve(mode: QuirksMode, is_pvm: bool) -> HostQuirks {
@@ -71,9 +80,11 @@ mod tests {
     #[test]
     fn quirks_follow_the_host_unless_forced() {
         assert_eq!(HostQuirks::resolve(QuirksMode::Auto, true), HostQuirks::PVM);
-        assert_eq!(HostQuirks::resolve(QuirksMode::Auto, false), HostQuirks::NONE);
+        assert_eq!(
+            HostQuirks::resolve(QuirksMode::Auto, false),
+            HostQuirks::NONE
+        );
         assert_eq!(HostQuirks::resolve(QuirksMode::On, false), HostQuirks::PVM);
         assert_eq!(HostQuirks::resolve(QuirksMode::Off, true), HostQuirks::NONE);
     }
-
 }

@@ -147,18 +147,23 @@ impl SyscallRepair {
     /// At the #PF handler's entry: if the fault is the broken SYSCALL, turn it into the
     /// kernel entry SYSCALL should have made.
     fn repair_if_broken_syscall(&mut self, state: &mut dyn VcpuState, mem: &GuestMemory) -> bool {
-        let Ok(mut regs) = state.regs() else { return false };
+        let Ok(mut regs) = state.regs() else {
+            return false;
+        };
         // Frame: error code, RIP, CS, RFLAGS, RSP, SS.
         let mut raw = [0u8; 48];
         if read_virt(state, mem, regs.rsp, &mut raw).is_none() {
             return false;
         }
-        let word = |i: usize| u64::from_le_bytes(raw[i * 8..i * 8 + 8].try_into().unwrap_or_default());
+        let word =
+            |i: usize| u64::from_le_bytes(raw[i * 8..i * 8 + 8].try_into().unwrap_or_default());
         let (rip, cs, rflags, rsp) = (word(1), word(2), word(3), word(4));
         if rip != self.lstar || cs & 3 != 3 || self.lstar == 0 {
             return false;
         }
-        let (Ok(mut sregs), Ok(star)) = (state.sregs(), state.msr(MSR_STAR)) else { return false };
+        let (Ok(mut sregs), Ok(star)) = (state.sregs(), state.msr(MSR_STAR)) else {
+            return false;
+        };
         let kernel_cs = ((star >> 32) & 0xfffc) as u16;
         sregs.cs = kernel_segment(kernel_cs, true);
         sregs.ss = kernel_segment(kernel_cs + 8, false);

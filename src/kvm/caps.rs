@@ -46,9 +46,15 @@ pub const HYPERV_CAPS: &[(&str, u32)] = &[
     ("KVM_CAP_HYPERV_EVENTFD", KVM_CAP_HYPERV_EVENTFD),
     ("KVM_CAP_HYPERV_TLBFLUSH", KVM_CAP_HYPERV_TLBFLUSH),
     ("KVM_CAP_HYPERV_SEND_IPI", KVM_CAP_HYPERV_SEND_IPI),
-    ("KVM_CAP_HYPERV_ENLIGHTENED_VMCS", KVM_CAP_HYPERV_ENLIGHTENED_VMCS),
+    (
+        "KVM_CAP_HYPERV_ENLIGHTENED_VMCS",
+        KVM_CAP_HYPERV_ENLIGHTENED_VMCS,
+    ),
     ("KVM_CAP_HYPERV_CPUID", KVM_CAP_HYPERV_CPUID),
-    ("KVM_CAP_HYPERV_DIRECT_TLBFLUSH", KVM_CAP_HYPERV_DIRECT_TLBFLUSH),
+    (
+        "KVM_CAP_HYPERV_DIRECT_TLBFLUSH",
+        KVM_CAP_HYPERV_DIRECT_TLBFLUSH,
+    ),
     ("KVM_CAP_HYPERV_ENFORCE_CPUID", KVM_CAP_HYPERV_ENFORCE_CPUID),
     ("KVM_CAP_SYS_HYPERV_CPUID", KVM_CAP_SYS_HYPERV_CPUID),
 ];
@@ -66,7 +72,10 @@ pub const PLATFORM_CAPS: &[(&str, u32)] = &[
     ("KVM_CAP_X86_USER_SPACE_MSR", KVM_CAP_X86_USER_SPACE_MSR),
     ("KVM_CAP_X86_MSR_FILTER", KVM_CAP_X86_MSR_FILTER),
     ("KVM_CAP_EXIT_HYPERCALL", KVM_CAP_EXIT_HYPERCALL),
-    ("KVM_CAP_EXIT_ON_EMULATION_FAILURE", KVM_CAP_EXIT_ON_EMULATION_FAILURE),
+    (
+        "KVM_CAP_EXIT_ON_EMULATION_FAILURE",
+        KVM_CAP_EXIT_ON_EMULATION_FAILURE,
+    ),
     ("KVM_CAP_IMMEDIATE_EXIT", KVM_CAP_IMMEDIATE_EXIT),
     ("KVM_CAP_SET_GUEST_DEBUG", KVM_CAP_SET_GUEST_DEBUG),
     ("KVM_CAP_SIGNAL_MSI", KVM_CAP_SIGNAL_MSI),
@@ -137,7 +146,10 @@ impl HostProbe {
         let supported = kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES).ok();
         let leaf = |function: u32| {
             supported.as_ref().and_then(|c| {
-                c.as_slice().iter().find(|e| e.function == function && e.index == 0).copied()
+                c.as_slice()
+                    .iter()
+                    .find(|e| e.function == function && e.index == 0)
+                    .copied()
             })
         };
         let kvm_pv_features = leaf(0x4000_0001).map_or(0, |e| e.eax);
@@ -208,7 +220,12 @@ fn parse_cpuinfo(text: &str) -> CpuInfo {
     };
     let flags = field("flags").unwrap_or_default();
     let has = |f: &str| flags.split_whitespace().any(|x| x == f);
-    CpuInfo { vendor, model: field("model name"), vmx: has("vmx"), svm: has("svm") }
+    CpuInfo {
+        vendor,
+        model: field("model name"),
+        vmx: has("vmx"),
+        svm: has("svm"),
+    }
 }
 
 fn detect_kvm_module(sys_module: &Path) -> Option<String> {

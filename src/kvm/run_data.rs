@@ -51,5 +51,8 @@ pub fn internal_error(vcpu: &mut VcpuFd) -> InternalError {
         return InternalError::Emulation { insn };
     }
     let ndata = (internal.ndata as usize).min(internal.data.len());
-    InternalError::Other { suberror: internal.suberror, data: internal.data[..ndata].to_vec() }
+    InternalError::Other {
+        suberror: internal.suberror,
+        data: internal.data[..ndata].to_vec(),
+    }
 }

@@ -35,6 +35,11 @@ pub const CMDLINE_MAX: usize = 0x1_0000;
 pub const PD_BASE_ADDR: u64 = 0x4_0000;
 /// How many GiB the boot page tables identity-map.
 pub const IDENTITY_MAPPED_GIB: u64 = 64;
+
+// All RAM (which sits above the hole once it exceeds 3 GiB) must be identity-mapped.
+const _: () = assert!(
+    (MAX_RAM_MIB << 20) + (MMIO_HOLE_END - MMIO_HOLE_START) <= IDENTITY_MAPPED_GIB << 30
+);
 /// ACPI tables; the RSDP is the first table here.
 pub const ACPI_TABLES_ADDR: u64 = 0xE_0000;
 /// End of the ACPI area (the legacy BIOS area ends at 1 MiB).
@@ -57,7 +62,10 @@ pub fn ram_ranges(size: u64) -> Vec<(u64, u64)> {
     if size <= MMIO_HOLE_START {
         vec![(0, size)]
     } else {
-        vec![(0, MMIO_HOLE_START), (MMIO_HOLE_END, size - MMIO_HOLE_START)]
+        vec![
+            (0, MMIO_HOLE_START),
+            (MMIO_HOLE_END, size - MMIO_HOLE_START),
+        ]
     }
 }
 
@@ -76,7 +84,10 @@ mod tests {
         assert_eq!(ram_ranges(MMIO_HOLE_START), vec![(0, MMIO_HOLE_START)]);
         assert_eq!(
             ram_ranges(4 << 30),
-            vec![(0, MMIO_HOLE_START), (MMIO_HOLE_END, (4 << 30) - MMIO_HOLE_START)]
+            vec![
+                (0, MMIO_HOLE_START),
+                (MMIO_HOLE_END, (4 << 30) - MMIO_HOLE_START)
+            ]
         );
         assert_eq!(low_ram_top(4 << 30), MMIO_HOLE_START);
     }
@@ -99,6 +110,5 @@ mod tests {
                 assert!(a.1 <= b.0 || b.1 <= a.0, "{a:x?} overlaps {b:x?}");
             }
         }
-        assert!(MAX_RAM_MIB << 20 <= (IDENTITY_MAPPED_GIB << 30) - (MMIO_HOLE_END - MMIO_HOLE_START));
     }
 }

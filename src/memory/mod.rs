@@ -21,9 +21,7 @@ pub type GuestMemory = vm_memory::GuestMemoryMmap;
 #[derive(Debug, thiserror::Error)]
 pub enum MemoryError {
     /// The requested size is not usable.
-    #[error(
-        "guest RAM of {mib} MiB is not supported: use --memory between {min} and {max} MiB"
-    )]
+    #[error("guest RAM of {mib} MiB is not supported: use --memory between {min} and {max} MiB")]
     BadSize {
         /// What was asked for.
         mib: u64,

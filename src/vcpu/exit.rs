@@ -84,7 +84,9 @@ pub struct ExitHandler {
 
 impl std::fmt::Debug for ExitHandler {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ExitHandler").field("vcpu", &self.vcpu).finish_non_exhaustive()
+        f.debug_struct("ExitHandler")
+            .field("vcpu", &self.vcpu)
+            .finish_non_exhaustive()
     }
 }
 
@@ -146,7 +148,11 @@ impl ExitHandler {
             }
             VcpuExit::X86Wrmsr(exit) => {
                 VcpuStats::bump(&self.stats.msr);
-                if self.assist.as_ref().is_some_and(|a| a.traps_msr_write(exit.index)) {
+                if self
+                    .assist
+                    .as_ref()
+                    .is_some_and(|a| a.traps_msr_write(exit.index))
+                {
                     *exit.error = 0;
                     return Dispatch::Deferred(DeferredExit::TrappedMsrWrite {
                         index: exit.index,
@@ -155,7 +161,11 @@ impl ExitHandler {
                 }
                 if self.msrs.write(vcpu, exit.index, exit.data).is_err() {
                     VcpuStats::bump(&self.stats.msr_gp);
-                    log::debug!("vCPU {vcpu}: wrmsr {:#x}={:#x} -> #GP", exit.index, exit.data);
+                    log::debug!(
+                        "vCPU {vcpu}: wrmsr {:#x}={:#x} -> #GP",
+                        exit.index,
+                        exit.data
+                    );
                     *exit.error = 1;
                 }
                 Dispatch::Done(ExitAction::Continue)
@@ -167,9 +177,7 @@ impl ExitHandler {
             VcpuExit::Shutdown => Dispatch::Deferred(DeferredExit::Shutdown),
             VcpuExit::InternalError => Dispatch::Deferred(DeferredExit::InternalError),
             VcpuExit::Debug(arch) => Dispatch::Deferred(DeferredExit::Debug(arch)),
-            VcpuExit::FailEntry(reason, _) => {
-                self.stop(StopReason::EntryFailure { vcpu, reason })
-            }
+            VcpuExit::FailEntry(reason, _) => self.stop(StopReason::EntryFailure { vcpu, reason }),
             VcpuExit::SystemEvent(kind, _) => match kind {
                 KVM_SYSTEM_EVENT_SHUTDOWN => self.stop(StopReason::PowerOff),
                 KVM_SYSTEM_EVENT_RESET => self.stop(StopReason::Reset),
@@ -179,7 +187,10 @@ impl ExitHandler {
                     exit: format!("KVM_EXIT_SYSTEM_EVENT type {other}"),
                 }),
             },
-            other => self.stop(StopReason::UnhandledExit { vcpu, exit: format!("{other:?}") }),
+            other => self.stop(StopReason::UnhandledExit {
+                vcpu,
+                exit: format!("{other:?}"),
+            }),
         }
     }
 
@@ -206,7 +217,11 @@ impl ExitHandler {
                         ExitAction::Stop(StopReason::EmulationFailure { vcpu, rip, insn })
                     }
                     InternalError::Other { suberror, data } => {
-                        ExitAction::Stop(StopReason::InternalError { vcpu, suberror, data })
+                        ExitAction::Stop(StopReason::InternalError {
+                            vcpu,
+                            suberror,
+                            data,
+                        })
                     }
                 }
             }
@@ -252,7 +267,11 @@ impl ExitHandler {
         match ucall::decode(&self.mem, vcpu, addr) {
             Ok(Ucall::Sync { stage, values }) => {
                 log::debug!("vCPU {vcpu}: ucall SYNC stage {stage} {values:x?}");
-                self.control.record_sync(SyncEvent { vcpu, stage, values });
+                self.control.record_sync(SyncEvent {
+                    vcpu,
+                    stage,
+                    values,
+                });
                 ExitAction::Continue
             }
             Ok(Ucall::Print(text)) => {
@@ -262,7 +281,10 @@ impl ExitHandler {
             }
             Ok(Ucall::Assert(a)) => ExitAction::Stop(StopReason::GuestAssert(a)),
             Ok(Ucall::Done) => ExitAction::Stop(StopReason::GuestDone),
-            Err(e) => ExitAction::Stop(StopReason::HostCheck { vcpu, message: e.to_string() }),
+            Err(e) => ExitAction::Stop(StopReason::HostCheck {
+                vcpu,
+                message: e.to_string(),
+            }),
         }
     }
 }
@@ -356,7 +378,10 @@ mod tests {
             h.dispatch(VcpuExit::IoOut(0xf4, &[42])),
             Dispatch::Done(ExitAction::Stop(StopReason::TestExit { status: 42 }))
         );
-        assert_eq!(h.dispatch(VcpuExit::IoOut(0x3f8, &[b'x'])), Dispatch::Done(ExitAction::Continue));
+        assert_eq!(
+            h.dispatch(VcpuExit::IoOut(0x3f8, b"x")),
+            Dispatch::Done(ExitAction::Continue)
+        );
     }
 
     #[test]
@@ -389,11 +414,22 @@ mod tests {
     #[test]
     fn triple_fault_reports_rip() {
         let mut h = handler();
-        let mut vcpu = FakeVcpu { regs: kvm_regs { rip: 0xdead, ..Default::default() }, ..Default::default() };
-        let Dispatch::Deferred(d) = h.dispatch(VcpuExit::Shutdown) else { panic!() };
+        let mut vcpu = FakeVcpu {
+            regs: kvm_regs {
+                rip: 0xdead,
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let Dispatch::Deferred(d) = h.dispatch(VcpuExit::Shutdown) else {
+            panic!()
+        };
         assert_eq!(
             h.handle_deferred(d, &mut vcpu),
-            ExitAction::Stop(StopReason::TripleFault { vcpu: 1, rip: 0xdead })
+            ExitAction::Stop(StopReason::TripleFault {
+                vcpu: 1,
+                rip: 0xdead
+            })
         );
     }
 
@@ -401,10 +437,17 @@ mod tests {
     fn emulation_failure_reports_instruction_bytes() {
         let mut h = handler();
         let mut vcpu = FakeVcpu {
-            regs: kvm_regs { rip: 0x1000, ..Default::default() },
-            internal: Some(InternalError::Emulation { insn: vec![0x66, 0x0f, 0xef, 0xc0] }),
+            regs: kvm_regs {
+                rip: 0x1000,
+                ..Default::default()
+            },
+            internal: Some(InternalError::Emulation {
+                insn: vec![0x66, 0x0f, 0xef, 0xc0],
+            }),
         };
-        let Dispatch::Deferred(d) = h.dispatch(VcpuExit::InternalError) else { panic!() };
+        let Dispatch::Deferred(d) = h.dispatch(VcpuExit::InternalError) else {
+            panic!()
+        };
         assert_eq!(
             h.handle_deferred(d, &mut vcpu),
             ExitAction::Stop(StopReason::EmulationFailure {
@@ -419,17 +462,40 @@ mod tests {
     fn ucall_sync_is_recorded_and_done_stops() {
         let mut h = handler();
         for (i, w) in [1u64, 5, 10, 20, 0, 0, 0, 0].iter().enumerate() {
-            h.mem.write_obj(*w, GuestAddress(0x2000 + 8 * i as u64)).unwrap();
+            h.mem
+                .write_obj(*w, GuestAddress(0x2000 + 8 * i as u64))
+                .unwrap();
         }
-        let mut vcpu = FakeVcpu { regs: kvm_regs { rdi: 0x2000, ..Default::default() }, ..Default::default() };
-        let Dispatch::Deferred(d) = h.dispatch(VcpuExit::IoOut(UCALL_PORT, &[0; 4])) else { panic!() };
+        let mut vcpu = FakeVcpu {
+            regs: kvm_regs {
+                rdi: 0x2000,
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let Dispatch::Deferred(d) = h.dispatch(VcpuExit::IoOut(UCALL_PORT, &[0; 4])) else {
+            panic!()
+        };
         assert_eq!(h.handle_deferred(d, &mut vcpu), ExitAction::Continue);
         let (syncs, _) = h.control.take_reports();
-        assert_eq!(syncs, vec![SyncEvent { vcpu: 1, stage: 5, values: [10, 20, 0, 0, 0, 0] }]);
+        assert_eq!(
+            syncs,
+            vec![SyncEvent {
+                vcpu: 1,
+                stage: 5,
+                values: [10, 20, 0, 0, 0, 0]
+            }]
+        );
         h.mem.write_obj(4u64, GuestAddress(0x2000)).unwrap();
-        assert_eq!(h.handle_deferred(d, &mut vcpu), ExitAction::Stop(StopReason::GuestDone));
+        assert_eq!(
+            h.handle_deferred(d, &mut vcpu),
+            ExitAction::Stop(StopReason::GuestDone)
+        );
         vcpu.regs.rdi = u64::MAX;
-        assert!(matches!(h.handle_deferred(d, &mut vcpu), ExitAction::Stop(StopReason::HostCheck { .. })));
+        assert!(matches!(
+            h.handle_deferred(d, &mut vcpu),
+            ExitAction::Stop(StopReason::HostCheck { .. })
+        ));
     }
 
     #[test]

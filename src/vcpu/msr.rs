@@ -45,18 +45,27 @@ impl MsrBus {
     }
 
     fn find(&self, index: u32) -> Option<&SharedMsrHandler> {
-        self.handlers.iter().find(|(r, _)| r.contains(&index)).map(|(_, h)| h)
+        self.handlers
+            .iter()
+            .find(|(r, _)| r.contains(&index))
+            .map(|(_, h)| h)
     }
 
     /// RDMSR; no handler means #GP.
     pub fn read(&self, vcpu: u32, index: u32) -> Result<u64, MsrFault> {
         let handler = self.find(index).ok_or(MsrFault)?;
-        handler.lock().unwrap_or_else(|p| p.into_inner()).read(vcpu, index)
+        handler
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .read(vcpu, index)
     }
 
     /// WRMSR; no handler means #GP.
     pub fn write(&self, vcpu: u32, index: u32, value: u64) -> Result<(), MsrFault> {
         let handler = self.find(index).ok_or(MsrFault)?;
-        handler.lock().unwrap_or_else(|p| p.into_inner()).write(vcpu, index, value)
+        handler
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .write(vcpu, index, value)
     }
 }

@@ -12,9 +12,16 @@ use crate::vm::outcome::StopReason;
 
 /// Runs `fd` until the VM stops. Any stop reason is reported through `control`.
 pub fn run(mut fd: VcpuFd, mut handler: ExitHandler, control: Arc<VmControl>) {
-    let vcpu = handler.vcpu;
     let _kick = KickGuard::register(&mut fd);
     control.thread_started();
+    run_until_stopped(&mut fd, &mut handler, &control);
+    if let Ok(regs) = fd.get_regs() {
+        handler.stats.final_rip.store(regs.rip, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+fn run_until_stopped(fd: &mut VcpuFd, handler: &mut ExitHandler, control: &VmControl) {
+    let vcpu = handler.vcpu;
     loop {
         if control.wait_runnable() == RunState::Stopping {
             return;
@@ -28,13 +35,16 @@ pub fn run(mut fd: VcpuFd, mut handler: ExitHandler, control: Arc<VmControl>) {
                 continue;
             }
             Err(e) => {
-                control.stop(StopReason::KvmRunFailed { vcpu, error: e.to_string() });
+                control.stop(StopReason::KvmRunFailed {
+                    vcpu,
+                    error: e.to_string(),
+                });
                 return;
             }
         };
         let action = match dispatch {
             Dispatch::Done(action) => action,
-            Dispatch::Deferred(deferred) => handler.handle_deferred(deferred, &mut fd),
+            Dispatch::Deferred(deferred) => handler.handle_deferred(deferred, fd),
         };
         if let ExitAction::Stop(reason) = action {
             control.stop(reason);
@@ -60,4 +70,3 @@ pub fn run_once(fd: &mut VcpuFd, handler: &mut ExitHandler) -> ExitAction {
         Dispatch::Deferred(deferred) => handler.handle_deferred(deferred, fd),
     }
 }
-

@@ -45,16 +45,23 @@ impl VcpuState for VcpuFd {
         VcpuFd::set_sregs(self, sregs)
     }
     fn msr(&self, index: u32) -> Result<u64, kvm_ioctls::Error> {
-        let mut msrs = Msrs::from_entries(&[kvm_msr_entry { index, ..Default::default() }])
-            .map_err(|_| kvm_ioctls::Error::new(libc::EINVAL))?;
+        let mut msrs = Msrs::from_entries(&[kvm_msr_entry {
+            index,
+            ..Default::default()
+        }])
+        .map_err(|_| kvm_ioctls::Error::new(libc::EINVAL))?;
         match self.get_msrs(&mut msrs)? {
             1 => Ok(msrs.as_slice()[0].data),
             _ => Err(kvm_ioctls::Error::new(libc::EINVAL)),
         }
     }
     fn set_msr(&self, index: u32, value: u64) -> Result<(), kvm_ioctls::Error> {
-        let msrs = Msrs::from_entries(&[kvm_msr_entry { index, data: value, ..Default::default() }])
-            .map_err(|_| kvm_ioctls::Error::new(libc::EINVAL))?;
+        let msrs = Msrs::from_entries(&[kvm_msr_entry {
+            index,
+            data: value,
+            ..Default::default()
+        }])
+        .map_err(|_| kvm_ioctls::Error::new(libc::EINVAL))?;
         match self.set_msrs(&msrs)? {
             1 => Ok(()),
             _ => Err(kvm_ioctls::Error::new(libc::EINVAL)),

@@ -19,6 +19,8 @@ pub struct VcpuStats {
     pub interrupted: AtomicU64,
     /// Instructions completed on the guest's behalf after an emulation failure.
     pub emulation_assists: AtomicU64,
+    /// RIP when the vCPU thread left its loop (where a stopped or timed-out guest was).
+    pub final_rip: AtomicU64,
 }
 
 impl VcpuStats {
@@ -38,6 +40,7 @@ impl VcpuStats {
             msr_gp: get(&self.msr_gp),
             interrupted: get(&self.interrupted),
             emulation_assists: get(&self.emulation_assists),
+            final_rip: get(&self.final_rip),
         }
     }
 }
@@ -59,4 +62,6 @@ pub struct VcpuStatsSnapshot {
     pub interrupted: u64,
     /// See [`VcpuStats::emulation_assists`].
     pub emulation_assists: u64,
+    /// See [`VcpuStats::final_rip`].
+    pub final_rip: u64,
 }

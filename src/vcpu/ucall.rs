@@ -86,14 +86,16 @@ fn read_string(mem: &GuestMemory, addr: u64, len: u64) -> Result<String, UcallEr
         return Err(UcallError::BadString { addr, len });
     }
     let mut buf = vec![0u8; len as usize];
-    mem.read_slice(&mut buf, GuestAddress(addr)).map_err(|_| UcallError::BadString { addr, len })?;
+    mem.read_slice(&mut buf, GuestAddress(addr))
+        .map_err(|_| UcallError::BadString { addr, len })?;
     Ok(String::from_utf8_lossy(&buf).into_owned())
 }
 
 /// Reads and decodes the ucall at `addr`.
 pub fn decode(mem: &GuestMemory, vcpu: u32, addr: u64) -> Result<Ucall, UcallError> {
     let mut raw = [0u8; UCALL_SIZE];
-    mem.read_slice(&mut raw, GuestAddress(addr)).map_err(|_| UcallError::BadAddress(addr))?;
+    mem.read_slice(&mut raw, GuestAddress(addr))
+        .map_err(|_| UcallError::BadAddress(addr))?;
     let word = |i: usize| u64::from_le_bytes(raw[i * 8..i * 8 + 8].try_into().unwrap_or_default());
     let arg = |i: usize| word(i + 1);
     match word(0) {
@@ -130,7 +132,8 @@ mod tests {
 
     fn put(mem: &GuestMemory, addr: u64, words: &[u64]) {
         for (i, w) in words.iter().enumerate() {
-            mem.write_obj(*w, GuestAddress(addr + 8 * i as u64)).unwrap();
+            mem.write_obj(*w, GuestAddress(addr + 8 * i as u64))
+                .unwrap();
         }
     }
 
@@ -142,13 +145,28 @@ mod tests {
         put(&mem, 0x2000, &[UCALL_SYNC, 7, 1, 2, 3, 4, 5, 6]);
         assert_eq!(
             decode(&mem, 0, 0x2000).unwrap(),
-            Ucall::Sync { stage: 7, values: [1, 2, 3, 4, 5, 6] }
+            Ucall::Sync {
+                stage: 7,
+                values: [1, 2, 3, 4, 5, 6]
+            }
         );
-        put(&mem, 0x2000, &[UCALL_ASSERT, 0x3000, 8, 42, 0x3100, 4, 1, 2]);
-        let Ucall::Assert(a) = decode(&mem, 1, 0x2000).unwrap() else { panic!() };
-        assert_eq!((a.file.as_str(), a.line, a.message.as_str(), a.vcpu), ("guest.rs", 42, "boom", 1));
+        put(
+            &mem,
+            0x2000,
+            &[UCALL_ASSERT, 0x3000, 8, 42, 0x3100, 4, 1, 2],
+        );
+        let Ucall::Assert(a) = decode(&mem, 1, 0x2000).unwrap() else {
+            panic!()
+        };
+        assert_eq!(
+            (a.file.as_str(), a.line, a.message.as_str(), a.vcpu),
+            ("guest.rs", 42, "boom", 1)
+        );
         put(&mem, 0x2000, &[UCALL_PRINT, 0x3100, 4]);
-        assert_eq!(decode(&mem, 0, 0x2000).unwrap(), Ucall::Print("boom".into()));
+        assert_eq!(
+            decode(&mem, 0, 0x2000).unwrap(),
+            Ucall::Print("boom".into())
+        );
         put(&mem, 0x2000, &[UCALL_DONE]);
         assert_eq!(decode(&mem, 0, 0x2000).unwrap(), Ucall::Done);
     }
@@ -156,13 +174,25 @@ mod tests {
     #[test]
     fn hostile_ucalls_are_errors() {
         let mem = crate::memory::allocate(16).unwrap();
-        assert_eq!(decode(&mem, 0, u64::MAX - 8), Err(UcallError::BadAddress(u64::MAX - 8)));
-        assert_eq!(decode(&mem, 0, 16 << 20), Err(UcallError::BadAddress(16 << 20)));
+        assert_eq!(
+            decode(&mem, 0, u64::MAX - 8),
+            Err(UcallError::BadAddress(u64::MAX - 8))
+        );
+        assert_eq!(
+            decode(&mem, 0, 16 << 20),
+            Err(UcallError::BadAddress(16 << 20))
+        );
         put(&mem, 0x2000, &[99]);
         assert_eq!(decode(&mem, 0, 0x2000), Err(UcallError::UnknownCommand(99)));
         put(&mem, 0x2000, &[UCALL_PRINT, 0x3000, MAX_STRING + 1]);
-        assert!(matches!(decode(&mem, 0, 0x2000), Err(UcallError::BadString { .. })));
+        assert!(matches!(
+            decode(&mem, 0, 0x2000),
+            Err(UcallError::BadString { .. })
+        ));
         put(&mem, 0x2000, &[UCALL_PRINT, (16 << 20) - 2, 8]);
-        assert!(matches!(decode(&mem, 0, 0x2000), Err(UcallError::BadString { .. })));
+        assert!(matches!(
+            decode(&mem, 0, 0x2000),
+            Err(UcallError::BadString { .. })
+        ));
     }
 }

@@ -78,7 +78,12 @@ impl VmControl {
 
     /// Sends the kick signal to every vCPU thread.
     pub fn kick_all(&self) {
-        for (vcpu, handle) in self.threads.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+        for (vcpu, handle) in self
+            .threads
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+        {
             if let Err(e) = handle.kill(kick_signal()) {
                 // ESRCH: the thread has already exited; nothing to kick.
                 if e.errno() != libc::ESRCH {
@@ -153,7 +158,11 @@ impl VmControl {
             let Some(left) = deadline.checked_duration_since(Instant::now()) else {
                 return false;
             };
-            s = self.changed.wait_timeout(s, left).unwrap_or_else(|p| p.into_inner()).0;
+            s = self
+                .changed
+                .wait_timeout(s, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
         }
         s.running_threads == 0
     }
@@ -177,7 +186,10 @@ impl VmControl {
                 None => self.changed.wait(s).unwrap_or_else(|p| p.into_inner()),
                 Some(d) => {
                     let left = d.checked_duration_since(Instant::now())?;
-                    self.changed.wait_timeout(s, left).unwrap_or_else(|p| p.into_inner()).0
+                    self.changed
+                        .wait_timeout(s, left)
+                        .unwrap_or_else(|p| p.into_inner())
+                        .0
                 }
             };
         }
@@ -223,7 +235,10 @@ mod tests {
         let c = VmControl::default();
         c.stop(StopReason::PowerOff);
         c.stop(StopReason::Reset);
-        assert_eq!(c.wait_for_stop(Some(Duration::ZERO)), Some(StopReason::PowerOff));
+        assert_eq!(
+            c.wait_for_stop(Some(Duration::ZERO)),
+            Some(StopReason::PowerOff)
+        );
         assert_eq!(c.state(), RunState::Stopping);
     }
 

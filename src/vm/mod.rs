@@ -103,7 +103,9 @@ pub struct Vm {
 
 impl std::fmt::Debug for Vm {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Vm").field("boot", &self.boot_description).finish_non_exhaustive()
+        f.debug_struct("Vm")
+            .field("boot", &self.boot_description)
+            .finish_non_exhaustive()
     }
 }
 
@@ -115,23 +117,36 @@ impl Vm {
         let host = HostProbe::probe()?;
         let quirks = HostQuirks::resolve(config.host_quirks, host.is_pvm());
         if host.cap("KVM_CAP_IRQCHIP") <= 0 {
-            return Err(VmError::MissingCapability("KVM_CAP_IRQCHIP (in-kernel irqchip)"));
+            return Err(VmError::MissingCapability(
+                "KVM_CAP_IRQCHIP (in-kernel irqchip)",
+            ));
         }
         let kvm = Kvm::new().map_err(crate::kvm::ProbeError::OpenKvm)?;
         let vm = kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?;
-        vm.set_tss_address(TSS_ADDRESS).map_err(kvm_err("KVM_SET_TSS_ADDR"))?;
-        vm.create_irq_chip().map_err(kvm_err("KVM_CREATE_IRQCHIP"))?;
+        vm.set_tss_address(TSS_ADDRESS)
+            .map_err(kvm_err("KVM_SET_TSS_ADDR"))?;
+        vm.create_irq_chip()
+            .map_err(kvm_err("KVM_CREATE_IRQCHIP"))?;
         if !quirks.no_pit {
-            let pit = kvm_pit_config { flags: KVM_PIT_SPEAKER_DUMMY, ..Default::default() };
+            let pit = kvm_pit_config {
+                flags: KVM_PIT_SPEAKER_DUMMY,
+                ..Default::default()
+            };
             vm.create_pit2(pit).map_err(kvm_err("KVM_CREATE_PIT2"))?;
         }
         if host.cap("KVM_CAP_X86_USER_SPACE_MSR") > 0 {
             let cap = kvm_enable_cap {
                 cap: KVM_CAP_X86_USER_SPACE_MSR,
-                args: [u64::from(KVM_MSR_EXIT_REASON_UNKNOWN | KVM_MSR_EXIT_REASON_FILTER), 0, 0, 0],
+                args: [
+                    u64::from(KVM_MSR_EXIT_REASON_UNKNOWN | KVM_MSR_EXIT_REASON_FILTER),
+                    0,
+                    0,
+                    0,
+                ],
                 ..Default::default()
             };
-            vm.enable_cap(&cap).map_err(kvm_err("KVM_CAP_X86_USER_SPACE_MSR"))?;
+            vm.enable_cap(&cap)
+                .map_err(kvm_err("KVM_CAP_X86_USER_SPACE_MSR"))?;
         } else if !config.msr_handlers.is_empty() {
             return Err(VmError::MissingCapability("KVM_CAP_X86_USER_SPACE_MSR"));
         }
@@ -151,26 +166,33 @@ impl Vm {
         };
 
         let serial_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(VmError::EventFd)?;
-        vm.register_irqfd(&serial_irq, devices::COM1_IRQ).map_err(kvm_err("KVM_IRQFD (COM1)"))?;
-        let trigger = devices::serial::IrqFdTrigger(
-            serial_irq.try_clone().map_err(VmError::EventFd)?,
-        );
+        vm.register_irqfd(&serial_irq, devices::COM1_IRQ)
+            .map_err(kvm_err("KVM_IRQFD (COM1)"))?;
+        let trigger =
+            devices::serial::IrqFdTrigger(serial_irq.try_clone().map_err(VmError::EventFd)?);
         let io = build_io_bus(trigger, config.serial, config.extra_pio)?;
         let mut msrs = MsrBus::default();
         for (range, handler) in config.msr_handlers {
             msrs.insert(range, handler);
         }
 
-        let supported =
-            kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES).map_err(kvm_err("KVM_GET_SUPPORTED_CPUID"))?;
+        let supported = kvm
+            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+            .map_err(kvm_err("KVM_GET_SUPPORTED_CPUID"))?;
         let control = Arc::new(VmControl::default());
         let mut vcpus = Vec::new();
         let mut stats = Vec::new();
         for (index, state) in plan.vcpus.iter().enumerate() {
             let index = index as u32;
-            let fd = vm.create_vcpu(u64::from(index)).map_err(kvm_err("KVM_CREATE_VCPU"))?;
-            let mut table =
-                cpuid::for_vcpu(supported.as_slice(), config.cpu_model, index, &config.cpuid_overrides);
+            let fd = vm
+                .create_vcpu(u64::from(index))
+                .map_err(kvm_err("KVM_CREATE_VCPU"))?;
+            let mut table = cpuid::for_vcpu(
+                supported.as_slice(),
+                config.cpu_model,
+                index,
+                &config.cpuid_overrides,
+            );
             if let Some(leaves) = &config.hypervisor_leaves {
                 cpuid::replace_hypervisor_leaves(&mut table, leaves);
             }
@@ -212,7 +234,16 @@ impl Vm {
 
     /// Runs every vCPU until the VM stops or the timeout expires.
     pub fn run(self) -> Result<VmOutcome, VmError> {
-        let Vm { vcpus, control, boot_description, timeout, stats, _serial_irq, _vm, _mem } = self;
+        let Vm {
+            vcpus,
+            control,
+            boot_description,
+            timeout,
+            stats,
+            _serial_irq,
+            _vm,
+            _mem,
+        } = self;
         let start = Instant::now();
         for (fd, handler) in vcpus {
             let index = handler.vcpu;
@@ -228,7 +259,9 @@ impl Vm {
             None => {
                 let after_ms = timeout.map_or(0, |t| t.as_millis() as u64);
                 control.stop(StopReason::Timeout { after_ms });
-                control.wait_for_stop(Some(Duration::ZERO)).unwrap_or(StopReason::Timeout { after_ms })
+                control
+                    .wait_for_stop(Some(Duration::ZERO))
+                    .unwrap_or(StopReason::Timeout { after_ms })
             }
         };
         let elapsed = start.elapsed();
@@ -296,14 +329,24 @@ fn build_io_bus(
     serial: devices::serial::SerialSink,
     extra: Vec<(u16, u16, devices::bus::SharedPioDevice)>,
 ) -> Result<IoBus, VmError> {
-    use devices::{acpi_pm::AcpiPm, cmos::Cmos, i8042::I8042, serial::SerialPort, test_exit::TestExit};
+    use devices::{
+        acpi_pm::AcpiPm, cmos::Cmos, i8042::I8042, serial::SerialPort, test_exit::TestExit,
+    };
     let mut bus = IoBus::new();
-    bus.insert(devices::COM1_PORT, 8, Arc::new(Mutex::new(SerialPort::new(trigger, serial))))?;
+    bus.insert(
+        devices::COM1_PORT,
+        8,
+        Arc::new(Mutex::new(SerialPort::new(trigger, serial))),
+    )?;
     bus.insert(0x60, 5, Arc::new(Mutex::new(I8042)))?;
     bus.insert(0x70, 2, Arc::new(Mutex::new(Cmos::default())))?;
     bus.insert(0x80, 1, Arc::new(Mutex::new(Sink)))?;
     bus.insert(devices::TEST_EXIT_PORT, 1, Arc::new(Mutex::new(TestExit)))?;
-    bus.insert(devices::PM1A_EVT_PORT, 8, Arc::new(Mutex::new(AcpiPm::default())))?;
+    bus.insert(
+        devices::PM1A_EVT_PORT,
+        8,
+        Arc::new(Mutex::new(AcpiPm::default())),
+    )?;
     for (base, len, device) in extra {
         bus.insert(base, len, device)?;
     }
@@ -317,7 +360,8 @@ fn setup_vcpu(fd: &VcpuFd, state: &boot::VcpuBootState) -> Result<(), VmError> {
     // Keep what KVM initialised that the boot state does not define (APIC base, …).
     boot_sregs.apic_base = sregs.apic_base;
     boot_sregs.interrupt_bitmap = sregs.interrupt_bitmap;
-    fd.set_sregs(&boot_sregs).map_err(kvm_err("KVM_SET_SREGS"))?;
+    fd.set_sregs(&boot_sregs)
+        .map_err(kvm_err("KVM_SET_SREGS"))?;
     fd.set_regs(&state.regs).map_err(kvm_err("KVM_SET_REGS"))?;
     let mut fpu = fd.get_fpu().map_err(kvm_err("KVM_GET_FPU"))?;
     fpu.fcw = 0x37f;
@@ -326,8 +370,10 @@ fn setup_vcpu(fd: &VcpuFd, state: &boot::VcpuBootState) -> Result<(), VmError> {
     set_lint_pins(fd)?;
     if state.runnable {
         // With the in-kernel irqchip, every vCPU but 0 starts waiting for SIPI.
-        fd.set_mp_state(kvm_mp_state { mp_state: KVM_MP_STATE_RUNNABLE })
-            .map_err(kvm_err("KVM_SET_MP_STATE"))?;
+        fd.set_mp_state(kvm_mp_state {
+            mp_state: KVM_MP_STATE_RUNNABLE,
+        })
+        .map_err(kvm_err("KVM_SET_MP_STATE"))?;
     }
     Ok(())
 }

@@ -134,8 +134,8 @@ impl std::fmt::Display for StopReason {
             }
             StopReason::TripleFault { vcpu, rip } => write!(
                 f,
-                "vCPU {vcpu} triple-faulted (KVM_EXIT_SHUTDOWN) at RIP {rip:#x}: an exception \
-                 with no usable IDT entry, or a fault while delivering one"
+                "vCPU {vcpu} triple-faulted (KVM_EXIT_SHUTDOWN) at RIP {rip:#x} (an exception \
+                 with no usable IDT entry, or a fault while delivering one)"
             ),
             StopReason::EmulationFailure { vcpu, rip, insn } => write!(
                 f,
@@ -143,11 +143,21 @@ impl std::fmt::Display for StopReason {
                  on hosts that emulate CPL0 code, build guest code without SSE/AVX/XSAVE",
                 hex_bytes(insn)
             ),
-            StopReason::InternalError { vcpu, suberror, data } => {
-                write!(f, "vCPU {vcpu}: KVM internal error, suberror {suberror}, data {data:x?}")
+            StopReason::InternalError {
+                vcpu,
+                suberror,
+                data,
+            } => {
+                write!(
+                    f,
+                    "vCPU {vcpu}: KVM internal error, suberror {suberror}, data {data:x?}"
+                )
             }
             StopReason::EntryFailure { vcpu, reason } => {
-                write!(f, "vCPU {vcpu}: VM entry failed, hardware reason {reason:#x}")
+                write!(
+                    f,
+                    "vCPU {vcpu}: VM entry failed, hardware reason {reason:#x}"
+                )
             }
             StopReason::UnhandledExit { vcpu, exit } => {
                 write!(f, "vCPU {vcpu}: unhandled exit {exit}")
@@ -157,7 +167,11 @@ impl std::fmt::Display for StopReason {
                 write!(f, "vCPU {vcpu}: KVM_RUN failed: {error}")
             }
             StopReason::Timeout { after_ms } => {
-                write!(f, "the VM was stopped after the --timeout of {} s", *after_ms as f64 / 1000.0)
+                write!(
+                    f,
+                    "the --timeout of {} s expired",
+                    *after_ms as f64 / 1000.0
+                )
             }
         }
     }
@@ -167,7 +181,11 @@ fn hex_bytes(bytes: &[u8]) -> String {
     if bytes.is_empty() {
         return "not reported".into();
     }
-    bytes.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(" ")
+    bytes
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// One ucall SYNC as the host saw it.
@@ -209,8 +227,15 @@ mod tests {
         assert_eq!(StopReason::PowerOff.exit_status(), 0);
         assert_eq!(StopReason::TestExit { status: 42 }.exit_status(), 42);
         assert_eq!(StopReason::Timeout { after_ms: 1 }.exit_status(), 124);
-        assert_eq!(StopReason::TripleFault { vcpu: 0, rip: 0 }.exit_status(), 121);
-        let emul = StopReason::EmulationFailure { vcpu: 1, rip: 0x1000, insn: vec![0x66, 0x0f] };
+        assert_eq!(
+            StopReason::TripleFault { vcpu: 0, rip: 0 }.exit_status(),
+            121
+        );
+        let emul = StopReason::EmulationFailure {
+            vcpu: 1,
+            rip: 0x1000,
+            insn: vec![0x66, 0x0f],
+        };
         assert_eq!(emul.exit_status(), 122);
         assert!(emul.to_string().contains("66 0f"));
     }

@@ -10,8 +10,18 @@
 
 #![allow(dead_code)]
 
-/// (encoding, eVMCS member, TLFS member name, offset, size, clean group), in offset order.
-pub const FIELDS: &[(u32, &str, Option<&str>, usize, usize, &str)] = &[
+/// (encoding, eVMCS member, TLFS member name, offset, size, clean group).
+pub type FieldRow = (
+    u32,
+    &'static str,
+    Option<&'static str>,
+    usize,
+    usize,
+    &'static str,
+);
+
+/// Every field with an eVMCS home, in offset order.
+pub const FIELDS: &[FieldRow] = &[
     (
         0x0C00,
         "host_es_selector",

@@ -52,13 +52,19 @@ pub fn import(text: &str) -> Result<Imported, FormatError> {
         if let Some(kvm) = field(features, "kvm", &path)? {
             if let Some(hidden) = field(kvm, "hidden", &format!("{path}.kvm"))? {
                 found = true;
-                let hidden = hidden.as_bool().ok_or_else(|| wrong(&format!("{path}.kvm.hidden"), "a boolean"))?;
+                let hidden = hidden
+                    .as_bool()
+                    .ok_or_else(|| wrong(&format!("{path}.kvm.hidden"), "a boolean"))?;
                 set(&mut config, E::Kvm, !hidden, &path)?;
             }
         }
     }
     let timer_path = format!("{path}.clock.timer");
-    if let Some(timer) = field(domain, "clock", &path)?.map(|c| field(c, "timer", &format!("{path}.clock"))).transpose()?.flatten() {
+    if let Some(timer) = field(domain, "clock", &path)?
+        .map(|c| field(c, "timer", &format!("{path}.clock")))
+        .transpose()?
+        .flatten()
+    {
         if let Some(hv) = field(timer, "hyperv", &timer_path)? {
             found = true;
             let on = flag_state(hv, "present", &format!("{timer_path}.hyperv"))?;
@@ -67,11 +73,15 @@ pub fn import(text: &str) -> Result<Imported, FormatError> {
     }
     if !found {
         return Err(FormatError::Structure(format!(
-            "no Hyper-V settings under {path}: expected features.hyperv, features.hypervPassthrough, \
+            "no Hyper-V settings under {path}: expected features.hyperv, \
+             features.hypervPassthrough, \
              features.kvm.hidden or clock.timer.hyperv"
         )));
     }
-    Ok(Imported { request: HvRequest::from_config(config), notes: Vec::new() })
+    Ok(Imported {
+        request: HvRequest::from_config(config),
+        notes: Vec::new(),
+    })
 }
 
 /// Finds the `domain` mapping and its path.
@@ -80,7 +90,10 @@ fn find_domain(root: &Value) -> Result<(&Value, String), FormatError> {
         keys.iter().try_fold(root, |v, k| v.as_mapping()?.get(*k))
     };
     for (keys, path) in [
-        (&["spec", "template", "spec", "domain"][..], "spec.template.spec.domain"),
+        (
+            &["spec", "template", "spec", "domain"][..],
+            "spec.template.spec.domain",
+        ),
         (&["spec", "domain"][..], "spec.domain"),
         (&["domain"][..], "domain"),
     ] {
@@ -91,7 +104,10 @@ fn find_domain(root: &Value) -> Result<(&Value, String), FormatError> {
             return Ok((d, path.to_string()));
         }
     }
-    if root.as_mapping().is_some_and(|m| m.contains_key("features") || m.contains_key("clock")) {
+    if root
+        .as_mapping()
+        .is_some_and(|m| m.contains_key("features") || m.contains_key("clock"))
+    {
         return Ok((root, "(root)".into()));
     }
     if root.as_mapping().is_some_and(|m| m.contains_key("hyperv")) {
@@ -111,7 +127,9 @@ fn find_domain(root: &Value) -> Result<(&Value, String), FormatError> {
 fn import_hyperv(hv: &Value, path: &str, config: &mut HvConfig) -> Result<(), FormatError> {
     let map = mapping(hv, path)?;
     for (key, value) in map {
-        let key = key.as_str().ok_or_else(|| wrong(path, "a mapping with string keys"))?;
+        let key = key
+            .as_str()
+            .ok_or_else(|| wrong(path, "a mapping with string keys"))?;
         let here = format!("{path}.{key}");
         let Some(&(_, flag)) = HYPERV_FIELDS.iter().find(|(n, _)| *n == key) else {
             let known: Vec<&str> = HYPERV_FIELDS.iter().map(|(n, _)| *n).collect();
@@ -124,16 +142,27 @@ fn import_hyperv(hv: &Value, path: &str, config: &mut HvConfig) -> Result<(), Fo
         match (flag, on) {
             (E::Spinlocks, true) => {
                 let retries = match field(value, "spinlocks", &here)? {
-                    Some(v) => v.as_u64().ok_or_else(|| wrong(&format!("{here}.spinlocks"), "an integer"))?,
+                    Some(v) => v
+                        .as_u64()
+                        .ok_or_else(|| wrong(&format!("{here}.spinlocks"), "an integer"))?,
                     None => u64::from(KUBEVIRT_SPINLOCKS_DEFAULT),
                 };
-                config.apply_text(flag, Some(&retries.to_string())).map_err(FormatError::setting(here.clone()))?;
+                config
+                    .apply_text(flag, Some(&retries.to_string()))
+                    .map_err(FormatError::setting(here.clone()))?;
             }
             (E::VendorId, true) => {
-                let v = field(value, "vendorid", &here)?
-                    .ok_or_else(|| FormatError::Structure(format!("{here}: vendorid.vendorid is required when enabled")))?;
-                let v = v.as_str().ok_or_else(|| wrong(&format!("{here}.vendorid"), "a string"))?;
-                config.apply_text(flag, Some(v)).map_err(FormatError::setting(here.clone()))?;
+                let v = field(value, "vendorid", &here)?.ok_or_else(|| {
+                    FormatError::Structure(format!(
+                        "{here}: vendorid.vendorid is required when enabled"
+                    ))
+                })?;
+                let v = v
+                    .as_str()
+                    .ok_or_else(|| wrong(&format!("{here}.vendorid"), "a string"))?;
+                config
+                    .apply_text(flag, Some(v))
+                    .map_err(FormatError::setting(here.clone()))?;
             }
             _ => set(config, flag, on, &here)?,
         }
@@ -152,7 +181,12 @@ fn import_hyperv(hv: &Value, path: &str, config: &mut HvConfig) -> Result<(), Fo
     Ok(())
 }
 
-fn set(config: &mut HvConfig, flag: Enlightenment, on: bool, path: &str) -> Result<(), FormatError> {
+fn set(
+    config: &mut HvConfig,
+    flag: Enlightenment,
+    on: bool,
+    path: &str,
+) -> Result<(), FormatError> {
     if on {
         config.enable(flag).map_err(FormatError::setting(path))
     } else {
@@ -172,7 +206,9 @@ fn flag_state(v: &Value, key: &str, path: &str) -> Result<bool, FormatError> {
     }
     match field(v, key, path)? {
         None => Ok(true),
-        Some(b) => b.as_bool().ok_or_else(|| wrong(&format!("{path}.{key}"), "a boolean")),
+        Some(b) => b
+            .as_bool()
+            .ok_or_else(|| wrong(&format!("{path}.{key}"), "a boolean")),
     }
 }
 
@@ -199,7 +235,10 @@ pub fn export(config: &HvConfig) -> Exported {
     for &(name, flag) in HYPERV_FIELDS {
         let subs: Vec<(&str, bool)> = match flag {
             E::Stimer => sub_states(config, &[("direct", E::StimerDirect)]),
-            E::Tlbflush => sub_states(config, &[("direct", E::TlbflushDirect), ("extended", E::TlbflushExt)]),
+            E::Tlbflush => sub_states(
+                config,
+                &[("direct", E::TlbflushDirect), ("extended", E::TlbflushExt)],
+            ),
             _ => Vec::new(),
         };
         let on = config.state(flag);
@@ -239,15 +278,31 @@ pub fn export(config: &HvConfig) -> Exported {
     }
     for (flag, _) in config.iter() {
         let reason = match flag {
-            E::Time | E::Passthrough | E::Kvm | E::StimerDirect | E::TlbflushDirect | E::TlbflushExt => continue,
+            E::Time
+            | E::Passthrough
+            | E::Kvm
+            | E::StimerDirect
+            | E::TlbflushDirect
+            | E::TlbflushExt => continue,
             f if HYPERV_FIELDS.iter().any(|(_, k)| *k == f) => continue,
-            f if f.kind() == FlagKind::KvmParavirt => "KubeVirt only has features.kvm.hidden; the CPU model decides it",
+            f if f.kind() == FlagKind::KvmParavirt => {
+                "KubeVirt only has features.kvm.hidden; the CPU model decides it"
+            }
             _ => "KubeVirt's FeatureHyperv has no field for it",
         };
         drops.add(flag, reason);
     }
+    if config.tsc_frequency_hz.is_some() {
+        drops.add_tsc_frequency(
+            "KubeVirt chooses the guest TSC frequency itself (topology hints, needs TSC scaling \
+             on the nodes)",
+        );
+    }
     let mut out = drops.comments("# ", "");
-    out.push_str("# hvkvm: merge into a VirtualMachineInstance spec.domain (spec.template.spec.domain in a VirtualMachine)\nspec:\n  domain:\n");
+    out.push_str(
+        "# hvkvm: merge into a VirtualMachineInstance spec.domain (spec.template.spec.domain in \
+         a VirtualMachine)\nspec:\n  domain:\n",
+    );
     if let Some(on) = config.state(E::Time) {
         let present = if on { "{}" } else { "{present: false}" };
         let _ = write!(out, "    clock:\n      timer:\n        hyperv: {present}\n");
@@ -266,11 +321,19 @@ pub fn export(config: &HvConfig) -> Exported {
             let _ = writeln!(out, "      kvm: {{hidden: {}}}", !on);
         }
     }
-    Exported { text: out, dropped: drops.into_vec() }
+    Exported {
+        text: out,
+        dropped: drops.into_vec(),
+    }
 }
 
-fn sub_states(config: &HvConfig, subs: &[(&'static str, Enlightenment)]) -> Vec<(&'static str, bool)> {
-    subs.iter().filter_map(|(n, f)| config.state(*f).map(|on| (*n, on))).collect()
+fn sub_states(
+    config: &HvConfig,
+    subs: &[(&'static str, Enlightenment)],
+) -> Vec<(&'static str, bool)> {
+    subs.iter()
+        .filter_map(|(n, f)| config.state(*f).map(|on| (*n, on)))
+        .collect()
 }
 
 /// A YAML double-quoted scalar (JSON strings are valid YAML).

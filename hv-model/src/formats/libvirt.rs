@@ -59,19 +59,26 @@ pub fn import(text: &str) -> Result<Imported, FormatError> {
             )))
         }
     };
-    let hyperv = if root.has_tag_name("hyperv") { Some(root) } else { features.and_then(|f| child(f, "hyperv")) };
+    let hyperv = if root.has_tag_name("hyperv") {
+        Some(root)
+    } else {
+        features.and_then(|f| child(f, "hyperv"))
+    };
     if let Some(hv) = hyperv {
         found = true;
         match hv.attribute("mode").unwrap_or("custom") {
             "custom" => {}
-            "passthrough" => config.enable(E::Passthrough).map_err(FormatError::setting(at(hv)))?,
+            "passthrough" => config
+                .enable(E::Passthrough)
+                .map_err(FormatError::setting(at(hv)))?,
             "host-model" => {
                 profile = Some(Profile::Host);
                 notes.push("mode='host-model' maps to hvkvm's profile 'host'".into());
             }
             other => {
                 return Err(FormatError::Structure(format!(
-                    "{}: unknown <hyperv mode='{other}'>; libvirt knows custom, passthrough and host-model",
+                    "{}: unknown <hyperv mode='{other}'>; libvirt knows custom, passthrough and \
+                     host-model",
                     at(hv)
                 )))
             }
@@ -93,9 +100,14 @@ pub fn import(text: &str) -> Result<Imported, FormatError> {
                 Some("tsc") => {
                     if let Some(f) = timer.attribute("frequency") {
                         let hz = parse_number(f).ok_or_else(|| {
-                            FormatError::Structure(format!("{}: frequency='{f}' is not a number of Hz", at(timer)))
+                            FormatError::Structure(format!(
+                                "{}: frequency='{f}' is not a number of Hz",
+                                at(timer)
+                            ))
                         })?;
-                        config.set_tsc_frequency(hz).map_err(FormatError::setting(at(timer)))?;
+                        config
+                            .set_tsc_frequency(hz)
+                            .map_err(FormatError::setting(at(timer)))?;
                     }
                 }
                 _ => {}
@@ -103,9 +115,14 @@ pub fn import(text: &str) -> Result<Imported, FormatError> {
         }
     }
     if let Some(devices) = domain.and_then(|d| child(d, "devices")) {
-        if devices.children().any(|n| n.has_tag_name("panic") && n.attribute("model") == Some("hyperv")) {
+        if devices
+            .children()
+            .any(|n| n.has_tag_name("panic") && n.attribute("model") == Some("hyperv"))
+        {
             found = true;
-            config.enable(E::Crash).map_err(FormatError::setting("<panic model='hyperv'>"))?;
+            config
+                .enable(E::Crash)
+                .map_err(FormatError::setting("<panic model='hyperv'>"))?;
         }
     }
     if !found {
@@ -115,7 +132,13 @@ pub fn import(text: &str) -> Result<Imported, FormatError> {
                 .into(),
         ));
     }
-    Ok(Imported { request: HvRequest { profile, overrides: config }, notes })
+    Ok(Imported {
+        request: HvRequest {
+            profile,
+            overrides: config,
+        },
+        notes,
+    })
 }
 
 fn import_hyperv(hv: Node, config: &mut HvConfig) -> Result<(), FormatError> {
@@ -133,15 +156,25 @@ fn import_hyperv(hv: Node, config: &mut HvConfig) -> Result<(), FormatError> {
         match (flag, on) {
             (E::Spinlocks, true) => {
                 let retries = el.attribute("retries").ok_or_else(|| {
-                    FormatError::Structure(format!("{}: <spinlocks state='on'> needs retries='N'", at(el)))
+                    FormatError::Structure(format!(
+                        "{}: <spinlocks state='on'> needs retries='N'",
+                        at(el)
+                    ))
                 })?;
-                config.apply_text(flag, Some(retries)).map_err(FormatError::setting(at(el)))?;
+                config
+                    .apply_text(flag, Some(retries))
+                    .map_err(FormatError::setting(at(el)))?;
             }
             (E::VendorId, true) => {
                 let value = el.attribute("value").ok_or_else(|| {
-                    FormatError::Structure(format!("{}: <vendor_id state='on'> needs value='...'", at(el)))
+                    FormatError::Structure(format!(
+                        "{}: <vendor_id state='on'> needs value='...'",
+                        at(el)
+                    ))
                 })?;
-                config.apply_text(flag, Some(value)).map_err(FormatError::setting(at(el)))?;
+                config
+                    .apply_text(flag, Some(value))
+                    .map_err(FormatError::setting(at(el)))?;
             }
             _ => set(config, flag, on, el)?,
         }
@@ -152,7 +185,11 @@ fn import_hyperv(hv: Node, config: &mut HvConfig) -> Result<(), FormatError> {
         };
         for c in el.children().filter(Node::is_element) {
             let Some(&(_, sub_flag)) = sub.iter().find(|(n, _)| c.has_tag_name(*n)) else {
-                return Err(FormatError::Structure(format!("{}: unexpected <{}> inside <{name}>", at(c), c.tag_name().name())));
+                return Err(FormatError::Structure(format!(
+                    "{}: unexpected <{}> inside <{name}>",
+                    at(c),
+                    c.tag_name().name()
+                )));
             };
             let on = switch(c, "state", "on")?;
             set(config, sub_flag, on, c)?;
@@ -161,7 +198,11 @@ fn import_hyperv(hv: Node, config: &mut HvConfig) -> Result<(), FormatError> {
     Ok(())
 }
 
-fn import_kvm(kvm: Node, config: &mut HvConfig, notes: &mut Vec<String>) -> Result<(), FormatError> {
+fn import_kvm(
+    kvm: Node,
+    config: &mut HvConfig,
+    notes: &mut Vec<String>,
+) -> Result<(), FormatError> {
     for el in kvm.children().filter(Node::is_element) {
         let name = el.tag_name().name();
         let on = switch(el, "state", "on")?;
@@ -170,7 +211,9 @@ fn import_kvm(kvm: Node, config: &mut HvConfig, notes: &mut Vec<String>) -> Resu
         } else if let Some(&(_, flag)) = KVM_ELEMENTS.iter().find(|(n, _)| *n == name) {
             set(config, flag, on, el)?;
         } else {
-            notes.push(format!("<kvm><{name}> ignored (not a Hyper-V or KVM CPUID setting)"));
+            notes.push(format!(
+                "<kvm><{name}> ignored (not a Hyper-V or KVM CPUID setting)"
+            ));
         }
     }
     Ok(())
@@ -223,12 +266,19 @@ pub fn export(config: &HvConfig) -> Exported {
         };
         let attrs = match (flag, on) {
             (E::Spinlocks, true) => format!(" retries='{}'", config.spinlocks().unwrap_or(0x1FFF)),
-            (E::VendorId, true) => format!(" value='{}'", escape(config.vendor_id().map_or("", |v| v.as_str()))),
+            (E::VendorId, true) => format!(
+                " value='{}'",
+                escape(config.vendor_id().map_or("", |v| v.as_str()))
+            ),
             _ => String::new(),
         };
         match sub_elements(config, flag) {
             Some(inner) => {
-                let _ = writeln!(hv, "      <{name} state='{}'{attrs}>\n{inner}      </{name}>", state(on));
+                let _ = writeln!(
+                    hv,
+                    "      <{name} state='{}'{attrs}>\n{inner}      </{name}>",
+                    state(on)
+                );
             }
             None => {
                 let _ = writeln!(hv, "      <{name} state='{}'{attrs}/>", state(on));
@@ -250,8 +300,12 @@ pub fn export(config: &HvConfig) -> Exported {
             E::Syndbg | E::NoNonarchCoresharing | E::EnforceCpuid => {
                 "libvirt has no element; pass it with <qemu:commandline> -cpu ...,flag"
             }
-            f if f.kind() == FlagKind::Identity && f != E::VendorId => "libvirt has no element for hv-version-id-*",
-            f if f.kind() == FlagKind::KvmParavirt && !KVM_ELEMENTS.iter().any(|(_, k)| *k == f) => {
+            f if f.kind() == FlagKind::Identity && f != E::VendorId => {
+                "libvirt has no element for hv-version-id-*"
+            }
+            f if f.kind() == FlagKind::KvmParavirt
+                && !KVM_ELEMENTS.iter().any(|(_, k)| *k == f) =>
+            {
                 "libvirt has no <kvm> element; the CPU model decides it"
             }
             _ => continue,
@@ -262,7 +316,11 @@ pub fn export(config: &HvConfig) -> Exported {
     let mut out = String::from("<domain type='kvm'>\n");
     out.push_str(&drops.comments("  <!-- ", " -->"));
     out.push_str("  <features>\n");
-    let mode = if config.state(E::Passthrough) == Some(true) { "passthrough" } else { "custom" };
+    let mode = if config.state(E::Passthrough) == Some(true) {
+        "passthrough"
+    } else {
+        "custom"
+    };
     if hv.is_empty() {
         let _ = writeln!(out, "    <hyperv mode='{mode}'/>");
     } else {
@@ -276,7 +334,11 @@ pub fn export(config: &HvConfig) -> Exported {
     if time.is_some() || config.tsc_frequency_hz.is_some() {
         out.push_str("  <clock>\n");
         if let Some(on) = time {
-            let _ = writeln!(out, "    <timer name='hypervclock' present='{}'/>", if on { "yes" } else { "no" });
+            let _ = writeln!(
+                out,
+                "    <timer name='hypervclock' present='{}'/>",
+                if on { "yes" } else { "no" }
+            );
         }
         if let Some(hz) = config.tsc_frequency_hz {
             let _ = writeln!(out, "    <timer name='tsc' frequency='{hz}'/>");
@@ -287,7 +349,10 @@ pub fn export(config: &HvConfig) -> Exported {
         out.push_str("  <devices>\n    <panic model='hyperv'/>\n  </devices>\n");
     }
     out.push_str("</domain>\n");
-    Exported { text: out, dropped: drops.into_vec() }
+    Exported {
+        text: out,
+        dropped: drops.into_vec(),
+    }
 }
 
 fn sub_elements(config: &HvConfig, flag: Enlightenment) -> Option<String> {
@@ -299,7 +364,12 @@ fn sub_elements(config: &HvConfig, flag: Enlightenment) -> Option<String> {
     let inner: String = subs
         .iter()
         .filter_map(|(name, f)| {
-            config.state(*f).map(|on| format!("        <{name} state='{}'/>\n", if on { "on" } else { "off" }))
+            config.state(*f).map(|on| {
+                format!(
+                    "        <{name} state='{}'/>\n",
+                    if on { "on" } else { "off" }
+                )
+            })
         })
         .collect();
     (!inner.is_empty()).then_some(inner)

@@ -32,7 +32,12 @@ pub enum Format {
 
 impl Format {
     /// Every format.
-    pub const ALL: [Format; 4] = [Format::Qemu, Format::Libvirt, Format::Kubevirt, Format::Proxmox];
+    pub const ALL: [Format; 4] = [
+        Format::Qemu,
+        Format::Libvirt,
+        Format::Kubevirt,
+        Format::Proxmox,
+    ];
 }
 
 impl fmt::Display for Format {
@@ -51,6 +56,8 @@ impl fmt::Display for Format {
 pub struct Dropped {
     /// The flags (grouped when the reason is shared).
     pub flags: Vec<Enlightenment>,
+    /// Whether the fixed TSC frequency (`tsc-frequency=`) is what was dropped.
+    pub tsc_frequency: bool,
     /// Why, and the workaround if there is one.
     pub reason: String,
 }
@@ -131,8 +138,20 @@ impl DropList {
     pub(crate) fn add(&mut self, flag: Enlightenment, reason: &str) {
         match self.0.iter_mut().find(|d| d.reason == reason) {
             Some(d) => d.flags.push(flag),
-            None => self.0.push(Dropped { flags: vec![flag], reason: reason.to_string() }),
+            None => self.0.push(Dropped {
+                flags: vec![flag],
+                tsc_frequency: false,
+                reason: reason.to_string(),
+            }),
         }
+    }
+
+    pub(crate) fn add_tsc_frequency(&mut self, reason: &str) {
+        self.0.push(Dropped {
+            flags: Vec::new(),
+            tsc_frequency: true,
+            reason: reason.to_string(),
+        });
     }
 
     /// One comment line per group, with the given comment prefix.
@@ -140,8 +159,15 @@ impl DropList {
         self.0
             .iter()
             .map(|d| {
-                let names: Vec<&str> = d.flags.iter().map(|f| f.name()).collect();
-                format!("{prefix}hvkvm: not expressible here: {} ({}){suffix}\n", names.join(","), d.reason)
+                let mut names: Vec<&str> = d.flags.iter().map(|f| f.name()).collect();
+                if d.tsc_frequency {
+                    names.push("tsc-frequency");
+                }
+                format!(
+                    "{prefix}hvkvm: not expressible here: {} ({}){suffix}\n",
+                    names.join(","),
+                    d.reason
+                )
             })
             .collect()
     }

@@ -9,7 +9,7 @@
 
 use crate::config::{HvConfig, HvRequest};
 use crate::flags::Enlightenment as E;
-use crate::formats::qemu::{cpu_value, import_cpu_value};
+use crate::formats::qemu::{cpu_value, import_cpu_value, shell_words};
 use crate::formats::{Exported, FormatError, Imported};
 
 /// Reads the main section of a Proxmox VM config.
@@ -19,10 +19,15 @@ pub fn import(text: &str) -> Result<Imported, FormatError> {
     let mut notes = Vec::new();
 
     if let Some(args) = get("args") {
-        if args.split_whitespace().any(|t| t == "-cpu") {
-            notes.push("args: -cpu replaces Proxmox's own -cpu; cpu: and ostype: do not add flags".into());
-            let config = import_cpu_value(cpu_value(args), &mut notes)?;
-            return Ok(Imported { request: HvRequest::from_config(config), notes });
+        if shell_words(args).iter().any(|t| t == "-cpu") {
+            notes.push(
+                "args: -cpu replaces Proxmox's own -cpu; cpu: and ostype: do not add flags".into(),
+            );
+            let config = import_cpu_value(&cpu_value(args), &mut notes)?;
+            return Ok(Imported {
+                request: HvRequest::from_config(config),
+                notes,
+            });
         }
     }
 
@@ -30,14 +35,23 @@ pub fn import(text: &str) -> Result<Imported, FormatError> {
     let winversion = get("ostype").map_or(0, windows_version);
     let machine = get("machine").and_then(machine_version).unwrap_or(LATEST);
     let ovmf = get("bios") == Some("ovmf");
-    let gpu_passthrough = lines
-        .iter()
-        .any(|(k, v)| k.starts_with("hostpci") && (v.contains("x-vga=1") || v.contains("x-vga=on")));
-    let cpu = get("cpu").map(parse_cpu_line).transpose()?.unwrap_or_default();
+    let gpu_passthrough = lines.iter().any(|(k, v)| {
+        k.starts_with("hostpci") && (v.contains("x-vga=1") || v.contains("x-vga=on"))
+    });
+    let cpu = get("cpu")
+        .map(parse_cpu_line)
+        .transpose()?
+        .unwrap_or_default();
 
     if winversion >= 6 && !(ovmf && winversion < 8) {
-        let spinlocks = if machine >= (2, 3) { "0x1fff" } else { "0xffff" };
-        config.apply_text(E::Spinlocks, Some(spinlocks)).map_err(FormatError::setting("ostype"))?;
+        let spinlocks = if machine >= (2, 3) {
+            "0x1fff"
+        } else {
+            "0xffff"
+        };
+        config
+            .apply_text(E::Spinlocks, Some(spinlocks))
+            .map_err(FormatError::setting("ostype"))?;
         let mut on_if = |cond: bool, flags: &[E]| -> Result<(), FormatError> {
             if cond {
                 for f in flags {
@@ -49,7 +63,10 @@ pub fn import(text: &str) -> Result<Imported, FormatError> {
         on_if(machine >= (2, 3), &[E::Vapic, E::Time])?;
         on_if(machine >= (2, 6), &[E::Reset, E::Vpindex, E::Runtime])?;
         on_if(winversion >= 7, &[E::Relaxed])?;
-        on_if(winversion >= 7 && machine >= (2, 12), &[E::Synic, E::Stimer])?;
+        on_if(
+            winversion >= 7 && machine >= (2, 12),
+            &[E::Synic, E::Stimer],
+        )?;
         on_if(winversion >= 7 && machine >= (3, 1), &[E::Ipi])?;
         if winversion >= 11 {
             notes.push(
@@ -60,7 +77,9 @@ pub fn import(text: &str) -> Result<Imported, FormatError> {
         }
         if gpu_passthrough && cpu.vendor.is_none() {
             notes.push("GPU passthrough (x-vga): Proxmox sets hv-vendor-id=proxmox".into());
-            config.apply_text(E::VendorId, Some("proxmox")).map_err(FormatError::setting("hostpci"))?;
+            config
+                .apply_text(E::VendorId, Some("proxmox"))
+                .map_err(FormatError::setting("hostpci"))?;
         }
     } else if winversion > 0 {
         notes.push("Proxmox adds no Hyper-V flags for this ostype/bios combination".into());
@@ -69,19 +88,26 @@ pub fn import(text: &str) -> Result<Imported, FormatError> {
     }
     for (flag, on) in cpu.flags {
         if on {
-            config.enable(flag).map_err(FormatError::setting("cpu: flags"))?;
+            config
+                .enable(flag)
+                .map_err(FormatError::setting("cpu: flags"))?;
         } else {
             config.disable(flag);
         }
     }
     if let Some(vendor) = cpu.vendor {
-        config.apply_text(E::VendorId, Some(vendor)).map_err(FormatError::setting("cpu: hv-vendor-id"))?;
+        config
+            .apply_text(E::VendorId, Some(vendor))
+            .map_err(FormatError::setting("cpu: hv-vendor-id"))?;
     }
     if cpu.hidden {
         config.disable(E::Kvm);
     }
     notes.extend(cpu.notes);
-    Ok(Imported { request: HvRequest::from_config(config), notes })
+    Ok(Imported {
+        request: HvRequest::from_config(config),
+        notes,
+    })
 }
 
 /// The newest machine version Proxmox gates on, for configs without `machine:`.
@@ -99,12 +125,17 @@ fn main_section(text: &str) -> Result<Vec<(&str, &str)>, FormatError> {
             continue;
         }
         let (key, value) = line.split_once(':').ok_or_else(|| {
-            FormatError::Structure(format!("line {}: expected 'key: value', found '{line}'", i + 1))
+            FormatError::Structure(format!(
+                "line {}: expected 'key: value', found '{line}'",
+                i + 1
+            ))
         })?;
         out.push((key.trim(), value.trim()));
     }
     if out.is_empty() {
-        return Err(FormatError::Structure("empty Proxmox config: expected lines such as 'ostype: win11'".into()));
+        return Err(FormatError::Structure(
+            "empty Proxmox config: expected lines such as 'ostype: win11'".into(),
+        ));
     }
     Ok(out)
 }
@@ -114,7 +145,10 @@ fn windows_version(ostype: &str) -> u32 {
     match ostype {
         "wxp" | "w2k" | "w2k3" => 5,
         "w2k8" | "wvista" => 6,
-        other => other.strip_prefix("win").and_then(|n| n.parse().ok()).unwrap_or(0),
+        other => other
+            .strip_prefix("win")
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0),
     }
 }
 
@@ -141,15 +175,17 @@ fn parse_cpu_line(value: &str) -> Result<CpuLine<'_>, FormatError> {
         match part.split_once('=') {
             Some(("flags", list)) => {
                 for f in list.split(';').map(str::trim).filter(|f| !f.is_empty()) {
-                    let (on, name) = match f.split_at(1) {
-                        ("+", n) => (true, n),
-                        ("-", n) => (false, n),
+                    let (on, name) = match (f.strip_prefix('+'), f.strip_prefix('-')) {
+                        (Some(n), _) => (true, n),
+                        (_, Some(n)) => (false, n),
                         _ => (true, f),
                     };
                     match name {
                         "hv-tlbflush" => cpu.flags.push((E::Tlbflush, on)),
                         "hv-evmcs" => cpu.flags.push((E::Evmcs, on)),
-                        other => cpu.notes.push(format!("cpu flag '{other}' ignored (not a Hyper-V setting)")),
+                        other => cpu.notes.push(format!(
+                            "cpu flag '{other}' ignored (not a Hyper-V setting)"
+                        )),
                     }
                 }
             }
@@ -164,17 +200,33 @@ fn parse_cpu_line(value: &str) -> Result<CpuLine<'_>, FormatError> {
 
 /// Writes `args: -cpu host,...` (replace `host` with the CPU model you use).
 pub fn export(config: &HvConfig) -> Exported {
+    let value = format!("host,{}", config.to_hv_list());
+    // Proxmox splits args: like a shell; quote the value when the vendor id has spaces.
+    let value = if value.contains(' ') {
+        format!("'{}'", value.replace('\'', "'\\''"))
+    } else {
+        value
+    };
     let text = format!(
         "# hvkvm: 'args: -cpu' replaces the -cpu Proxmox builds from cpu: and ostype:; replace \
-         'host' with your CPU model if needed\nargs: -cpu host,{}\n",
-        config.to_hv_list()
+         'host' with your CPU model if needed\nargs: -cpu {value}\n"
     );
-    Exported { text, dropped: Vec::new() }
+    Exported {
+        text,
+        dropped: Vec::new(),
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn non_ascii_cpu_flags_are_ignored_not_fatal() {
+        let imported = import("ostype: l26\ncpu: host,flags=é;-hv-évmcs;+hv-tlbflush\n").unwrap();
+        assert_eq!(imported.request.overrides.state(E::Tlbflush), Some(true));
+        assert!(imported.notes.iter().any(|n| n.contains('é')));
+    }
 
     #[test]
     fn machine_versions_parse() {
@@ -185,9 +237,21 @@ mod tests {
 
     #[test]
     fn ostype_win11_gives_the_automatic_set() {
-        let imported = import("ostype: win11\ncpu: host,flags=+hv-tlbflush;+aes,hidden=1\n").unwrap();
+        let imported =
+            import("ostype: win11\ncpu: host,flags=+hv-tlbflush;+aes,hidden=1\n").unwrap();
         let c = &imported.request.overrides;
-        for f in [E::Relaxed, E::Vapic, E::Time, E::Vpindex, E::Runtime, E::Reset, E::Synic, E::Stimer, E::Ipi, E::Tlbflush] {
+        for f in [
+            E::Relaxed,
+            E::Vapic,
+            E::Time,
+            E::Vpindex,
+            E::Runtime,
+            E::Reset,
+            E::Synic,
+            E::Stimer,
+            E::Ipi,
+            E::Tlbflush,
+        ] {
             assert_eq!(c.state(f), Some(true), "{f}");
         }
         assert_eq!(c.spinlocks(), Some(0x1fff));

@@ -8,17 +8,30 @@ use hv_model::{
 
 /// Options without a host.
 pub fn no_host() -> ResolveOptions {
-    ResolveOptions { host_checks: HostChecks::Skip, ..ResolveOptions::default() }
+    ResolveOptions {
+        host_checks: HostChecks::Skip,
+        ..ResolveOptions::default()
+    }
 }
 
 /// Resolves a `--hv` list without host checks.
 pub fn resolve_list(list: &str) -> Result<Resolution, ModelError> {
-    resolve(&parse_hv_list(list)?, &HostCapabilities::default(), Backend::Kernel, &no_host())
+    resolve(
+        &parse_hv_list(list)?,
+        &HostCapabilities::default(),
+        Backend::Kernel,
+        &no_host(),
+    )
 }
 
 /// Resolves a `--hv` list against a host.
 pub fn resolve_on(host: &HostCapabilities, list: &str) -> Result<Resolution, ModelError> {
-    resolve(&parse_hv_list(list)?, host, Backend::Kernel, &ResolveOptions::default())
+    resolve(
+        &parse_hv_list(list)?,
+        host,
+        Backend::Kernel,
+        &ResolveOptions::default(),
+    )
 }
 
 /// Resolves a profile (plus overrides) against a host.

@@ -39,14 +39,21 @@ impl fmt::Display for Backend {
     }
 }
 
-/// What the user-space backend implements today. Extend this list (and only this list) as the
-/// user backend grows. Today that is the pure CPUID values, which need no emulation:
-/// relaxed timing is a hint, vendor and version ids are identification, the coresharing bit
-/// is a hint, and `hv-enforce-cpuid` is inherent (the user backend serves only what CPUID
-/// exposes). `hv-spinlocks` is a CPUID value too, but the guest acts on it through the
-/// HvNotifyLongSpinWait hypercall, which is not implemented yet, so it is not listed.
+/// What hvkvm's user backend implements (src/hyperv in hvkvm): the partition and VP MSRs of
+/// these enlightenments, the hypercall page and HvNotifyLongSpinWait, plus the pure CPUID
+/// values (`hv-relaxed` and `no-nonarch-coresharing` are hints, the identification values
+/// are data, and `hv-enforce-cpuid` is inherent: the user backend serves only what CPUID
+/// exposes). Everything else is refused with the user backend until it is implemented.
 pub const USER_BACKEND_IMPLEMENTS: &[Enlightenment] = &[
     Enlightenment::Relaxed,
+    Enlightenment::Spinlocks,
+    Enlightenment::Vpindex,
+    Enlightenment::Runtime,
+    Enlightenment::Crash,
+    Enlightenment::Time,
+    Enlightenment::Reset,
+    Enlightenment::Frequencies,
+    Enlightenment::Reenlightenment,
     Enlightenment::NoNonarchCoresharing,
     Enlightenment::EnforceCpuid,
     Enlightenment::VendorId,
@@ -59,8 +66,8 @@ pub const USER_BACKEND_IMPLEMENTS: &[Enlightenment] = &[
 ];
 
 /// Whether the user backend implements the hypercall interface (GUEST_OS_ID and HYPERCALL
-/// MSRs, advertised by `03.EAX[5]`). Not yet: the user backend then leaves that bit clear.
-pub const USER_BACKEND_HYPERCALL_INTERFACE: bool = false;
+/// MSRs and the hypercall page, advertised by `03.EAX[5]`).
+pub const USER_BACKEND_HYPERCALL_INTERFACE: bool = true;
 
 impl Backend {
     /// Whether this backend serves the hypercall MSRs (`03.EAX[5]`, always set by QEMU).
@@ -115,6 +122,13 @@ fn config_constraints(flag: Enlightenment, opts: &ResolveOptions) -> Result<(), 
 }
 
 fn user(flag: Enlightenment, host: &HostCapabilities, checked: bool) -> Result<String, String> {
+    if flag == Enlightenment::Vapic {
+        // The EOI/ICR/TPR MSRs must act exactly like the APIC accesses they alias, on KVM's
+        // in-kernel LAPIC, which user space cannot drive (no EOI from user space in xAPIC mode).
+        return Err("the user backend cannot make hv-vapic's EOI/ICR/TPR MSRs act on KVM's \
+                    in-kernel LAPIC exactly like APIC accesses, so it does not offer hv-vapic"
+            .into());
+    }
     if !USER_BACKEND_IMPLEMENTS.contains(&flag) {
         return Err(format!("the user backend does not implement {flag} yet"));
     }
@@ -133,7 +147,7 @@ fn user(flag: Enlightenment, host: &HostCapabilities, checked: bool) -> Result<S
                 .into(),
         );
     }
-    Ok("implemented by the user backend (pure CPUID value)".into())
+    Ok("implemented by the user backend".into())
 }
 
 fn kvm_paravirt(flag: Enlightenment, host: &HostCapabilities) -> Result<String, String> {

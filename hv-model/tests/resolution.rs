@@ -265,9 +265,15 @@ fn user_backend_says_what_it_does_not_implement() {
         .decision(E::Synic)
         .reason
         .contains("user backend does not implement hv-synic yet"));
-    assert!(!r.is_on(E::Spinlocks));
-    // No hypercall interface yet, so 03.EAX[5] stays clear.
-    assert_eq!(regs(&cpuid_leaves(&r), 0x4000_0003)[0], 0);
+    assert!(!r.is_on(E::Vapic));
+    assert!(r.decision(E::Vapic).reason.contains("in-kernel LAPIC"));
+    // What the user backend implements is on, with the hypercall interface (03.EAX[5]).
+    for flag in [E::Spinlocks, E::Vpindex, E::Runtime, E::Time, E::Frequencies] {
+        assert!(r.is_on(flag), "{flag} should be on");
+    }
+    let eax = regs(&cpuid_leaves(&r), 0x4000_0003)[0];
+    assert_ne!(eax & (1 << 5), 0, "HypercallMsrs");
+    assert_ne!(eax & (1 << 6), 0, "VpIndex");
     let err = resolve(
         &parse_hv_list("hv-vpindex,hv-synic").unwrap(),
         &host,
@@ -277,7 +283,7 @@ fn user_backend_says_what_it_does_not_implement() {
     .unwrap_err();
     assert!(
         err.to_string()
-            .contains("user backend does not implement hv-vpindex yet"),
+            .contains("user backend does not implement hv-synic yet"),
         "{err}"
     );
     let mut no_msr = host.clone();

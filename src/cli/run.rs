@@ -64,6 +64,16 @@ pub struct RunArgs {
     /// (hvkvm's own).
     #[arg(long, value_enum, default_value_t = crate::hyperv::BackendChoice::Auto)]
     pub backend: crate::hyperv::BackendChoice,
+    /// When the guest reports a crash (Hyper-V crash MSRs): log it and let the guest go on
+    /// (so Windows can write its own dump), pause the VM, or exit (status 123).
+    #[arg(long, value_enum, default_value_t = crate::hyperv::CrashAction::Log)]
+    pub on_guest_crash: crate::hyperv::CrashAction,
+    /// Print which Hyper-V MSRs and hypercalls the guest used when the VM ends.
+    #[arg(long)]
+    pub hv_report: bool,
+    /// Write the Hyper-V usage report as JSON to FILE when the VM ends.
+    #[arg(long, value_name = "FILE")]
+    pub hv_report_json: Option<PathBuf>,
 }
 
 /// Errors of `hvkvm run`.
@@ -190,10 +200,12 @@ pub fn config(args: &RunArgs) -> Result<VmConfig, RunError> {
     if let Some(resolution) = crate::hyperv::resolve_for_vm(&request, &host, args.backend)? {
         for d in &resolution.decisions {
             let state = if d.on { "on" } else { "off" };
-            log::info!("hv-{}: {state} ({})", d.flag.name(), d.reason);
+            log::info!("{}: {state} ({})", d.flag.name(), d.reason);
         }
         let leaves = crate::hyperv::cpuid_entries(&resolution);
         config.hypervisor_leaves = (!leaves.is_empty()).then_some(leaves);
+        config.user_backend =
+            crate::hyperv::UserBackendConfig::from_resolution(&resolution, args.on_guest_crash);
     }
     config.cpus = args.cpus;
     config.memory_mib = args.memory;
@@ -239,6 +251,18 @@ pub fn execute(args: RunArgs) -> Result<i32, RunError> {
     let outcome = vm::run(config)
         .map_err(|source| RunError::Vm { name: name.unwrap_or_default(), source })?;
     report(&outcome);
+    if let Some(hv) = &outcome.hyperv {
+        if args.hv_report {
+            eprint!("{}", hv.render());
+        }
+        if let Some(path) = &args.hv_report_json {
+            let json = serde_json::to_string_pretty(hv).unwrap_or_default();
+            fs::write(path, json)
+                .map_err(|source| RunError::OutcomeJson { path: path.clone(), source })?;
+        }
+    } else if args.hv_report || args.hv_report_json.is_some() {
+        eprintln!("hvkvm: no Hyper-V usage report: the VM had no Hyper-V enlightenment (use --hv or --profile)");
+    }
     if let Some(path) = &args.outcome_json {
         let json = serde_json::to_string_pretty(&outcome).unwrap_or_default();
         fs::write(path, json).map_err(|source| RunError::OutcomeJson {

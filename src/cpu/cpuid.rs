@@ -141,6 +141,12 @@ pub fn for_vcpu(
             _ => {}
         }
     }
+    apply_overrides(&mut entries, overrides);
+    entries
+}
+
+/// Replaces or adds the `overrides` leaves in `entries`.
+pub fn apply_overrides(entries: &mut Vec<kvm_cpuid_entry2>, overrides: &[CpuidEntry]) {
     for o in overrides {
         let entry = kvm_cpuid_entry2 {
             function: o.function,
@@ -168,7 +174,6 @@ pub fn for_vcpu(
             None => entries.push(entry),
         }
     }
-    entries
 }
 
 /// Wraps entries for `KVM_SET_CPUID2`.

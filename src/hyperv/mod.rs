@@ -7,11 +7,59 @@
 //! off (with a reason) or refuses everything else, so a guest is never offered an
 //! enlightenment nobody provides.
 
+pub mod clock;
+pub mod features;
+pub mod hypercall;
+pub mod msrs;
+pub mod partition;
+pub mod report;
+pub mod vcpu;
+
 use hv_model::{Backend, HostCapabilities, Resolution, ResolveOptions};
+
+pub use vcpu::{HvVcpu, UserBackend};
 
 use crate::cpu::CpuidEntry;
 use crate::kvm::caps::CpuVendor;
 use crate::kvm::HostProbe;
+
+/// What hvkvm does when the guest reports a crash through CRASH_CTL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum CrashAction {
+    /// Log the bugcheck code and parameters and let the guest go on (so Windows can write
+    /// its own dump).
+    #[default]
+    Log,
+    /// Log, then pause every vCPU (the VM stays until --timeout or the process is killed).
+    Pause,
+    /// Log, then end the VM (exit status 123).
+    Exit,
+}
+
+/// The user backend's part of a VM configuration.
+#[derive(Debug, Clone)]
+pub struct UserBackendConfig {
+    /// The hypervisor CPUID leaves the guest gets (the backend reads its features from them).
+    pub leaves: Vec<CpuidEntry>,
+    /// Enlightenments offered, by QEMU name, for the report.
+    pub offered: Vec<String>,
+    /// Crash policy.
+    pub on_crash: CrashAction,
+}
+
+impl UserBackendConfig {
+    /// The backend configuration for a resolution, if it offers anything the backend serves.
+    pub fn from_resolution(resolution: &Resolution, on_crash: CrashAction) -> Option<Self> {
+        if resolution.backend != Backend::User || !resolution.hyperv_enabled() {
+            return None;
+        }
+        Some(UserBackendConfig {
+            leaves: cpuid_entries(resolution),
+            offered: resolution.enabled().iter().map(|e| e.name().to_string()).collect(),
+            on_crash,
+        })
+    }
+}
 
 /// Which backend `hvkvm run` uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]

@@ -8,6 +8,7 @@
 #![allow(unsafe_code)]
 
 pub mod caps;
+pub mod clock;
 pub mod kick;
 pub mod run_data;
 

@@ -19,6 +19,8 @@ use super::ucall::{self, Ucall};
 use super::VcpuState;
 use crate::devices::{GuestRequest, IoBus, PioOutcome, UCALL_PORT};
 use crate::host_quirks::EmulationAssist;
+use crate::hyperv::vcpu::VmEffect;
+use crate::hyperv::HvVcpu;
 use crate::kvm::run_data::InternalError;
 use crate::memory::GuestMemory;
 use crate::ratelimit::warn_ratelimited;
@@ -45,6 +47,8 @@ pub enum DeferredExit {
     InternalError,
     /// KVM_EXIT_DEBUG.
     Debug(kvm_debug_exit_arch),
+    /// `out` to the Hyper-V hypercall port (from the hypercall page's trampoline).
+    Hypercall,
     /// A WRMSR the host-quirk assist traps through the MSR filter (already let through to
     /// the guest's instruction; the assist must perform the write).
     TrappedMsrWrite {
@@ -80,6 +84,8 @@ pub struct ExitHandler {
     pub stats: Arc<VcpuStats>,
     /// Host-specific completion of instructions KVM cannot emulate (None on normal hosts).
     pub assist: Option<EmulationAssist>,
+    /// The Hyper-V user backend, when the VM has one.
+    pub hyperv: Option<HvVcpu>,
 }
 
 impl std::fmt::Debug for ExitHandler {
@@ -113,6 +119,9 @@ impl ExitHandler {
                 if port == UCALL_PORT {
                     return Dispatch::Deferred(DeferredExit::Ucall);
                 }
+                if self.hyperv.is_some() && HvVcpu::is_hypercall_port(port) {
+                    return Dispatch::Deferred(DeferredExit::Hypercall);
+                }
                 match self.io.write(port, data) {
                     PioOutcome::Done => Dispatch::Done(ExitAction::Continue),
                     PioOutcome::Request(r) => self.stop(request_to_stop(r)),
@@ -136,7 +145,11 @@ impl ExitHandler {
             }
             VcpuExit::X86Rdmsr(exit) => {
                 VcpuStats::bump(&self.stats.msr);
-                match self.msrs.read(vcpu, exit.index) {
+                let result = match &self.hyperv {
+                    Some(hv) if HvVcpu::owns_msr(exit.index) => hv.read_msr(exit.index),
+                    _ => self.msrs.read(vcpu, exit.index),
+                };
+                match result {
                     Ok(value) => *exit.data = value,
                     Err(_) => {
                         VcpuStats::bump(&self.stats.msr_gp);
@@ -159,16 +172,25 @@ impl ExitHandler {
                         value: exit.data,
                     });
                 }
-                if self.msrs.write(vcpu, exit.index, exit.data).is_err() {
-                    VcpuStats::bump(&self.stats.msr_gp);
-                    log::debug!(
-                        "vCPU {vcpu}: wrmsr {:#x}={:#x} -> #GP",
-                        exit.index,
-                        exit.data
-                    );
-                    *exit.error = 1;
+                let effect = match &self.hyperv {
+                    Some(hv) if HvVcpu::owns_msr(exit.index) => hv.write_msr(exit.index, exit.data),
+                    _ => self.msrs.write(vcpu, exit.index, exit.data).map(|()| VmEffect::None),
+                };
+                match effect {
+                    Err(_) => {
+                        VcpuStats::bump(&self.stats.msr_gp);
+                        log::debug!("vCPU {vcpu}: wrmsr {:#x}={:#x} -> #GP", exit.index, exit.data);
+                        *exit.error = 1;
+                        Dispatch::Done(ExitAction::Continue)
+                    }
+                    Ok(VmEffect::None) => Dispatch::Done(ExitAction::Continue),
+                    Ok(VmEffect::Reset) => self.stop(StopReason::Reset),
+                    Ok(VmEffect::Exit) => self.stop(StopReason::GuestCrash { vcpu }),
+                    Ok(VmEffect::Pause) => {
+                        self.control.pause();
+                        Dispatch::Done(ExitAction::Continue)
+                    }
                 }
-                Dispatch::Done(ExitAction::Continue)
             }
             // With the in-kernel LAPIC, HLT is handled by KVM; a stray HLT exit just re-enters.
             VcpuExit::Hlt | VcpuExit::IrqWindowOpen | VcpuExit::Intr => {
@@ -199,6 +221,13 @@ impl ExitHandler {
         let vcpu = self.vcpu;
         match exit {
             DeferredExit::Ucall => self.handle_ucall(state),
+            DeferredExit::Hypercall => match &self.hyperv {
+                Some(hv) if hv.hypercall(state) => ExitAction::Continue,
+                _ => ExitAction::Stop(StopReason::KvmRunFailed {
+                    vcpu,
+                    error: "cannot access the vCPU registers for a hypercall".into(),
+                }),
+            },
             DeferredExit::Shutdown => {
                 let rip = state.regs().map_or(0, |r| r.rip);
                 ExitAction::Stop(StopReason::TripleFault { vcpu, rip })
@@ -330,6 +359,9 @@ mod tests {
         fn translate(&self, gva: u64) -> Option<u64> {
             Some(gva)
         }
+        fn xmm(&self) -> Result<[u128; 6], kvm_ioctls::Error> {
+            Ok([0; 6])
+        }
         fn events(&self) -> Result<kvm_vcpu_events, kvm_ioctls::Error> {
             Ok(kvm_vcpu_events::default())
         }
@@ -368,6 +400,7 @@ mod tests {
             control: Arc::new(VmControl::default()),
             stats: Arc::new(VcpuStats::default()),
             assist: None,
+            hyperv: None,
         }
     }
 

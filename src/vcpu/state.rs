@@ -21,6 +21,8 @@ pub trait VcpuState {
     fn set_msr(&self, index: u32, value: u64) -> Result<(), kvm_ioctls::Error>;
     /// Translates a guest-virtual address with the vCPU's current paging (KVM_TRANSLATE).
     fn translate(&self, gva: u64) -> Option<u64>;
+    /// XMM0..XMM5 (for XMM-fast hypercall input), through KVM_GET_FPU.
+    fn xmm(&self) -> Result<[u128; 6], kvm_ioctls::Error>;
     /// KVM_GET_VCPU_EVENTS.
     fn events(&self) -> Result<kvm_vcpu_events, kvm_ioctls::Error>;
     /// KVM_SET_VCPU_EVENTS.
@@ -70,6 +72,14 @@ impl VcpuState for VcpuFd {
     fn translate(&self, gva: u64) -> Option<u64> {
         let t = self.translate_gva(gva).ok()?;
         (t.valid != 0).then_some(t.physical_address)
+    }
+    fn xmm(&self) -> Result<[u128; 6], kvm_ioctls::Error> {
+        let fpu = self.get_fpu()?;
+        let mut xmm = [0u128; 6];
+        for (dst, src) in xmm.iter_mut().zip(fpu.xmm.iter()) {
+            *dst = u128::from_le_bytes(*src);
+        }
+        Ok(xmm)
     }
     fn events(&self) -> Result<kvm_vcpu_events, kvm_ioctls::Error> {
         self.get_vcpu_events()

@@ -52,6 +52,8 @@ pub struct VmConfig {
     pub extra_pio: Vec<(u16, u16, SharedPioDevice)>,
     /// Additional user-space MSR handlers.
     pub msr_handlers: Vec<(RangeInclusive<u32>, SharedMsrHandler)>,
+    /// The Hyper-V user backend (hvkvm emulating the Hyper-V MSRs and hypercalls), if any.
+    pub user_backend: Option<crate::hyperv::UserBackendConfig>,
 }
 
 impl std::fmt::Debug for VmConfig {
@@ -91,6 +93,7 @@ impl VmConfig {
             host_quirks: QuirksMode::Auto,
             extra_pio: Vec::new(),
             msr_handlers: Vec::new(),
+            user_backend: None,
         }
     }
 

@@ -27,6 +27,7 @@ use crate::boot::{self, BootPlan};
 use crate::cpu::cpuid::{self, CpuidEntry, CX16_BIT};
 use crate::devices::{self, bus::Sink, IoBus};
 use crate::host_quirks::{EmulationAssist, HostQuirks};
+use crate::hyperv::{HvVcpu, UserBackend};
 use crate::kvm::{kick, HostProbe};
 use crate::memory::{self, GuestMemory};
 use crate::vcpu::{msr::MsrBus, run_loop, stats::VcpuStats, ExitHandler};
@@ -96,6 +97,7 @@ pub struct Vm {
     boot_description: String,
     timeout: Option<Duration>,
     stats: Vec<Arc<VcpuStats>>,
+    user_backend: Option<Arc<UserBackend>>,
     _serial_irq: EventFd,
     _vm: VmFd,
     _mem: GuestMemory,
@@ -151,8 +153,15 @@ impl Vm {
             return Err(VmError::MissingCapability("KVM_CAP_X86_USER_SPACE_MSR"));
         }
 
-        if quirks.emulation_assist {
-            set_trap_filter(&vm, EmulationAssist::trapped_msr_writes())?;
+        if config.user_backend.is_some() && host.cap("KVM_CAP_X86_USER_SPACE_MSR") <= 0 {
+            return Err(VmError::MissingCapability(
+                "KVM_CAP_X86_USER_SPACE_MSR (the Hyper-V user backend needs MSR exits)",
+            ));
+        }
+        let trapped_writes: &[u32] =
+            if quirks.emulation_assist { EmulationAssist::trapped_msr_writes() } else { &[] };
+        if !trapped_writes.is_empty() || config.user_backend.is_some() {
+            set_msr_filter(&vm, trapped_writes, config.user_backend.is_some())?;
         }
 
         let mem = memory::allocate(config.memory_mib)?;
@@ -182,20 +191,22 @@ impl Vm {
         let control = Arc::new(VmControl::default());
         let mut vcpus = Vec::new();
         let mut stats = Vec::new();
+        let mut user_backend: Option<Arc<UserBackend>> = None;
         for (index, state) in plan.vcpus.iter().enumerate() {
             let index = index as u32;
             let fd = vm
                 .create_vcpu(u64::from(index))
                 .map_err(kvm_err("KVM_CREATE_VCPU"))?;
-            let mut table = cpuid::for_vcpu(
-                supported.as_slice(),
-                config.cpu_model,
-                index,
-                &config.cpuid_overrides,
-            );
+            if let (0, Some(hv)) = (index, &config.user_backend) {
+                let backend = create_user_backend(hv, &fd, config.cpus, &mem, &host)?;
+                user_backend = Some(Arc::new(backend));
+            }
+            let mut table = cpuid::for_vcpu(supported.as_slice(), config.cpu_model, index, &[]);
             if let Some(leaves) = &config.hypervisor_leaves {
                 cpuid::replace_hypervisor_leaves(&mut table, leaves);
             }
+            // Explicit leaves last, so they can also add to the hypervisor range.
+            cpuid::apply_overrides(&mut table, &config.cpuid_overrides);
             if quirks.hide_cx16 {
                 hide_cx16(&mut table);
             }
@@ -212,6 +223,9 @@ impl Vm {
                 control: control.clone(),
                 stats: vcpu_stats,
                 assist: quirks.emulation_assist.then(EmulationAssist::default),
+                hyperv: user_backend
+                    .as_ref()
+                    .map(|backend| HvVcpu { vp: index, backend: backend.clone() }),
             };
             vcpus.push((fd, handler));
         }
@@ -221,6 +235,7 @@ impl Vm {
             boot_description: describe(&plan),
             timeout: config.timeout,
             stats,
+            user_backend,
             _serial_irq: serial_irq,
             _vm: vm,
             _mem: mem,
@@ -240,6 +255,7 @@ impl Vm {
             boot_description,
             timeout,
             stats,
+            user_backend,
             _serial_irq,
             _vm,
             _mem,
@@ -280,6 +296,7 @@ impl Vm {
             prints,
             vcpu_stats: stats.iter().map(|s| s.snapshot()).collect(),
             stuck_vcpus,
+            hyperv: user_backend.map(|b| b.report()),
         };
         if !outcome.stuck_vcpus.is_empty() {
             // A thread stuck in KVM_RUN still uses the VM and guest memory: leak them rather
@@ -296,22 +313,50 @@ pub fn run(config: VmConfig) -> Result<VmOutcome, VmError> {
     Vm::new(config)?.run()
 }
 
-/// Sends guest writes of `msrs` to user space (KVM_X86_SET_MSR_FILTER, default allow).
-fn set_trap_filter(vm: &VmFd, msrs: &[u32]) -> Result<(), VmError> {
+/// Sends guest writes of `trapped_writes`, and every access to the Hyper-V MSR range when the
+/// user backend is on, to user space (KVM_X86_SET_MSR_FILTER, default allow). With the range
+/// filtered, the user backend owns those MSRs even on hosts whose KVM would handle them.
+fn set_msr_filter(vm: &VmFd, trapped_writes: &[u32], hyperv: bool) -> Result<(), VmError> {
     use kvm_ioctls::{MsrFilterDefaultAction, MsrFilterRange, MsrFilterRangeFlags};
-    // One range per MSR; a clear bit in a range's bitmap denies (= exits to user space).
-    let deny = [0u8; 1];
-    let ranges: Vec<MsrFilterRange<'_>> = msrs
+    // A clear bit in a range's bitmap denies the access, which exits to user space.
+    let deny_one = [0u8; 1];
+    let deny_hyperv = [0u8; (crate::hyperv::msrs::RANGE_LEN / 8) as usize];
+    let mut ranges: Vec<MsrFilterRange<'_>> = trapped_writes
         .iter()
         .map(|&base| MsrFilterRange {
             flags: MsrFilterRangeFlags::WRITE,
             base,
             msr_count: 1,
-            bitmap: &deny,
+            bitmap: &deny_one,
         })
         .collect();
+    if hyperv {
+        ranges.push(MsrFilterRange {
+            flags: MsrFilterRangeFlags::READ | MsrFilterRangeFlags::WRITE,
+            base: crate::hyperv::msrs::RANGE_START,
+            msr_count: crate::hyperv::msrs::RANGE_LEN,
+            bitmap: &deny_hyperv,
+        });
+    }
     vm.set_msr_filter(MsrFilterDefaultAction::ALLOW, &ranges)
         .map_err(kvm_err("KVM_X86_SET_MSR_FILTER"))
+}
+
+/// The user backend, calibrated against vCPU 0's TSC.
+fn create_user_backend(
+    config: &crate::hyperv::UserBackendConfig,
+    vcpu0: &VcpuFd,
+    cpus: u32,
+    mem: &GuestMemory,
+    host: &HostProbe,
+) -> Result<UserBackend, VmError> {
+    const MSR_IA32_TSC: u32 = 0x10;
+    let guest_tsc = crate::vcpu::VcpuState::msr(vcpu0, MSR_IA32_TSC)
+        .map_err(kvm_err("KVM_GET_MSRS (IA32_TSC)"))?;
+    let tsc_khz = vcpu0.get_tsc_khz().ok().or(host.tsc_khz).ok_or(VmError::MissingCapability(
+        "KVM_GET_TSC_KHZ (the Hyper-V reference clock needs the TSC rate)",
+    ))?;
+    Ok(UserBackend::new(config, cpus, mem.clone(), guest_tsc, tsc_khz))
 }
 
 fn describe(plan: &BootPlan) -> String {

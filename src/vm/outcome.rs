@@ -216,6 +216,8 @@ pub struct VmOutcome {
     pub vcpu_stats: Vec<VcpuStatsSnapshot>,
     /// vCPU threads that did not leave KVM_RUN when stopped (they are abandoned).
     pub stuck_vcpus: Vec<u32>,
+    /// What the guest used of the Hyper-V user backend, when it had one.
+    pub hyperv: Option<crate::hyperv::report::UsageReport>,
 }
 
 #[cfg(test)]

@@ -19,6 +19,8 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
 
+pub mod hyperv;
+pub mod idt;
 pub mod mem;
 pub mod sync;
 pub mod uart;

@@ -1,0 +1,201 @@
+//! What a guest actually used of the Hyper-V interface: the answer users otherwise get only by
+//! counting MSR exits with kernel tracepoints.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use super::msrs;
+
+/// Most refused accesses kept verbatim (the rest are only counted).
+const MAX_REFUSALS: usize = 64;
+
+/// Per-MSR access counts.
+#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
+pub struct MsrUse {
+    /// RDMSRs answered.
+    pub reads: u64,
+    /// WRMSRs accepted.
+    pub writes: u64,
+    /// Accesses answered with #GP.
+    pub faults: u64,
+}
+
+/// The usage report of one VM.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct UsageReport {
+    /// Enlightenments offered to the guest (QEMU names).
+    pub offered: Vec<String>,
+    /// The last GUEST_OS_ID value, raw and decoded.
+    pub guest_os_id: Option<GuestOsId>,
+    /// Hypercall page GPA, if the guest enabled it.
+    pub hypercall_page: Option<u64>,
+    /// Reference TSC page GPA, if enabled.
+    pub tsc_page: Option<u64>,
+    /// VP assist pages enabled, by VP.
+    pub vp_assist_pages: BTreeMap<u32, u64>,
+    /// MSR use by name.
+    pub msrs: BTreeMap<String, MsrUse>,
+    /// Hypercalls by name, then by result status.
+    pub hypercalls: BTreeMap<String, BTreeMap<String, u64>>,
+    /// Hypercalls that raised #UD.
+    pub hypercall_ud: u64,
+    /// Crash reports the guest made.
+    pub crashes: Vec<[u64; 5]>,
+    /// Things the guest tried that were refused (first few).
+    pub refused: Vec<String>,
+    /// How many refusals were not kept.
+    pub refused_dropped: u64,
+}
+
+/// GUEST_OS_ID, decoded (TLFS "Reporting the Guest OS Identity").
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct GuestOsId {
+    /// The raw value.
+    pub raw: u64,
+    /// Readable form.
+    pub decoded: String,
+}
+
+impl GuestOsId {
+    /// Decodes the open-source (bit 63) and Microsoft encodings.
+    pub fn decode(raw: u64) -> Self {
+        let decoded = if raw == 0 {
+            "none (0: hypercalls disabled)".to_string()
+        } else if raw >> 63 == 1 {
+            let os_type = (raw >> 56) & 0x7f;
+            let os = match os_type {
+                1 => "Linux",
+                2 => "FreeBSD",
+                3 => "Xen",
+                4 => "Illumos",
+                _ => "open-source OS",
+            };
+            // Bits 47:16 carry LINUX_VERSION_CODE (major << 16 | minor << 8 | sublevel).
+            let version = (raw >> 16) & 0xffff_ffff;
+            format!(
+                "{os} (open source, type {os_type}), kernel version {}.{}.{}, build {}",
+                (version >> 16) & 0xff,
+                (version >> 8) & 0xff,
+                version & 0xff,
+                raw & 0xffff
+            )
+        } else {
+            let vendor = (raw >> 48) & 0x7fff;
+            let os = (raw >> 40) & 0xff;
+            let major = (raw >> 32) & 0xff;
+            let minor = (raw >> 24) & 0xff;
+            let service = (raw >> 16) & 0xff;
+            let build = raw & 0xffff;
+            let vendor = if vendor == 1 { "Microsoft".to_string() } else { format!("vendor {vendor}") };
+            let os = match os {
+                1 => "MS-DOS".to_string(),
+                2 => "Windows 3.x".to_string(),
+                3 => "Windows 9x".to_string(),
+                4 => "Windows NT".to_string(),
+                5 => "Windows CE".to_string(),
+                n => format!("OS {n}"),
+            };
+            format!("{vendor} {os} {major}.{minor}, service pack {service}, build {build}")
+        };
+        GuestOsId { raw, decoded }
+    }
+}
+
+impl UsageReport {
+    /// Counts a read or write of `index`.
+    pub fn msr(&mut self, index: u32, write: bool, faulted: bool) {
+        let entry = self.msrs.entry(msrs::name(index)).or_default();
+        match (faulted, write) {
+            (true, _) => entry.faults += 1,
+            (false, true) => entry.writes += 1,
+            (false, false) => entry.reads += 1,
+        }
+    }
+
+    /// Records something the guest was refused.
+    pub fn refuse(&mut self, what: String) {
+        if self.refused.len() < MAX_REFUSALS {
+            if !self.refused.contains(&what) {
+                self.refused.push(what);
+            }
+        } else {
+            self.refused_dropped += 1;
+        }
+    }
+
+    /// Counts a hypercall result.
+    pub fn hypercall(&mut self, name: &str, status: &str) {
+        *self.hypercalls.entry(name.to_string()).or_default().entry(status.to_string()).or_default() +=
+            1;
+    }
+
+    /// A readable multi-line summary.
+    pub fn render(&self) -> String {
+        let mut out = String::from("Hyper-V usage report\n");
+        out.push_str(&format!("  offered:        {}\n", self.offered.join(", ")));
+        let os = self.guest_os_id.as_ref().map_or("never written".to_string(), |g| {
+            format!("{:#018x}: {}", g.raw, g.decoded)
+        });
+        out.push_str(&format!("  guest OS ID:    {os}\n"));
+        let page = |p: Option<u64>| p.map_or("not enabled".to_string(), |g| format!("enabled at {g:#x}"));
+        out.push_str(&format!("  hypercall page: {}\n", page(self.hypercall_page)));
+        out.push_str(&format!("  TSC page:       {}\n", page(self.tsc_page)));
+        if self.vp_assist_pages.is_empty() {
+            out.push_str("  VP assist page: not enabled\n");
+        }
+        for (vp, gpa) in &self.vp_assist_pages {
+            out.push_str(&format!("  VP assist page: VP {vp} at {gpa:#x}\n"));
+        }
+        out.push_str("  MSRs used (reads / writes / #GP):\n");
+        for (name, u) in &self.msrs {
+            out.push_str(&format!("    {name:<24} {:>8} {:>8} {:>6}\n", u.reads, u.writes, u.faults));
+        }
+        if self.hypercalls.is_empty() && self.hypercall_ud == 0 {
+            out.push_str("  hypercalls:     none\n");
+        }
+        for (name, by_status) in &self.hypercalls {
+            let statuses: Vec<String> = by_status.iter().map(|(s, n)| format!("{s} x{n}")).collect();
+            out.push_str(&format!("  hypercall {name}: {}\n", statuses.join(", ")));
+        }
+        if self.hypercall_ud > 0 {
+            out.push_str(&format!("  hypercalls refused with #UD: {}\n", self.hypercall_ud));
+        }
+        for c in &self.crashes {
+            out.push_str(&format!("  crash reported: P0..P4 = {c:#x?}\n"));
+        }
+        for r in &self.refused {
+            out.push_str(&format!("  refused: {r}\n"));
+        }
+        if self.refused_dropped > 0 {
+            out.push_str(&format!("  ({} more refusals not listed)\n", self.refused_dropped));
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decodes_windows_and_linux_guest_os_ids() {
+        // Windows Server 2016 build 14393 (Microsoft, NT, 10.0).
+        let ws = GuestOsId::decode(0x0001_040A_0000_3839);
+        assert_eq!(ws.decoded, "Microsoft Windows NT 10.0, service pack 0, build 14393");
+        // Linux 6.1.0 as Linux reports itself (open source, type 1).
+        // Linux 6.1.192: open source, type 1, version code 0x0601C0 in bits 47:16.
+        let linux = GuestOsId::decode(0x8100_0006_01C0_0000);
+        assert_eq!(linux.decoded, "Linux (open source, type 1), kernel version 6.1.192, build 0");
+    }
+
+    #[test]
+    fn refusals_are_bounded() {
+        let mut r = UsageReport::default();
+        for i in 0..200 {
+            r.refuse(format!("thing {i}"));
+        }
+        assert_eq!(r.refused.len(), MAX_REFUSALS);
+        assert_eq!(r.refused_dropped, 200 - MAX_REFUSALS as u64);
+    }
+}

@@ -126,6 +126,47 @@ impl GuestTest {
         self
     }
 
+    /// Gives the guest exactly these hypervisor CPUID leaves and the Hyper-V user backend
+    /// reading its features from them (how the conformance matrix sets bits per row).
+    pub fn hyperv_leaves(mut self, leaves: Vec<CpuidEntry>) -> Self {
+        self.config.user_backend = Some(hvkvm::hyperv::UserBackendConfig {
+            leaves: leaves.clone(),
+            offered: Vec::new(),
+            on_crash: hvkvm::hyperv::CrashAction::Log,
+        });
+        self.config.hypervisor_leaves = Some(leaves);
+        self
+    }
+
+    /// Resolves a `--hv`-style selection with the user backend on this host, as `hvkvm run`
+    /// does, and configures the VM with it.
+    pub fn hyperv(mut self, list: &str, on_crash: hvkvm::hyperv::CrashAction) -> Self {
+        let request = hv_model::parse_hv_list(list).unwrap_or_else(|e| panic!("--hv {list}: {e}"));
+        let host = hvkvm::kvm::HostProbe::probe().expect("probe");
+        let resolution = hvkvm::hyperv::resolve_for_vm(&request, &host, hvkvm::hyperv::BackendChoice::User)
+            .unwrap_or_else(|e| panic!("--hv {list}: {}", error_chain(&e)))
+            .expect("a selection");
+        self.config.hypervisor_leaves = Some(hvkvm::hyperv::cpuid_entries(&resolution));
+        self.config.user_backend =
+            hvkvm::hyperv::UserBackendConfig::from_resolution(&resolution, on_crash);
+        self
+    }
+
+    /// Sets the payload parameter leaves 0x400000F0.. (payloads read their parameters there).
+    pub fn params(mut self, leaves: &[[u32; 4]]) -> Self {
+        for (i, regs) in leaves.iter().enumerate() {
+            self.config.cpuid_overrides.push(CpuidEntry {
+                function: 0x4000_00f0 + i as u32,
+                index: 0,
+                eax: regs[0],
+                ebx: regs[1],
+                ecx: regs[2],
+                edx: regs[3],
+            });
+        }
+        self
+    }
+
     /// The configuration, for tests that need the `Vm` API directly.
     pub fn into_config(self) -> (VmConfig, CaptureBuffer) {
         (self.config, self.serial)

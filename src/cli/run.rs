@@ -152,7 +152,7 @@ fn read(what: &'static str, path: &Path) -> Result<Vec<u8>, RunError> {
 pub fn quirk_cmdline(quirks: HostQuirks) -> Option<&'static str> {
     (quirks == HostQuirks::PVM).then_some(
         "noxsave clearcpuid=popcnt,smap,ssse3,sse4_1,sse4_2,pclmulqdq,aes,sha_ni,movbe,rdpid,fsgsbase \
-         tsc=reliable no_timer_check mitigations=off init_on_alloc=0 quiet \
+         tsc=reliable no_timer_check mitigations=off init_on_alloc=0 rodata=off quiet \
          initcall_blacklist=ftrace_check_for_weak_functions,trace_eval_init,tracer_init_tracefs,\
 bpf_key_sig_kfuncs_init,bpf_prog_test_run_init,bpf_rstat_kfunc_init,bpf_tcp_ca_kfunc_init,\
 kfunc_init,cubictcp_register,load_system_certificate_list",

@@ -25,6 +25,7 @@ pub mod mem;
 pub mod sync;
 pub mod uart;
 pub mod ucall;
+pub mod usermode;
 pub mod x86;
 
 pub use sync::{spin_wait, SpinLock};

@@ -9,7 +9,7 @@
 //! 1. GDT: copies the boot GDT (the contract's, at 0x500, found with SGDT) into a static GDT of
 //!    this module and adds a user data segment ([`USER_DS`], DPL 3), a 64-bit user code segment
 //!    ([`USER_CS`], DPL 3) and an available 64-bit TSS ([`TSS_SELECTOR`]) whose RSP0 is the
-//!    CPL0 stack pointer at the call; LGDT, LTR. Selectors 0x10 (code) and 0x18 (data) keep their
+//!    CPL0 stack pointer at the call and whose I/O bitmap allows every port; LGDT, LTR. Selectors 0x10 (code) and 0x18 (data) keep their
 //!    descriptors, so CPL0 code (exception handlers) works as before.
 //! 2. Paging: sets the U/S bit (bit 2) at every level of the identity mapping (CR3 → PML4 → PDPT
 //!    → PD, 2 MiB pages in the contract; 1 GiB and 4 KiB leaves are handled too) on the path to
@@ -18,6 +18,13 @@
 //!    then reloads CR3. [`allow_user_access`] does the same for other ranges.
 //! 3. `iretq` to `entry(arg)` at CPL3 on [`USER_STACK`], with RFLAGS = IOPL 3 | bit 1: interrupts
 //!    stay off, and `in`/`out` (hence ucalls, the UART, the test-exit port) keep working at CPL3.
+//!
+//! Port I/O at CPL3 is allowed twice over: by IOPL 3, and by the TSS's I/O permission bitmap,
+//! which allows every port. The bitmap is what makes it work on the test hosts: there (kvm_pvm)
+//! CPL3 guest code runs on the hardware at CPL3 with the *hardware* IOPL 0, so `in`/`out` fault
+//! into KVM, whose instruction emulator then decides, and it did not see IOPL 3 (measured: #GP on
+//! the ucall `out` with IOPL 3 alone); with IOPL insufficient it consults the guest TSS's bitmap,
+//! as a CPU does.
 //!
 //! Limitations:
 //! - One way: there is no way back to CPL0 (no syscall entry, no call gate). The CPL3 code reports
@@ -66,12 +73,16 @@ const BOOT_GDT_ENTRIES: usize = 6;
 const USER_DATA_DESC: u64 = 0x00cf_f300_0000_ffff;
 /// Present, DPL 3, code execute/read accessed, L = 1 (64-bit), G = 1, limit 0xFFFFF.
 const USER_CODE_DESC: u64 = 0x00af_fb00_0000_ffff;
-/// Size of a 64-bit TSS.
-const TSS_SIZE: usize = 104;
+/// Size of the 64-bit TSS proper.
+const TSS_HEADER: usize = 104;
+/// The I/O permission bitmap: one bit per port (65,536 ports), all clear (allowed), plus the
+/// terminating 0xFF byte the architecture requires after it.
+const IO_BITMAP_BYTES: usize = 65536 / 8 + 1;
+/// The whole TSS segment: header, then the I/O bitmap.
+const TSS_SIZE: usize = TSS_HEADER + IO_BITMAP_BYTES;
 /// Offset of RSP0 in the TSS.
 const TSS_RSP0: usize = 4;
-/// Offset of the I/O map base in the TSS (set to the TSS size: no I/O permission bitmap; with
-/// IOPL 3 it is never consulted anyway).
+/// Offset of the I/O map base field in the TSS.
 const TSS_IOMAP_BASE: usize = 102;
 
 /// Page-table entry bits.
@@ -165,11 +176,13 @@ fn load_gdt_and_tss(rsp0: u64) {
     let copied = ((usize::from(boot_limit) + 1) / 8).min(BOOT_GDT_ENTRIES);
 
     let tss = TSS.0.get().cast::<u8>();
-    // SAFETY: the TSS is our own 104-byte static, not in use yet; RSP0 (offset 4) is unaligned
-    // by definition, hence write_unaligned.
+    // The I/O bitmap itself is .bss, hence already zero: every port allowed.
+    // SAFETY: the TSS is our own TSS_SIZE-byte static, not in use yet; RSP0 (offset 4) is
+    // unaligned by definition, hence write_unaligned.
     unsafe {
         tss.add(TSS_RSP0).cast::<u64>().write_unaligned(rsp0);
-        tss.add(TSS_IOMAP_BASE).cast::<u16>().write_unaligned(TSS_SIZE as u16);
+        tss.add(TSS_IOMAP_BASE).cast::<u16>().write_unaligned(TSS_HEADER as u16);
+        tss.add(TSS_SIZE - 1).write_volatile(0xFF);
     }
     let tss_base = tss as u64;
     let tss_limit = (TSS_SIZE - 1) as u64;

@@ -32,22 +32,7 @@ fn code(reads: u32) -> Vec<u8> {
 }
 
 fn elf(code: &[u8]) -> Vec<u8> {
-    let mut elf = vec![0u8; 120];
-    elf[..7].copy_from_slice(b"\x7fELF\x02\x01\x01");
-    elf[16..18].copy_from_slice(&2u16.to_le_bytes());
-    elf[18..20].copy_from_slice(&62u16.to_le_bytes());
-    elf[24..32].copy_from_slice(&LOAD_ADDR.to_le_bytes());
-    elf[32..40].copy_from_slice(&64u64.to_le_bytes());
-    elf[54..56].copy_from_slice(&56u16.to_le_bytes());
-    elf[56..58].copy_from_slice(&1u16.to_le_bytes());
-    elf[64..68].copy_from_slice(&1u32.to_le_bytes());
-    elf[72..80].copy_from_slice(&120u64.to_le_bytes());
-    elf[80..88].copy_from_slice(&LOAD_ADDR.to_le_bytes());
-    elf[88..96].copy_from_slice(&LOAD_ADDR.to_le_bytes());
-    elf[96..104].copy_from_slice(&(code.len() as u64).to_le_bytes());
-    elf[104..112].copy_from_slice(&(code.len() as u64).to_le_bytes());
-    elf.extend_from_slice(code);
-    elf
+    payload::elf_from_code(LOAD_ADDR, code)
 }
 
 /// "Microsoft Hv" with only TIME_REF_COUNT (03.EAX[1]) and the hypercall MSRs offered.

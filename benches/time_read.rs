@@ -26,7 +26,7 @@ const HV_LIST: &str = "hv-time,hv-frequencies";
 const N_MSR: u32 = 1_000;
 /// TSC page reads (and bare RDTSCs) per run (CPL3: native).
 const N_PAGE: u32 = 1_000_000;
-const ROUNDS: usize = 3;
+const ROUNDS: usize = 5;
 const RUN_TIMEOUT: Duration = Duration::from_secs(120);
 const GUEST_ELF_SUBPATH: &str = "out/guest-target/x86_64-unknown-linux-gnu/release";
 
@@ -43,6 +43,8 @@ struct Round {
     last_page: u64,
     last_msr: u64,
     sequence: u64,
+    /// Wall time of the whole VM run.
+    elapsed: Duration,
 }
 
 impl Round {
@@ -58,7 +60,11 @@ impl Round {
 }
 
 fn main() {
-    if let Err(e) = std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm") {
+    if let Err(e) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+    {
         println!("SKIP: /dev/kvm is not usable: {e}");
         return;
     }
@@ -89,7 +95,8 @@ fn main() {
     for (i, r) in rounds.iter().enumerate() {
         println!(
             "  round {}: TIME_REF_COUNT {:.0} cyc/read ({} reads), TSC page {:.1} cyc/read, \
-             rdtsc {:.1} cyc/read ({} reads); last page {} vs last MSR {} (100 ns), sequence {}",
+             rdtsc {:.1} cyc/read ({} reads); last page {} vs last MSR {} (100 ns), sequence {}; \
+             VM run {:.0} ms",
             i + 1,
             r.msr_per_read(),
             r.n_msr,
@@ -99,6 +106,7 @@ fn main() {
             r.last_page,
             r.last_msr,
             r.sequence,
+            r.elapsed.as_secs_f64() * 1e3,
         );
     }
     let msr = median(rounds.iter().map(Round::msr_per_read));
@@ -127,13 +135,17 @@ fn main() {
 
 /// Runs the payload once and returns its outcome; exits the process if it did not pass.
 fn run_once(host: &HostProbe, image: Vec<u8>) -> VmOutcome {
-    let mut config = VmConfig::new(BootSource::Payload { image, name: PAYLOAD.to_string() });
+    let mut config = VmConfig::new(BootSource::Payload {
+        image,
+        name: PAYLOAD.to_string(),
+    });
     config.memory_mib = 64;
     config.timeout = Some(RUN_TIMEOUT);
     config.serial = Box::new(std::io::sink());
 
     // As `hvkvm run --hv hv-time,hv-frequencies` with the user backend.
-    let request = hv_model::parse_hv_list(HV_LIST).unwrap_or_else(|e| fail(&format!("--hv {HV_LIST}: {e}")));
+    let request =
+        hv_model::parse_hv_list(HV_LIST).unwrap_or_else(|e| fail(&format!("--hv {HV_LIST}: {e}")));
     let resolution = resolve_for_vm(&request, host, BackendChoice::User)
         .unwrap_or_else(|e| fail(&format!("--hv {HV_LIST}: {}", error_chain(&e))))
         .unwrap_or_else(|| fail(&format!("--hv {HV_LIST} resolved to nothing")));
@@ -144,7 +156,10 @@ fn run_once(host: &HostProbe, image: Vec<u8>) -> VmOutcome {
     }
     // Payload parameters: 0x400000F0 EAX = N_MSR, EBX = N_PAGE (F1..F3 defined as zeros: an
     // undefined leaf above the hypervisor range's maximum may read as another leaf).
-    for (i, regs) in [[N_MSR, N_PAGE, 0, 0], [0; 4], [0; 4], [0; 4]].iter().enumerate() {
+    for (i, regs) in [[N_MSR, N_PAGE, 0, 0], [0; 4], [0; 4], [0; 4]]
+        .iter()
+        .enumerate()
+    {
         config.cpuid_overrides.push(CpuidEntry {
             function: 0x4000_00f0 + i as u32,
             index: 0,
@@ -155,8 +170,11 @@ fn run_once(host: &HostProbe, image: Vec<u8>) -> VmOutcome {
         });
     }
 
-    let vm = Vm::new(config).unwrap_or_else(|e| fail(&format!("creating the VM: {}", error_chain(&e))));
-    let outcome = vm.run().unwrap_or_else(|e| fail(&format!("running the VM: {}", error_chain(&e))));
+    let vm =
+        Vm::new(config).unwrap_or_else(|e| fail(&format!("creating the VM: {}", error_chain(&e))));
+    let outcome = vm
+        .run()
+        .unwrap_or_else(|e| fail(&format!("running the VM: {}", error_chain(&e))));
     if outcome.reason != StopReason::GuestDone {
         fail(&format!(
             "the payload did not pass: {} (after {:?}; SYNCs so far: {:?})",
@@ -171,7 +189,10 @@ fn parse(outcome: &VmOutcome) -> Round {
         let found: Vec<_> = outcome.syncs.iter().filter(|s| s.stage == n).collect();
         match found.as_slice() {
             [one] => one.values,
-            _ => fail(&format!("expected one SYNC of stage {n}, got {:?}", outcome.syncs)),
+            _ => fail(&format!(
+                "expected one SYNC of stage {n}, got {:?}",
+                outcome.syncs
+            )),
         }
     };
     let [cpl, tsc_hz, msr_cycles, n_msr, page_cycles, n_page] = stage(1);
@@ -193,6 +214,7 @@ fn parse(outcome: &VmOutcome) -> Round {
         last_page,
         last_msr,
         sequence,
+        elapsed: outcome.elapsed,
     }
 }
 
@@ -210,7 +232,10 @@ fn guest_elf() -> PathBuf {
         if sources_mtime.is_none_or(|s| mtime >= s) {
             return path;
         }
-        eprintln!("time_read: {} is older than the guest sources; rebuilding", path.display());
+        eprintln!(
+            "time_read: {} is older than the guest sources; rebuilding",
+            path.display()
+        );
     }
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     eprintln!("time_read: building the guest payloads (cargo build -p guest-tests)");
@@ -242,7 +267,11 @@ fn target_dirs() -> Vec<PathBuf> {
     let mut dirs = Vec::new();
     if let Some(dir) = std::env::var_os("CARGO_TARGET_DIR") {
         let dir = PathBuf::from(dir);
-        dirs.push(if dir.is_absolute() { dir } else { workspace_root().join(dir) });
+        dirs.push(if dir.is_absolute() {
+            dir
+        } else {
+            workspace_root().join(dir)
+        });
     }
     if let Ok(exe) = std::env::current_exe() {
         if let Some(dir) = exe.ancestors().nth(3) {
@@ -268,7 +297,9 @@ fn find_guest_elf() -> Option<(PathBuf, SystemTime)> {
                     continue;
                 }
                 let elf = build.join(GUEST_ELF_SUBPATH).join(PAYLOAD);
-                let Ok(mtime) = elf.metadata().and_then(|m| m.modified()) else { continue };
+                let Ok(mtime) = elf.metadata().and_then(|m| m.modified()) else {
+                    continue;
+                };
                 if best.as_ref().is_none_or(|(_, t)| mtime > *t) {
                     best = Some((elf, mtime));
                 }

@@ -252,33 +252,4 @@ impl TestRun {
     }
 }
 
-/// Builds an ELF64 executable from raw machine code loaded (and entered) at `addr`, for
-/// tests that need a handful of exact instructions.
-pub fn elf_from_code(addr: u64, code: &[u8]) -> Vec<u8> {
-    const EHDR: usize = 64;
-    const PHDR: usize = 56;
-    let offset = (EHDR + PHDR) as u64;
-    let mut elf = vec![0u8; EHDR + PHDR];
-    elf[..4].copy_from_slice(b"\x7fELF");
-    elf[4] = 2; // 64-bit
-    elf[5] = 1; // little endian
-    elf[6] = 1; // ELF version
-    elf[16..18].copy_from_slice(&2u16.to_le_bytes()); // ET_EXEC
-    elf[18..20].copy_from_slice(&62u16.to_le_bytes()); // x86-64
-    elf[20..24].copy_from_slice(&1u32.to_le_bytes());
-    elf[24..32].copy_from_slice(&addr.to_le_bytes());
-    elf[32..40].copy_from_slice(&(EHDR as u64).to_le_bytes());
-    elf[52..54].copy_from_slice(&(EHDR as u16).to_le_bytes());
-    elf[54..56].copy_from_slice(&(PHDR as u16).to_le_bytes());
-    elf[56..58].copy_from_slice(&1u16.to_le_bytes());
-    let ph = &mut elf[EHDR..];
-    ph[..4].copy_from_slice(&1u32.to_le_bytes()); // PT_LOAD
-    ph[4..8].copy_from_slice(&7u32.to_le_bytes()); // RWX
-    ph[8..16].copy_from_slice(&offset.to_le_bytes());
-    ph[16..24].copy_from_slice(&addr.to_le_bytes());
-    ph[24..32].copy_from_slice(&addr.to_le_bytes());
-    ph[32..40].copy_from_slice(&(code.len() as u64).to_le_bytes());
-    ph[40..48].copy_from_slice(&(code.len() as u64).to_le_bytes());
-    elf.extend_from_slice(code);
-    elf
-}
+pub use hvkvm::boot::payload::elf_from_code;

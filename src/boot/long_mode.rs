@@ -74,7 +74,8 @@ pub fn write_tables(mem: &GuestMemory) -> Result<(), LongModeError> {
     Ok(())
 }
 
-fn segment(selector: u16, code: bool) -> kvm_segment {
+/// A flat DPL0 segment: 64-bit code (`code`) or read/write data.
+pub fn segment(selector: u16, code: bool) -> kvm_segment {
     kvm_segment {
         base: 0,
         limit: 0xffff_ffff,

@@ -249,6 +249,35 @@ pub fn load(
     })
 }
 
+/// A minimal ELF64 executable: `code` as one RWX segment loaded and entered at `addr`. For
+/// tests and benchmarks that need a handful of exact instructions.
+pub fn elf_from_code(addr: u64, code: &[u8]) -> Vec<u8> {
+    let offset = (EHDR_SIZE + PHDR_SIZE) as u64;
+    let mut elf = vec![0u8; EHDR_SIZE + PHDR_SIZE];
+    elf[..4].copy_from_slice(b"\x7fELF");
+    elf[4] = 2; // ELFCLASS64
+    elf[5] = 1; // little endian
+    elf[6] = 1; // EV_CURRENT
+    elf[16..18].copy_from_slice(&2u16.to_le_bytes()); // ET_EXEC
+    elf[18..20].copy_from_slice(&62u16.to_le_bytes()); // EM_X86_64
+    elf[20..24].copy_from_slice(&1u32.to_le_bytes());
+    elf[24..32].copy_from_slice(&addr.to_le_bytes());
+    elf[32..40].copy_from_slice(&(EHDR_SIZE as u64).to_le_bytes());
+    elf[52..54].copy_from_slice(&(EHDR_SIZE as u16).to_le_bytes());
+    elf[54..56].copy_from_slice(&(PHDR_SIZE as u16).to_le_bytes());
+    elf[56..58].copy_from_slice(&1u16.to_le_bytes());
+    let ph = &mut elf[EHDR_SIZE..];
+    ph[..4].copy_from_slice(&PT_LOAD.to_le_bytes());
+    ph[4..8].copy_from_slice(&7u32.to_le_bytes()); // PF_R | PF_W | PF_X
+    ph[8..16].copy_from_slice(&offset.to_le_bytes());
+    ph[16..24].copy_from_slice(&addr.to_le_bytes());
+    ph[24..32].copy_from_slice(&addr.to_le_bytes());
+    ph[32..40].copy_from_slice(&(code.len() as u64).to_le_bytes());
+    ph[40..48].copy_from_slice(&(code.len() as u64).to_le_bytes());
+    elf.extend_from_slice(code);
+    elf
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
@@ -344,6 +373,14 @@ pub(crate) mod tests {
         for len in 0..elf.len() {
             assert!(parse(&elf[..len], PAYLOAD_MIN_ADDR..0x800000).is_err());
         }
+    }
+
+    #[test]
+    fn elf_from_code_loads_and_enters_at_its_address() {
+        let elf = elf_from_code(0x30_0000, &[0xf4]);
+        let parsed = parse(&elf, PAYLOAD_MIN_ADDR..0x80_0000).unwrap();
+        assert_eq!(parsed.entry, 0x30_0000);
+        assert_eq!(parsed.segments.len(), 1);
     }
 
     #[test]

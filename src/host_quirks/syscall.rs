@@ -15,10 +15,11 @@
 //!    breakpoint cannot simply be resumed over).
 
 use kvm_bindings::{
-    kvm_debug_exit_arch, kvm_guest_debug, kvm_segment, KVM_GUESTDBG_ENABLE, KVM_GUESTDBG_USE_HW_BP,
+    kvm_debug_exit_arch, kvm_guest_debug, KVM_GUESTDBG_ENABLE, KVM_GUESTDBG_USE_HW_BP,
 };
 
 use super::emulation::read_virt;
+use crate::boot::long_mode::segment;
 use super::insn_len::entry_insn_len;
 use crate::memory::GuestMemory;
 use crate::ratelimit::warn_ratelimited;
@@ -165,8 +166,8 @@ impl SyscallRepair {
             return false;
         };
         let kernel_cs = ((star >> 32) & 0xfffc) as u16;
-        sregs.cs = kernel_segment(kernel_cs, true);
-        sregs.ss = kernel_segment(kernel_cs + 8, false);
+        sregs.cs = segment(kernel_cs, true);
+        sregs.ss = segment(kernel_cs + 8, false);
         regs.rip = self.lstar;
         regs.rsp = rsp;
         regs.rflags = rflags;
@@ -178,21 +179,6 @@ impl SyscallRepair {
     }
 }
 
-fn kernel_segment(selector: u16, code: bool) -> kvm_segment {
-    kvm_segment {
-        base: 0,
-        limit: 0xffff_ffff,
-        selector,
-        type_: if code { 0xb } else { 0x3 },
-        present: 1,
-        dpl: 0,
-        db: u8::from(!code),
-        s: 1,
-        l: u8::from(code),
-        g: 1,
-        ..Default::default()
-    }
-}
 
 /// The guest's #PF handler address, from IDT vector 14.
 fn pf_handler(state: &dyn VcpuState, mem: &GuestMemory) -> Option<u64> {

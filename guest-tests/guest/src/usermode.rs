@@ -146,7 +146,13 @@ pub fn allow_user_access(start: u64, end: u64) {
             // adding U/S only widens who may access the memory it maps.
             let value = unsafe { e.read_volatile() };
             if value & PTE_PRESENT == 0 {
-                crate::ucall::assert_fail(file!(), line!(), "allow_user_access: page not mapped", va, u64::from(level));
+                crate::ucall::assert_fail(
+                    file!(),
+                    line!(),
+                    "allow_user_access: page not mapped",
+                    va,
+                    u64::from(level),
+                );
             }
             // SAFETY: as above.
             unsafe { e.write_volatile(value | PTE_USER) };
@@ -181,7 +187,9 @@ fn load_gdt_and_tss(rsp0: u64) {
     // unaligned by definition, hence write_unaligned.
     unsafe {
         tss.add(TSS_RSP0).cast::<u64>().write_unaligned(rsp0);
-        tss.add(TSS_IOMAP_BASE).cast::<u16>().write_unaligned(TSS_HEADER as u16);
+        tss.add(TSS_IOMAP_BASE)
+            .cast::<u16>()
+            .write_unaligned(TSS_HEADER as u16);
         tss.add(TSS_SIZE - 1).write_volatile(0xFF);
     }
     let tss_base = tss as u64;
@@ -199,12 +207,17 @@ fn load_gdt_and_tss(rsp0: u64) {
     // (identity mapped); our GDT is not loaded yet.
     unsafe {
         for i in 0..copied {
-            gdt.add(i).write_volatile((boot_base as *const u64).add(i).read_volatile());
+            gdt.add(i)
+                .write_volatile((boot_base as *const u64).add(i).read_volatile());
         }
-        gdt.add(usize::from(USER_DS >> 3)).write_volatile(USER_DATA_DESC);
-        gdt.add(usize::from(USER_CS >> 3)).write_volatile(USER_CODE_DESC);
-        gdt.add(usize::from(TSS_SELECTOR >> 3)).write_volatile(tss_low);
-        gdt.add(usize::from(TSS_SELECTOR >> 3) + 1).write_volatile(tss_high);
+        gdt.add(usize::from(USER_DS >> 3))
+            .write_volatile(USER_DATA_DESC);
+        gdt.add(usize::from(USER_CS >> 3))
+            .write_volatile(USER_CODE_DESC);
+        gdt.add(usize::from(TSS_SELECTOR >> 3))
+            .write_volatile(tss_low);
+        gdt.add(usize::from(TSS_SELECTOR >> 3) + 1)
+            .write_volatile(tss_high);
     }
     let gdtr = DescriptorTablePointer {
         limit: (GDT_ENTRIES * 8 - 1) as u16,

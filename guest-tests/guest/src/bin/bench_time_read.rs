@@ -65,14 +65,28 @@ fn check(ok: bool, msg: &str, a: u64, b: u64) {
 fn main(_boot: BootInfo) -> ! {
     idt::install();
     let p = param(0);
-    let n_msr = if p.eax == 0 { DEFAULT_N_MSR } else { u64::from(p.eax) };
-    let n_page = if p.ebx == 0 { DEFAULT_N_PAGE } else { u64::from(p.ebx) };
+    let n_msr = if p.eax == 0 {
+        DEFAULT_N_MSR
+    } else {
+        u64::from(p.eax)
+    };
+    let n_page = if p.ebx == 0 {
+        DEFAULT_N_PAGE
+    } else {
+        u64::from(p.ebx)
+    };
 
     // SAFETY: the VMM writes the reference TSC page into TSC_PAGE, which nothing else uses.
     let enabled = unsafe { wrmsr_safe(REFERENCE_TSC, TSC_PAGE.addr() | PAGE_ENABLE) };
-    guest_assert!(enabled.is_ok(), "REFERENCE_TSC enable faulted (hv-time not offered?)");
+    guest_assert!(
+        enabled.is_ok(),
+        "REFERENCE_TSC enable faulted (hv-time not offered?)"
+    );
     let tsc_hz = rdmsr_safe(TSC_FREQUENCY).unwrap_or(0);
-    guest_assert!(tsc_hz != 0, "TSC_FREQUENCY faulted or is 0 (hv-frequencies not offered?)");
+    guest_assert!(
+        tsc_hz != 0,
+        "TSC_FREQUENCY faulted or is 0 (hv-frequencies not offered?)"
+    );
     // Untimed first read: faults here are reported, the timed loop below uses plain RDMSR.
     let first_msr = rdmsr_safe(TIME_REF_COUNT);
     guest_assert!(first_msr.is_ok(), "TIME_REF_COUNT faulted");
@@ -84,7 +98,12 @@ fn main(_boot: BootInfo) -> ! {
     }
     let t1 = rdtsc();
     let page_cpl0 = read_tsc_page(&TSC_PAGE).unwrap_or(u64::MAX);
-    check(page_cpl0 != u64::MAX, "TSC page invalid (sequence 0) at CPL0", page_cpl0, last_msr);
+    check(
+        page_cpl0 != u64::MAX,
+        "TSC page invalid (sequence 0) at CPL0",
+        page_cpl0,
+        last_msr,
+    );
     check(
         page_cpl0.abs_diff(last_msr) < TEN_MS,
         "page time at CPL0 vs last TIME_REF_COUNT: more than 10 ms apart",
@@ -109,8 +128,18 @@ extern "sysv64" fn user_main(_arg: u64) -> ! {
     let page_cpl0 = PAGE_CPL0.load(Relaxed);
 
     let first = read_tsc_page(&TSC_PAGE).unwrap_or(u64::MAX);
-    check(first != u64::MAX, "TSC page invalid (sequence 0) at CPL3", first, last_msr);
-    check(first >= page_cpl0, "page time at CPL3 is before the one at CPL0", first, page_cpl0);
+    check(
+        first != u64::MAX,
+        "TSC page invalid (sequence 0) at CPL3",
+        first,
+        last_msr,
+    );
+    check(
+        first >= page_cpl0,
+        "page time at CPL3 is before the one at CPL0",
+        first,
+        page_cpl0,
+    );
     check(
         first.abs_diff(last_msr) < TEN_MS,
         "page time at CPL3 vs last TIME_REF_COUNT: more than 10 ms apart",
@@ -128,8 +157,18 @@ extern "sysv64" fn user_main(_arg: u64) -> ! {
         rdtsc();
     }
     let t2 = rdtsc();
-    check(last_page != u64::MAX, "TSC page invalid (sequence 0) in the loop", last_page, first);
-    check(last_page > first, "page time did not advance", last_page, first);
+    check(
+        last_page != u64::MAX,
+        "TSC page invalid (sequence 0) in the loop",
+        last_page,
+        first,
+    );
+    check(
+        last_page > first,
+        "page time did not advance",
+        last_page,
+        first,
+    );
 
     guest_sync!(
         1,

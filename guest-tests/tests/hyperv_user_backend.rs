@@ -361,3 +361,28 @@ fn usage_report_decodes_the_guest_and_counts_hypercalls() {
     assert_eq!(by_status.values().sum::<u64>(), 1);
     assert!(report.render().contains("hypercall page: enabled"));
 }
+
+#[test]
+fn vp_assist_page_and_the_evmcs_it_announces_are_decoded() {
+    require_kvm!();
+    // 03.EAX[4] directly: the model never offers it with the user backend (hv-vapic), but the
+    // assist page itself is implemented, so hvkvm can inspect an L1's eVMCS.
+    let bits = Bits { eax3: 1 << 4, ..Bits::default() };
+    let run = GuestTest::new("hv_vp_assist").hyperv_leaves(leaves(bits)).run();
+    run.expect_done();
+    let [faulted, _, assist_gpa, evmcs_gpa, ..] = run.sync(1).values;
+    assert_eq!(faulted, 0);
+    let report = run.outcome.hyperv.as_ref().unwrap();
+    assert_eq!(report.vp_assist_pages.get(&0), Some(&assist_gpa));
+    let view = &report.vp_assist[0];
+    assert_eq!(view.current_evmcs, Some(evmcs_gpa));
+    let evmcs = view.evmcs.as_ref().expect("the eVMCS decoded");
+    assert_eq!(evmcs.revision_id, 1);
+    assert_eq!(evmcs.fields.get("GUEST_RIP"), Some(&0xffff_ffff_8100_0000));
+    assert_eq!(evmcs.fields.get("EPT_POINTER"), Some(&(0x1234_5000 | 0x5e)));
+    assert!(report.render().contains("eVMCS at"));
+    // Without the bit the MSR does not exist.
+    let run = GuestTest::new("hv_vp_assist").hyperv_leaves(leaves(Bits::default())).run();
+    run.expect_done();
+    assert_eq!(run.sync(1).values[..2], [1, 13]);
+}

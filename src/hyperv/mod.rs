@@ -10,6 +10,7 @@
 pub mod clock;
 pub mod features;
 pub mod hypercall;
+pub mod inspect;
 pub mod msrs;
 pub mod partition;
 pub mod report;

@@ -34,6 +34,8 @@ pub struct UsageReport {
     pub tsc_page: Option<u64>,
     /// VP assist pages enabled, by VP.
     pub vp_assist_pages: BTreeMap<u32, u64>,
+    /// Those pages decoded at the end of the run, with the eVMCS each announces.
+    pub vp_assist: Vec<super::inspect::AssistPageView>,
     /// MSR use by name.
     pub msrs: BTreeMap<String, MsrUse>,
     /// Hypercalls by name, then by result status.
@@ -146,6 +148,24 @@ impl UsageReport {
         }
         for (vp, gpa) in &self.vp_assist_pages {
             out.push_str(&format!("  VP assist page: VP {vp} at {gpa:#x}\n"));
+        }
+        for view in &self.vp_assist {
+            match (&view.current_evmcs, &view.evmcs) {
+                (Some(_), Some(e)) => {
+                    out.push_str(&format!(
+                        "    VP {} eVMCS at {:#x}: revision {}, clean fields {:#06x}\n",
+                        view.vp, e.gpa, e.revision_id, e.clean_fields
+                    ));
+                    for (name, value) in &e.fields {
+                        out.push_str(&format!("      {name:<36} {value:#x}\n"));
+                    }
+                }
+                (Some(gpa), None) => out.push_str(&format!(
+                    "    VP {} announces an eVMCS at {gpa:#x} outside RAM\n",
+                    view.vp
+                )),
+                (None, _) => out.push_str(&format!("    VP {}: no enlightened VM entry\n", view.vp)),
+            }
         }
         out.push_str("  MSRs used (reads / writes / #GP):\n");
         for (name, u) in &self.msrs {

@@ -61,9 +61,16 @@ impl UserBackend {
         host_tsc().wrapping_add(self.tsc_offset)
     }
 
-    /// A copy of the usage report.
+    /// A copy of the usage report, with every enabled VP assist page (and the eVMCS it
+    /// announces) decoded from guest memory now.
     pub fn report(&self) -> UsageReport {
-        self.partition().report.clone()
+        let mut report = self.partition().report.clone();
+        report.vp_assist = report
+            .vp_assist_pages
+            .iter()
+            .filter_map(|(&vp, &gpa)| super::inspect::assist_page(&self.mem, vp, gpa))
+            .collect();
+        report
     }
 
     /// The GPA of a VP's assist page, if enabled (for inspection, e.g. of an eVMCS).

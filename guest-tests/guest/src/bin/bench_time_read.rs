@@ -8,7 +8,8 @@
 //! test hosts): 0x400000F0 EAX = N_MSR (0 → 200), EBX = N_PAGE (0 → 1,000,000).
 //!
 //! Steps, at CPL0: install the IDT; enable REFERENCE_TSC on a page-aligned .bss page; read
-//! TSC_FREQUENCY; one untimed TIME_REF_COUNT read, then N_MSR reads between two RDTSCs; one page
+//! TSC_FREQUENCY; one untimed TIME_REF_COUNT read, then N_MSR reads between two RDTSCs, then the
+//! same loop without the RDMSR (its emulated loop control: the CPL0 loop overhead); one page
 //! read, which must be within 10 ms of the last MSR value. Then drop to CPL3
 //! (`hvkvm_guest::usermode`) and there: one page read (must be no earlier than the CPL0 one and
 //! within 10 ms of the last MSR value), N_PAGE page reads (TLFS protocol, `read_tsc_page`)
@@ -19,11 +20,13 @@
 //! - SYNC 1 = (CPL seen at user level (3), TSC_FREQUENCY in Hz, total cycles of the N_MSR MSR
 //!   reads, N_MSR, total cycles of the N_PAGE page reads, N_PAGE).
 //! - SYNC 2 = (total cycles of the N_PAGE plain RDTSCs, N_PAGE, last page time, last MSR time
-//!   (both in 100 ns units), the page's TscSequence, 0).
+//!   (both in 100 ns units), the page's TscSequence, total cycles of the N_MSR-iteration empty
+//!   loop at CPL0).
 //! - DONE.
 #![no_std]
 #![no_main]
 
+use core::arch::asm;
 use core::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use hvkvm_guest::hyperv::{
@@ -50,6 +53,7 @@ static TSC_HZ: AtomicU64 = AtomicU64::new(0);
 static N_MSR: AtomicU64 = AtomicU64::new(0);
 static N_PAGE: AtomicU64 = AtomicU64::new(0);
 static MSR_CYCLES: AtomicU64 = AtomicU64::new(0);
+static LOOP_CYCLES: AtomicU64 = AtomicU64::new(0);
 static LAST_MSR: AtomicU64 = AtomicU64::new(0);
 static PAGE_CPL0: AtomicU64 = AtomicU64::new(0);
 
@@ -97,6 +101,12 @@ fn main(_boot: BootInfo) -> ! {
         last_msr = rdmsr(TIME_REF_COUNT);
     }
     let t1 = rdtsc();
+    // The same loop without the RDMSR: what the emulated loop control costs at CPL0.
+    for _ in 0..n_msr {
+        // SAFETY: an empty asm statement; it only keeps the loop from being optimised away.
+        unsafe { asm!("", options(nomem, nostack, preserves_flags)) };
+    }
+    let t2 = rdtsc();
     let page_cpl0 = read_tsc_page(&TSC_PAGE).unwrap_or(u64::MAX);
     check(
         page_cpl0 != u64::MAX,
@@ -115,6 +125,7 @@ fn main(_boot: BootInfo) -> ! {
     N_MSR.store(n_msr, Relaxed);
     N_PAGE.store(n_page, Relaxed);
     MSR_CYCLES.store(t1.wrapping_sub(t0), Relaxed);
+    LOOP_CYCLES.store(t2.wrapping_sub(t1), Relaxed);
     LAST_MSR.store(last_msr, Relaxed);
     PAGE_CPL0.store(page_cpl0, Relaxed);
     enter_user_mode(user_main, 0)
@@ -186,7 +197,7 @@ extern "sysv64" fn user_main(_arg: u64) -> ! {
         last_page,
         last_msr,
         tsc_page_params(&TSC_PAGE).sequence,
-        0
+        LOOP_CYCLES.load(Relaxed)
     );
     guest_done!()
 }

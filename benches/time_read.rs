@@ -249,7 +249,18 @@ fn median(values: impl Iterator<Item = f64>) -> f64 {
 /// The newest `bench_time_read` ELF built by guest-tests; builds guest-tests if there is none
 /// or if it is older than the guest sources.
 fn guest_elf() -> PathBuf {
-    let sources_mtime = newest_mtime(&workspace_root().join("guest-tests/guest/src"));
+    let guest = workspace_root().join("guest-tests/guest");
+    // What the payload is built from: the runtime library (every source outside src/bin/), its
+    // own source, the crate manifest and the linker script. Other payloads do not count.
+    let sources_mtime = [
+        newest_mtime(&guest.join("src"), Some(&guest.join("src/bin"))),
+        mtime(&guest.join(format!("src/bin/{PAYLOAD}.rs"))),
+        mtime(&guest.join("Cargo.toml")),
+        mtime(&guest.join("link.ld")),
+    ]
+    .into_iter()
+    .max()
+    .flatten();
     if let Some((path, mtime)) = find_guest_elf() {
         if sources_mtime.is_none_or(|s| mtime >= s) {
             return path;
@@ -319,7 +330,7 @@ fn find_guest_elf() -> Option<(PathBuf, SystemTime)> {
                     continue;
                 }
                 let elf = build.join(GUEST_ELF_SUBPATH).join(PAYLOAD);
-                let Ok(mtime) = elf.metadata().and_then(|m| m.modified()) else {
+                let Some(mtime) = mtime(&elf) else {
                     continue;
                 };
                 if best.as_ref().is_none_or(|(_, t)| mtime > *t) {
@@ -337,17 +348,25 @@ fn read_dir(dir: &Path) -> Vec<PathBuf> {
         .unwrap_or_default()
 }
 
-fn newest_mtime(dir: &Path) -> Option<SystemTime> {
+/// The newest modification time of the files under `dir`, leaving out the subtree `skip`.
+fn newest_mtime(dir: &Path, skip: Option<&Path>) -> Option<SystemTime> {
     let mut newest = None;
     for path in read_dir(dir) {
-        let mtime = if path.is_dir() {
-            newest_mtime(&path)
+        if Some(path.as_path()) == skip {
+            continue;
+        }
+        let t = if path.is_dir() {
+            newest_mtime(&path, skip)
         } else {
-            path.metadata().and_then(|m| m.modified()).ok()
+            mtime(&path)
         };
-        newest = newest.max(mtime);
+        newest = newest.max(t);
     }
     newest
+}
+
+fn mtime(path: &Path) -> Option<SystemTime> {
+    path.metadata().and_then(|m| m.modified()).ok()
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {

@@ -76,10 +76,10 @@ mod tests {
         let mut evmcs_page = Page::ZERO;
         access::initialize(&mut evmcs_page).unwrap();
         access::write_field_and_dirty(&mut evmcs_page, vmcs::GUEST_RIP, 0x1234).unwrap();
-        let mut assist_page = Page::ZERO;
-        vp_assist::set_current_evmcs(&mut assist_page, Some(0x6000)).unwrap();
+        let mut assist = Page::ZERO;
+        vp_assist::set_current_evmcs(&mut assist, Some(0x6000)).unwrap();
         mem.write_slice(&evmcs_page.0, GuestAddress(0x6000)).unwrap();
-        mem.write_slice(&assist_page.0, GuestAddress(0x5000)).unwrap();
+        mem.write_slice(&assist.0, GuestAddress(0x5000)).unwrap();
         let view = assist_page(&mem, 1, 0x5000).unwrap();
         assert_eq!(view.current_evmcs, Some(0x6000));
         let evmcs = view.evmcs.unwrap();

@@ -37,9 +37,22 @@ fn elf(code: &[u8]) -> Vec<u8> {
 
 /// "Microsoft Hv" with only TIME_REF_COUNT (03.EAX[1]) and the hypercall MSRs offered.
 fn hyperv_leaves() -> Vec<CpuidEntry> {
-    let leaf = |function, eax, ebx, ecx, edx| CpuidEntry { function, index: 0, eax, ebx, ecx, edx };
+    let leaf = |function, eax, ebx, ecx, edx| CpuidEntry {
+        function,
+        index: 0,
+        eax,
+        ebx,
+        ecx,
+        edx,
+    };
     vec![
-        leaf(0x4000_0000, 0x4000_0005, 0x7263_694d, 0x666f_736f, 0x7648_2074),
+        leaf(
+            0x4000_0000,
+            0x4000_0005,
+            0x7263_694d,
+            0x666f_736f,
+            0x7648_2074,
+        ),
         leaf(0x4000_0001, 0x3123_7648, 0, 0, 0),
         leaf(0x4000_0003, (1 << 1) | (1 << 5), 0, 0, 0),
         leaf(0x4000_0004, 0, 0, 0, 0),
@@ -48,7 +61,10 @@ fn hyperv_leaves() -> Vec<CpuidEntry> {
 }
 
 fn hvkvm_reads(reads: u32) -> Duration {
-    let mut config = VmConfig::new(BootSource::Payload { image: elf(&code(reads)), name: "bench".into() });
+    let mut config = VmConfig::new(BootSource::Payload {
+        image: elf(&code(reads)),
+        name: "bench".into(),
+    });
     config.memory_mib = 64;
     config.timeout = Some(Duration::from_secs(600));
     config.serial = Box::new(std::io::sink());
@@ -59,7 +75,12 @@ fn hvkvm_reads(reads: u32) -> Duration {
         on_crash: CrashAction::Log,
     });
     let outcome = Vm::new(config).unwrap().run().unwrap();
-    assert_eq!(outcome.reason, StopReason::TestExit { status: 0 }, "{}", outcome.reason);
+    assert_eq!(
+        outcome.reason,
+        StopReason::TestExit { status: 0 },
+        "{}",
+        outcome.reason
+    );
     let gp = outcome.vcpu_stats[0].msr_gp;
     assert_eq!(gp, 0, "TIME_REF_COUNT must be served, not refused");
     outcome.elapsed
@@ -79,7 +100,9 @@ fn raw_reads(reads: u32) -> Duration {
     memory::register_with_kvm(&vm, &mem).unwrap();
     let plan = payload::load(&mem, 64 << 20, 1, &elf(&code(reads)), "bench").unwrap();
     let mut vcpu = vm.create_vcpu(0).unwrap();
-    let mut cpuid = kvm.get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES).unwrap();
+    let mut cpuid = kvm
+        .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
+        .unwrap();
     let mut entries: Vec<_> = cpuid.as_slice().to_vec();
     hvkvm::cpu::cpuid::replace_hypervisor_leaves(&mut entries, &hyperv_leaves());
     cpuid = hvkvm::cpu::cpuid::to_kvm(&entries).unwrap();
@@ -89,7 +112,10 @@ fn raw_reads(reads: u32) -> Duration {
     sregs.apic_base = apic_base;
     vcpu.set_sregs(&sregs).unwrap();
     vcpu.set_regs(&plan.vcpus[0].regs).unwrap();
-    vcpu.set_mp_state(kvm_mp_state { mp_state: KVM_MP_STATE_RUNNABLE }).unwrap();
+    vcpu.set_mp_state(kvm_mp_state {
+        mp_state: KVM_MP_STATE_RUNNABLE,
+    })
+    .unwrap();
     let start = Instant::now();
     loop {
         match vcpu.run().unwrap() {

@@ -488,7 +488,12 @@ fn bad_run_option(extra: &[&str], must_mention: &[&str]) {
     cmd.args(extra);
     let run = run_bounded(cmd);
     assert_clean_error(&run, must_mention);
-    assert_eq!(run.code(), Some(2), "a bad command line is status 2:\n{}", run.describe());
+    assert_eq!(
+        run.code(),
+        Some(2),
+        "a bad command line is status 2:\n{}",
+        run.describe()
+    );
     assert!(
         !run.stdout.contains("contract_check"),
         "the guest ran:\n{}",

@@ -143,9 +143,10 @@ impl GuestTest {
     pub fn hyperv(mut self, list: &str, on_crash: hvkvm::hyperv::CrashAction) -> Self {
         let request = hv_model::parse_hv_list(list).unwrap_or_else(|e| panic!("--hv {list}: {e}"));
         let host = hvkvm::kvm::HostProbe::probe().expect("probe");
-        let resolution = hvkvm::hyperv::resolve_for_vm(&request, &host, hvkvm::hyperv::BackendChoice::User)
-            .unwrap_or_else(|e| panic!("--hv {list}: {}", error_chain(&e)))
-            .expect("a selection");
+        let resolution =
+            hvkvm::hyperv::resolve_for_vm(&request, &host, hvkvm::hyperv::BackendChoice::User)
+                .unwrap_or_else(|e| panic!("--hv {list}: {}", error_chain(&e)))
+                .expect("a selection");
         self.config.hypervisor_leaves = Some(hvkvm::hyperv::cpuid_entries(&resolution));
         self.config.user_backend =
             hvkvm::hyperv::UserBackendConfig::from_resolution(&resolution, on_crash);

@@ -17,6 +17,12 @@ fn guest_writes_evmcs_fields_at_the_tlfs_offsets() {
     assert_eq!(rip_offset, 0x330);
     assert_eq!((cs, cs_raw), (0x10, 0x10));
     // The guest build and the host build of the crate agree on the layout.
-    assert_eq!(cs_offset, u64::from(fields::lookup(GUEST_CS_SELECTOR).unwrap().offset));
-    assert_eq!(rip_offset, u64::from(fields::lookup(GUEST_RIP).unwrap().offset));
+    assert_eq!(
+        cs_offset,
+        u64::from(fields::lookup(GUEST_CS_SELECTOR).unwrap().offset)
+    );
+    assert_eq!(
+        rip_offset,
+        u64::from(fields::lookup(GUEST_RIP).unwrap().offset)
+    );
 }

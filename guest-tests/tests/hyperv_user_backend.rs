@@ -34,9 +34,20 @@ struct Bits {
 }
 
 fn leaves(b: Bits) -> Vec<CpuidEntry> {
-    let leaf = |function, eax, ebx, ecx, edx| CpuidEntry { function, index: 0, eax, ebx, ecx, edx };
+    let leaf = |function, eax, ebx, ecx, edx| CpuidEntry {
+        function,
+        index: 0,
+        eax,
+        ebx,
+        ecx,
+        edx,
+    };
     // "Microsoft Hv", "Hv#1", as the guest sees on Hyper-V.
-    let max = if b.eax82 != 0 { 0x4000_0082 } else { 0x4000_0005 };
+    let max = if b.eax82 != 0 {
+        0x4000_0082
+    } else {
+        0x4000_0005
+    };
     let mut l = vec![
         leaf(0x4000_0000, max, 0x7263_694d, 0x666f_736f, 0x7648_2074),
         leaf(0x4000_0001, 0x3123_7648, 0, 0, 0),
@@ -73,7 +84,10 @@ fn msr_access(bits: Bits, index: u32, op: Op) -> TestRun {
     };
     GuestTest::new("hv_msr_access")
         .hyperv_leaves(leaves(bits))
-        .params(&[[code, index, 0, 0], [value as u32, (value >> 32) as u32, 0, 0]])
+        .params(&[
+            [code, index, 0, 0],
+            [value as u32, (value >> 32) as u32, 0, 0],
+        ])
         .run()
 }
 
@@ -85,7 +99,11 @@ fn check_msr(row: &str, bits: Bits, index: u32, op: Op, expect: Expect) {
     }
     run.expect_done();
     let [faulted, vector, _, reported_index, ..] = run.sync(1).values;
-    assert_eq!(reported_index, u64::from(index), "{row}: payload accessed the wrong MSR");
+    assert_eq!(
+        reported_index,
+        u64::from(index),
+        "{row}: payload accessed the wrong MSR"
+    );
     match expect {
         Expect::Ok => assert_eq!(faulted, 0, "{row}: expected success, got vector {vector}"),
         Expect::Gp => assert_eq!((faulted, vector), (1, 13), "{row}: expected #GP"),
@@ -114,49 +132,187 @@ const TSC_INVARIANT_CONTROL: u32 = 0x4000_0118;
 fn msr_rows_of_the_enforce_cpuid_matrix() {
     require_kvm!();
     let none = Bits::default();
-    let eax = |bit: u32| Bits { eax3: 1 << bit, ..Bits::default() };
-    let edx = |bit: u32| Bits { edx3: 1 << bit, ..Bits::default() };
+    let eax = |bit: u32| Bits {
+        eax3: 1 << bit,
+        ..Bits::default()
+    };
+    let edx = |bit: u32| Bits {
+        edx3: 1 << bit,
+        ..Bits::default()
+    };
     use Expect::*;
     use Op::*;
     let rows: &[(&str, Bits, u32, Op, Expect)] = &[
         ("GUEST_OS_ID without 03.EAX[5]", none, GUEST_OS_ID, Read, Gp),
-        ("GUEST_OS_ID with 03.EAX[5]: write", eax(5), GUEST_OS_ID, Write(0x1_040a_0000_3839), Ok),
-        ("GUEST_OS_ID with 03.EAX[5]: read", eax(5), GUEST_OS_ID, Read, Ok),
+        (
+            "GUEST_OS_ID with 03.EAX[5]: write",
+            eax(5),
+            GUEST_OS_ID,
+            Write(0x1_040a_0000_3839),
+            Ok,
+        ),
+        (
+            "GUEST_OS_ID with 03.EAX[5]: read",
+            eax(5),
+            GUEST_OS_ID,
+            Read,
+            Ok,
+        ),
         ("HYPERCALL without 03.EAX[5]", none, HYPERCALL, Read, Gp),
         ("HYPERCALL with 03.EAX[5]", eax(5), HYPERCALL, Read, Ok),
         ("VP_RUNTIME without 03.EAX[0]", none, VP_RUNTIME, Read, Gp),
         ("VP_RUNTIME with 03.EAX[0]", eax(0), VP_RUNTIME, Read, Ok),
         ("VP_RUNTIME write", eax(0), VP_RUNTIME, Write(1), Gp),
-        ("TIME_REF_COUNT without 03.EAX[1]", none, TIME_REF_COUNT, Read, Gp),
-        ("TIME_REF_COUNT with 03.EAX[1]", eax(1), TIME_REF_COUNT, Read, Ok),
+        (
+            "TIME_REF_COUNT without 03.EAX[1]",
+            none,
+            TIME_REF_COUNT,
+            Read,
+            Gp,
+        ),
+        (
+            "TIME_REF_COUNT with 03.EAX[1]",
+            eax(1),
+            TIME_REF_COUNT,
+            Read,
+            Ok,
+        ),
         ("TIME_REF_COUNT write", eax(1), TIME_REF_COUNT, Write(1), Gp),
         ("VP_INDEX without 03.EAX[6]", none, VP_INDEX, Read, Gp),
         ("VP_INDEX with 03.EAX[6]", eax(6), VP_INDEX, Read, Ok),
         ("VP_INDEX write", eax(6), VP_INDEX, Write(1), Gp),
         ("RESET without 03.EAX[7]", none, RESET, Read, Gp),
         ("RESET with 03.EAX[7]: read", eax(7), RESET, Read, Ok),
-        ("RESET with 03.EAX[7]: write 1", eax(7), RESET, Write(1), Reset),
-        ("REFERENCE_TSC without 03.EAX[9]", none, REFERENCE_TSC, Read, Gp),
-        ("REFERENCE_TSC with 03.EAX[9]: read", eax(9), REFERENCE_TSC, Read, Ok),
-        ("REFERENCE_TSC with 03.EAX[9]: write 0", eax(9), REFERENCE_TSC, Write(0), Ok),
+        (
+            "RESET with 03.EAX[7]: write 1",
+            eax(7),
+            RESET,
+            Write(1),
+            Reset,
+        ),
+        (
+            "REFERENCE_TSC without 03.EAX[9]",
+            none,
+            REFERENCE_TSC,
+            Read,
+            Gp,
+        ),
+        (
+            "REFERENCE_TSC with 03.EAX[9]: read",
+            eax(9),
+            REFERENCE_TSC,
+            Read,
+            Ok,
+        ),
+        (
+            "REFERENCE_TSC with 03.EAX[9]: write 0",
+            eax(9),
+            REFERENCE_TSC,
+            Write(0),
+            Ok,
+        ),
         ("EOM without 03.EAX[2]", none, EOM, Read, Gp),
-        ("STIMER0_CONFIG without 03.EAX[3]", none, STIMER0_CONFIG, Read, Gp),
+        (
+            "STIMER0_CONFIG without 03.EAX[3]",
+            none,
+            STIMER0_CONFIG,
+            Read,
+            Gp,
+        ),
         ("EOI without 03.EAX[4]", none, EOI, Write(0), Gp),
-        ("TSC_FREQUENCY without 03.EAX[11]", none, TSC_FREQUENCY, Read, Gp),
-        ("TSC_FREQUENCY with 03.EAX[11]", eax(11), TSC_FREQUENCY, Read, Ok),
+        (
+            "TSC_FREQUENCY without 03.EAX[11]",
+            none,
+            TSC_FREQUENCY,
+            Read,
+            Gp,
+        ),
+        (
+            "TSC_FREQUENCY with 03.EAX[11]",
+            eax(11),
+            TSC_FREQUENCY,
+            Read,
+            Ok,
+        ),
         ("TSC_FREQUENCY write", eax(11), TSC_FREQUENCY, Write(1), Gp),
-        ("REENLIGHTENMENT_CONTROL without 03.EAX[13]", none, REENLIGHTENMENT_CONTROL, Read, Gp),
-        ("REENLIGHTENMENT_CONTROL with 03.EAX[13]: read", eax(13), REENLIGHTENMENT_CONTROL, Read, Ok),
-        ("REENLIGHTENMENT_CONTROL with 03.EAX[13]: write 1", eax(13), REENLIGHTENMENT_CONTROL, Write(1), Ok),
-        ("TSC_EMULATION_STATUS write 1", eax(13), TSC_EMULATION_STATUS, Write(1), Gp),
+        (
+            "REENLIGHTENMENT_CONTROL without 03.EAX[13]",
+            none,
+            REENLIGHTENMENT_CONTROL,
+            Read,
+            Gp,
+        ),
+        (
+            "REENLIGHTENMENT_CONTROL with 03.EAX[13]: read",
+            eax(13),
+            REENLIGHTENMENT_CONTROL,
+            Read,
+            Ok,
+        ),
+        (
+            "REENLIGHTENMENT_CONTROL with 03.EAX[13]: write 1",
+            eax(13),
+            REENLIGHTENMENT_CONTROL,
+            Write(1),
+            Ok,
+        ),
+        (
+            "TSC_EMULATION_STATUS write 1",
+            eax(13),
+            TSC_EMULATION_STATUS,
+            Write(1),
+            Gp,
+        ),
         ("CRASH_P0 without 03.EDX[10]", none, CRASH_P0, Read, Gp),
-        ("CRASH_P0 with 03.EDX[10]: read", edx(10), CRASH_P0, Read, Ok),
-        ("CRASH_P0 with 03.EDX[10]: write", edx(10), CRASH_P0, Write(0x1234), Ok),
-        ("SYNDBG_STATUS without 03.EDX[11]", none, SYNDBG_STATUS, Read, Gp),
-        ("TSC_INVARIANT_CONTROL without 03.EAX[15]", none, TSC_INVARIANT_CONTROL, Read, Gp),
-        ("TSC_INVARIANT_CONTROL with 03.EAX[15]: read", eax(15), TSC_INVARIANT_CONTROL, Read, Ok),
-        ("TSC_INVARIANT_CONTROL write 0xdeadbeef", eax(15), TSC_INVARIANT_CONTROL, Write(0xdead_beef), Gp),
-        ("TSC_INVARIANT_CONTROL write 1", eax(15), TSC_INVARIANT_CONTROL, Write(1), Ok),
+        (
+            "CRASH_P0 with 03.EDX[10]: read",
+            edx(10),
+            CRASH_P0,
+            Read,
+            Ok,
+        ),
+        (
+            "CRASH_P0 with 03.EDX[10]: write",
+            edx(10),
+            CRASH_P0,
+            Write(0x1234),
+            Ok,
+        ),
+        (
+            "SYNDBG_STATUS without 03.EDX[11]",
+            none,
+            SYNDBG_STATUS,
+            Read,
+            Gp,
+        ),
+        (
+            "TSC_INVARIANT_CONTROL without 03.EAX[15]",
+            none,
+            TSC_INVARIANT_CONTROL,
+            Read,
+            Gp,
+        ),
+        (
+            "TSC_INVARIANT_CONTROL with 03.EAX[15]: read",
+            eax(15),
+            TSC_INVARIANT_CONTROL,
+            Read,
+            Ok,
+        ),
+        (
+            "TSC_INVARIANT_CONTROL write 0xdeadbeef",
+            eax(15),
+            TSC_INVARIANT_CONTROL,
+            Write(0xdead_beef),
+            Gp,
+        ),
+        (
+            "TSC_INVARIANT_CONTROL write 1",
+            eax(15),
+            TSC_INVARIANT_CONTROL,
+            Write(1),
+            Ok,
+        ),
     ];
     for &(row, bits, index, op, expect) in rows {
         check_msr(row, bits, index, op, expect);
@@ -186,6 +342,9 @@ fn hypercall(bits: Bits, code: u64, flags: u32) -> Result<u64, u64> {
     }
 }
 
+/// (row name, CPUID bits, control word, hv_hypercall flags, expected status or vector).
+type HypercallRow = (&'static str, Bits, u64, u32, Result<u64, u64>);
+
 const SUCCESS: u64 = 0;
 const INVALID_HYPERCALL_CODE: u64 = 2;
 const INVALID_HYPERCALL_INPUT: u64 = 3;
@@ -198,20 +357,65 @@ const UD: u64 = 6;
 fn hypercall_rows_of_the_enforce_cpuid_matrix() {
     require_kvm!();
     // 03.EAX[5] (hypercall MSRs) is set throughout, as in the selftest.
-    let base = Bits { eax3: 1 << 5, ..Bits::default() };
+    let base = Bits {
+        eax3: 1 << 5,
+        ..Bits::default()
+    };
     let with = |f: fn(&mut Bits)| {
         let mut b = base;
         f(&mut b);
         b
     };
-    let rows: &[(&str, Bits, u64, u32, Result<u64, u64>)] = &[
-        ("unknown code 0xbeef", base, 0xbeef, SLOW, Ok(INVALID_HYPERCALL_CODE)),
-        ("PostMessage without 03.EBX[4]", base, 0x5c, SLOW, Ok(ACCESS_DENIED)),
-        ("PostMessage with 03.EBX[4]", with(|b| b.ebx3 = 1 << 4), 0x5c, SLOW, Ok(INVALID_HYPERCALL_INPUT)),
-        ("SignalEvent without 03.EBX[5]", base, 0x5d, SLOW, Ok(ACCESS_DENIED)),
-        ("SignalEvent with 03.EBX[5]", with(|b| b.ebx3 = 1 << 5), 0x5d, SLOW, Ok(INVALID_HYPERCALL_INPUT)),
-        ("ResetDebugSession without syndbg", base, 0x6b, SLOW, Ok(INVALID_HYPERCALL_CODE)),
-        ("ResetDebugSession with 0x40000082.EAX[1]", with(|b| b.eax82 = 1 << 1), 0x6b, SLOW, Ok(ACCESS_DENIED)),
+    let rows: &[HypercallRow] = &[
+        (
+            "unknown code 0xbeef",
+            base,
+            0xbeef,
+            SLOW,
+            Ok(INVALID_HYPERCALL_CODE),
+        ),
+        (
+            "PostMessage without 03.EBX[4]",
+            base,
+            0x5c,
+            SLOW,
+            Ok(ACCESS_DENIED),
+        ),
+        (
+            "PostMessage with 03.EBX[4]",
+            with(|b| b.ebx3 = 1 << 4),
+            0x5c,
+            SLOW,
+            Ok(INVALID_HYPERCALL_INPUT),
+        ),
+        (
+            "SignalEvent without 03.EBX[5]",
+            base,
+            0x5d,
+            SLOW,
+            Ok(ACCESS_DENIED),
+        ),
+        (
+            "SignalEvent with 03.EBX[5]",
+            with(|b| b.ebx3 = 1 << 5),
+            0x5d,
+            SLOW,
+            Ok(INVALID_HYPERCALL_INPUT),
+        ),
+        (
+            "ResetDebugSession without syndbg",
+            base,
+            0x6b,
+            SLOW,
+            Ok(INVALID_HYPERCALL_CODE),
+        ),
+        (
+            "ResetDebugSession with 0x40000082.EAX[1]",
+            with(|b| b.eax82 = 1 << 1),
+            0x6b,
+            SLOW,
+            Ok(ACCESS_DENIED),
+        ),
         (
             "ResetDebugSession with 03.EBX[11] too",
             with(|b| {
@@ -222,10 +426,34 @@ fn hypercall_rows_of_the_enforce_cpuid_matrix() {
             SLOW,
             Ok(OPERATION_DENIED),
         ),
-        ("FlushVASpace without 04.EAX[2]", base, 0x2, SLOW, Ok(ACCESS_DENIED)),
-        ("FlushVASpaceEx without 04.EAX[11]", base, 0x13, SLOW, Ok(ACCESS_DENIED)),
-        ("SendIPI without 04.EAX[10]", base, 0xb, SLOW, Ok(ACCESS_DENIED)),
-        ("SendIPI with 04.EAX[10], zero vector", with(|b| b.eax4 = 1 << 10), 0xb, SLOW, Ok(INVALID_HYPERCALL_INPUT)),
+        (
+            "FlushVASpace without 04.EAX[2]",
+            base,
+            0x2,
+            SLOW,
+            Ok(ACCESS_DENIED),
+        ),
+        (
+            "FlushVASpaceEx without 04.EAX[11]",
+            base,
+            0x13,
+            SLOW,
+            Ok(ACCESS_DENIED),
+        ),
+        (
+            "SendIPI without 04.EAX[10]",
+            base,
+            0xb,
+            SLOW,
+            Ok(ACCESS_DENIED),
+        ),
+        (
+            "SendIPI with 04.EAX[10], zero vector",
+            with(|b| b.eax4 = 1 << 10),
+            0xb,
+            SLOW,
+            Ok(INVALID_HYPERCALL_INPUT),
+        ),
         (
             "SendIPIEx, empty sparse set",
             with(|b| b.eax4 = (1 << 10) | (1 << 11)),
@@ -233,8 +461,20 @@ fn hypercall_rows_of_the_enforce_cpuid_matrix() {
             SLOW,
             Ok(SUCCESS),
         ),
-        ("NotifyLongSpinWait without retries", base, 0x8, SLOW, Ok(ACCESS_DENIED)),
-        ("NotifyLongSpinWait with 04.EBX = 1", with(|b| b.ebx4 = 1), 0x8, SLOW, Ok(SUCCESS)),
+        (
+            "NotifyLongSpinWait without retries",
+            base,
+            0x8,
+            SLOW,
+            Ok(ACCESS_DENIED),
+        ),
+        (
+            "NotifyLongSpinWait with 04.EBX = 1",
+            with(|b| b.ebx4 = 1),
+            0x8,
+            SLOW,
+            Ok(SUCCESS),
+        ),
         (
             "FlushVASpace | fast without 03.EDX[4]",
             with(|b| b.eax4 = 1 << 2),
@@ -242,7 +482,13 @@ fn hypercall_rows_of_the_enforce_cpuid_matrix() {
             ENABLE_PAGE | FAST,
             Err(UD),
         ),
-        ("ExtQueryCapabilities without 03.EBX[20]", base, 0x8001, SLOW, Ok(ACCESS_DENIED)),
+        (
+            "ExtQueryCapabilities without 03.EBX[20]",
+            base,
+            0x8001,
+            SLOW,
+            Ok(ACCESS_DENIED),
+        ),
         (
             "ExtQueryCapabilities with 03.EBX[20], fast",
             with(|b| b.ebx3 = 1 << 20),
@@ -259,11 +505,21 @@ fn hypercall_rows_of_the_enforce_cpuid_matrix() {
 #[test]
 fn malformed_hypercalls_get_architectural_answers() {
     require_kvm!();
-    let spin = Bits { eax3: 1 << 5, ebx4: 0xfff, ..Bits::default() };
+    let spin = Bits {
+        eax3: 1 << 5,
+        ebx4: 0xfff,
+        ..Bits::default()
+    };
     // Reserved control bits 31:27.
-    assert_eq!(hypercall(spin, 0x8 | (1 << 27), SLOW), Ok(INVALID_HYPERCALL_INPUT));
+    assert_eq!(
+        hypercall(spin, 0x8 | (1 << 27), SLOW),
+        Ok(INVALID_HYPERCALL_INPUT)
+    );
     // A rep count on a call that is not a rep call.
-    assert_eq!(hypercall(spin, 0x8 | (1 << 32), SLOW), Ok(INVALID_HYPERCALL_INPUT));
+    assert_eq!(
+        hypercall(spin, 0x8 | (1 << 32), SLOW),
+        Ok(INVALID_HYPERCALL_INPUT)
+    );
     // A hypercall with no enabled page is no hypercall: #UD.
     assert_eq!(hypercall(spin, 0x8, INPUT_PAGE), Err(UD));
 }
@@ -271,13 +527,20 @@ fn malformed_hypercalls_get_architectural_answers() {
 #[test]
 fn reference_tsc_page_and_time_ref_count_agree_and_advance_at_the_tsc_rate() {
     require_kvm!();
-    let run = GuestTest::new("hv_tsc_page").hyperv("hv-time,hv-frequencies", CrashAction::Log).run();
+    let run = GuestTest::new("hv_tsc_page")
+        .hyperv("hv-time,hv-frequencies", CrashAction::Log)
+        .run();
     run.expect_done();
     let [enable_faulted, sequence, ..] = run.sync(1).values;
     assert_eq!(enable_faulted, 0);
-    assert!(sequence != 0 && sequence != u64::from(u32::MAX), "a valid page has a sequence");
+    assert!(
+        sequence != 0 && sequence != u64::from(u32::MAX),
+        "a valid page has a sequence"
+    );
     let [msr0, page0, msr1, page1, tsc0, tsc1] = run.sync(2).values;
-    let [freq_faulted, tsc_hz, apic_faulted, apic_hz] = run.sync(3).values[..4] else { unreachable!() };
+    let [freq_faulted, tsc_hz, apic_faulted, apic_hz] = run.sync(3).values[..4] else {
+        unreachable!()
+    };
     assert_eq!((freq_faulted, apic_faulted), (0, 0));
     assert_eq!(apic_hz, 1_000_000_000);
     // Page and MSR read back to back agree within 10 ms (the selftest's bound).
@@ -287,24 +550,35 @@ fn reference_tsc_page_and_time_ref_count_agree_and_advance_at_the_tsc_rate() {
     // Both advance at the rate TSC_FREQUENCY implies (within 1%).
     let expected = (u128::from(tsc1 - tsc0) * 10_000_000 / u128::from(tsc_hz)) as u64;
     let advanced = page1 - page0;
-    assert!(expected > 0 && advanced.abs_diff(expected) * 100 <= expected, "{advanced} vs {expected}");
-    let [disable_faulted, readback, _] = run.sync(4).values[..3] else { unreachable!() };
+    assert!(
+        expected > 0 && advanced.abs_diff(expected) * 100 <= expected,
+        "{advanced} vs {expected}"
+    );
+    let [disable_faulted, readback, _] = run.sync(4).values[..3] else {
+        unreachable!()
+    };
     assert_eq!((disable_faulted, readback), (0, 0));
     let report = run.outcome.hyperv.as_ref().expect("a usage report");
-    assert!(report.msrs.contains_key("TIME_REF_COUNT") && report.msrs.contains_key("REFERENCE_TSC"));
+    assert!(
+        report.msrs.contains_key("TIME_REF_COUNT") && report.msrs.contains_key("REFERENCE_TSC")
+    );
 }
 
 #[test]
 fn crash_msrs_are_logged_and_the_guest_goes_on_or_the_vm_ends() {
     require_kvm!();
-    let run = GuestTest::new("hv_crash").hyperv("hv-crash", CrashAction::Log).run();
+    let run = GuestTest::new("hv_crash")
+        .hyperv("hv-crash", CrashAction::Log)
+        .run();
     run.expect_done();
     let [fault_mask, ctl, ctl_faulted, ..] = run.sync(1).values;
     assert_eq!((fault_mask, ctl_faulted), (0, 0));
     assert_eq!(ctl, 1 << 63, "CRASH_CTL advertises CRASH_NOTIFY");
     let report = run.outcome.hyperv.as_ref().unwrap();
     assert_eq!(report.crashes, vec![[0x11, 0x22, 0x33, 0x44, 0x55]]);
-    let run = GuestTest::new("hv_crash").hyperv("hv-crash", CrashAction::Exit).run();
+    let run = GuestTest::new("hv_crash")
+        .hyperv("hv-crash", CrashAction::Exit)
+        .run();
     assert_eq!(run.reason(), &StopReason::GuestCrash { vcpu: 0 });
     assert_eq!(run.reason().exit_status(), 123);
 }
@@ -312,11 +586,19 @@ fn crash_msrs_are_logged_and_the_guest_goes_on_or_the_vm_ends() {
 #[test]
 fn reset_msr_resets_only_when_offered() {
     require_kvm!();
-    let run = GuestTest::new("hv_reset").hyperv("hv-reset", CrashAction::Log).run();
+    let run = GuestTest::new("hv_reset")
+        .hyperv("hv-reset", CrashAction::Log)
+        .run();
     assert_eq!(run.reason(), &StopReason::Reset);
-    let run = GuestTest::new("hv_reset").hyperv("hv-relaxed", CrashAction::Log).run();
+    let run = GuestTest::new("hv_reset")
+        .hyperv("hv-relaxed", CrashAction::Log)
+        .run();
     run.expect_done();
-    assert_eq!(run.sync(1).values[..2], [1, 13], "RESET without hv-reset gets #GP");
+    assert_eq!(
+        run.sync(1).values[..2],
+        [1, 13],
+        "RESET without hv-reset gets #GP"
+    );
 }
 
 #[test]
@@ -331,7 +613,10 @@ fn a_hostile_guest_cannot_crash_or_hang_the_vmm() {
         .run();
     run.expect_done();
     let [accesses, gp, hypercalls, ud, statuses, _] = run.sync(1).values;
-    assert!(accesses > 1000 && hypercalls > 100, "{accesses} accesses, {hypercalls} hypercalls");
+    assert!(
+        accesses > 1000 && hypercalls > 100,
+        "{accesses} accesses, {hypercalls} hypercalls"
+    );
     assert!(gp > 0, "unimplemented and read-only MSRs must fault");
     // Every status is a defined HV_STATUS code.
     let defined: u64 = [0u64, 2, 3, 4, 5, 6, 7, 8].iter().map(|s| 1 << s).sum();
@@ -347,7 +632,11 @@ fn a_hostile_guest_cannot_crash_or_hang_the_vmm() {
 #[test]
 fn usage_report_decodes_the_guest_and_counts_hypercalls() {
     require_kvm!();
-    let bits = Bits { eax3: 1 << 5, ebx4: 0xfff, ..Bits::default() };
+    let bits = Bits {
+        eax3: 1 << 5,
+        ebx4: 0xfff,
+        ..Bits::default()
+    };
     let run = GuestTest::new("hv_hypercall")
         .hyperv_leaves(leaves(bits))
         .params(&[[0x8, 0, SLOW, 0], [0, 0, 0, 0]])
@@ -357,7 +646,11 @@ fn usage_report_decodes_the_guest_and_counts_hypercalls() {
     let os = report.guest_os_id.as_ref().expect("GUEST_OS_ID written");
     assert!(os.decoded.starts_with("Linux"), "{}", os.decoded);
     assert!(report.hypercall_page.is_some());
-    let by_status = report.hypercalls.values().next().expect("one hypercall counted");
+    let by_status = report
+        .hypercalls
+        .values()
+        .next()
+        .expect("one hypercall counted");
     assert_eq!(by_status.values().sum::<u64>(), 1);
     assert!(report.render().contains("hypercall page: enabled"));
 }
@@ -367,8 +660,13 @@ fn vp_assist_page_and_the_evmcs_it_announces_are_decoded() {
     require_kvm!();
     // 03.EAX[4] directly: the model never offers it with the user backend (hv-vapic), but the
     // assist page itself is implemented, so hvkvm can inspect an L1's eVMCS.
-    let bits = Bits { eax3: 1 << 4, ..Bits::default() };
-    let run = GuestTest::new("hv_vp_assist").hyperv_leaves(leaves(bits)).run();
+    let bits = Bits {
+        eax3: 1 << 4,
+        ..Bits::default()
+    };
+    let run = GuestTest::new("hv_vp_assist")
+        .hyperv_leaves(leaves(bits))
+        .run();
     run.expect_done();
     let [faulted, _, assist_gpa, evmcs_gpa, ..] = run.sync(1).values;
     assert_eq!(faulted, 0);
@@ -382,7 +680,9 @@ fn vp_assist_page_and_the_evmcs_it_announces_are_decoded() {
     assert_eq!(evmcs.fields.get("EPT_POINTER"), Some(&(0x1234_5000 | 0x5e)));
     assert!(report.render().contains("eVMCS at"));
     // Without the bit the MSR does not exist.
-    let run = GuestTest::new("hv_vp_assist").hyperv_leaves(leaves(Bits::default())).run();
+    let run = GuestTest::new("hv_vp_assist")
+        .hyperv_leaves(leaves(Bits::default()))
+        .run();
     run.expect_done();
     assert_eq!(run.sync(1).values[..2], [1, 13]);
 }

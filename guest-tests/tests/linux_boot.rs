@@ -13,8 +13,8 @@ use hvkvm::boot::linux::LinuxImage;
 use hvkvm::cli::run::{quirk_cmdline, DEFAULT_CMDLINE};
 use hvkvm::devices::serial::{CaptureBuffer, Tee};
 use hvkvm::host_quirks::{HostQuirks, QuirksMode};
-use hvkvm::kvm::HostProbe;
 use hvkvm::hyperv::{BackendChoice, CrashAction, UserBackendConfig};
+use hvkvm::kvm::HostProbe;
 use hvkvm::vm::{self, BootSource, StopReason, VmConfig};
 
 /// Generous: a boot took 250–500 s on the development hosts, and three share two cores here.
@@ -82,7 +82,10 @@ fn boot(dir: &Path, cpus: u32, hyperv: bool) -> Boot {
     // Keep a copy of the console in a file, so a failure shows how far the kernel got.
     let kind = if hyperv { "hyperv" } else { "kvm" };
     let log = std::env::temp_dir().join(format!("hvkvm-linux-{kind}-{cpus}cpu.log"));
-    eprintln!("Linux ({kind}) on {cpus} vCPU(s): console in {}", log.display());
+    eprintln!(
+        "Linux ({kind}) on {cpus} vCPU(s): console in {}",
+        log.display()
+    );
     let file = std::fs::File::create(&log).expect("console log");
     config.serial = Box::new(Tee(Box::new(file), Box::new(capture.clone())));
     let outcome = vm::run(config).unwrap_or_else(|e| panic!("{}", error_chain(&e)));
@@ -112,9 +115,19 @@ fn debian_kernel_boots_plain_and_as_a_hyper_v_guest() {
         .collect();
     for handle in boots {
         let (cpus, hyperv, b) = handle.join().expect("boot thread panicked");
-        let what = format!("Linux ({}) on {cpus} vCPU(s)", if hyperv { "Hyper-V" } else { "KVM" });
-        eprintln!("{what}: {} after {:.0} s", b.reason, b.elapsed.as_secs_f64());
-        assert!(b.serial.contains("HVKVM-INIT: reached /init"), "{what}: /init not reached");
+        let what = format!(
+            "Linux ({}) on {cpus} vCPU(s)",
+            if hyperv { "Hyper-V" } else { "KVM" }
+        );
+        eprintln!(
+            "{what}: {} after {:.0} s",
+            b.reason,
+            b.elapsed.as_secs_f64()
+        );
+        assert!(
+            b.serial.contains("HVKVM-INIT: reached /init"),
+            "{what}: /init not reached"
+        );
         assert!(
             b.serial.contains(&format!("HVKVM-CPUS: {cpus}")),
             "{what}: the guest did not see {cpus} processors"
@@ -133,13 +146,21 @@ fn check_hyperv_guest(what: &str, b: &Boot) {
         "{what}: Linux did not detect Hyper-V"
     );
     assert!(
-        b.serial.contains("HVKVM-CLOCKSOURCE: hyperv_clocksource_tsc_page"),
+        b.serial
+            .contains("HVKVM-CLOCKSOURCE: hyperv_clocksource_tsc_page"),
         "{what}: Linux does not use the TSC page clocksource"
     );
     let report = b.hyperv.as_ref().expect("a Hyper-V usage report");
     eprintln!("{what}:\n{}", report.render());
-    assert!(report.hypercall_page.is_some(), "{what}: hypercall page not enabled");
+    assert!(
+        report.hypercall_page.is_some(),
+        "{what}: hypercall page not enabled"
+    );
     assert!(report.tsc_page.is_some(), "{what}: TSC page not enabled");
     let os = report.guest_os_id.as_ref().expect("GUEST_OS_ID written");
-    assert!(os.decoded.starts_with("Linux"), "{what}: guest OS ID {}", os.decoded);
+    assert!(
+        os.decoded.starts_with("Linux"),
+        "{what}: guest OS ID {}",
+        os.decoded
+    );
 }

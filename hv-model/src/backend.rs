@@ -125,9 +125,11 @@ fn user(flag: Enlightenment, host: &HostCapabilities, checked: bool) -> Result<S
     if flag == Enlightenment::Vapic {
         // The EOI/ICR/TPR MSRs must act exactly like the APIC accesses they alias, on KVM's
         // in-kernel LAPIC, which user space cannot drive (no EOI from user space in xAPIC mode).
-        return Err("the user backend cannot make hv-vapic's EOI/ICR/TPR MSRs act on KVM's \
+        return Err(
+            "the user backend cannot make hv-vapic's EOI/ICR/TPR MSRs act on KVM's \
                     in-kernel LAPIC exactly like APIC accesses, so it does not offer hv-vapic"
-            .into());
+                .into(),
+        );
     }
     if !USER_BACKEND_IMPLEMENTS.contains(&flag) {
         return Err(format!("the user backend does not implement {flag} yet"));

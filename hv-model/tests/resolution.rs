@@ -268,7 +268,13 @@ fn user_backend_says_what_it_does_not_implement() {
     assert!(!r.is_on(E::Vapic));
     assert!(r.decision(E::Vapic).reason.contains("in-kernel LAPIC"));
     // What the user backend implements is on, with the hypercall interface (03.EAX[5]).
-    for flag in [E::Spinlocks, E::Vpindex, E::Runtime, E::Time, E::Frequencies] {
+    for flag in [
+        E::Spinlocks,
+        E::Vpindex,
+        E::Runtime,
+        E::Time,
+        E::Frequencies,
+    ] {
         assert!(r.is_on(flag), "{flag} should be on");
     }
     let eax = regs(&cpuid_leaves(&r), 0x4000_0003)[0];

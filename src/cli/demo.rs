@@ -39,8 +39,10 @@ pub fn execute(args: DemoArgs) -> Result<i32, RunError> {
         "hvkvm demo: booting the built-in ELF guest on {} vCPU(s)…",
         args.cpus
     );
-    let outcome =
-        vm::run(config).map_err(|source| RunError::Vm { name: "built-in demo".into(), source })?;
+    let outcome = vm::run(config).map_err(|source| RunError::Vm {
+        name: "built-in demo".into(),
+        source,
+    })?;
     println!("\nhvkvm demo: what happened");
     println!("  booted:      {}", outcome.boot);
     println!("  ended:       {}", outcome.reason);

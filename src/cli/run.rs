@@ -233,7 +233,10 @@ pub fn config(args: &RunArgs) -> Result<VmConfig, RunError> {
 pub fn report(outcome: &VmOutcome) {
     if matches!(outcome.reason, vm::StopReason::Timeout { .. }) {
         for (i, s) in outcome.vcpu_stats.iter().enumerate() {
-            eprintln!("hvkvm: vCPU {i} was at RIP {:#x} ({} exits)", s.final_rip, s.exits);
+            eprintln!(
+                "hvkvm: vCPU {i} was at RIP {:#x} ({} exits)",
+                s.final_rip, s.exits
+            );
         }
     }
     eprintln!(
@@ -247,9 +250,15 @@ pub fn report(outcome: &VmOutcome) {
 /// Runs `hvkvm run`.
 pub fn execute(args: RunArgs) -> Result<i32, RunError> {
     let config = config(&args)?;
-    let name = args.payload.as_ref().or(args.kernel.as_ref()).map(|p| p.display().to_string());
-    let outcome = vm::run(config)
-        .map_err(|source| RunError::Vm { name: name.unwrap_or_default(), source })?;
+    let name = args
+        .payload
+        .as_ref()
+        .or(args.kernel.as_ref())
+        .map(|p| p.display().to_string());
+    let outcome = vm::run(config).map_err(|source| RunError::Vm {
+        name: name.unwrap_or_default(),
+        source,
+    })?;
     report(&outcome);
     if let Some(hv) = &outcome.hyperv {
         if args.hv_report {
@@ -257,8 +266,10 @@ pub fn execute(args: RunArgs) -> Result<i32, RunError> {
         }
         if let Some(path) = &args.hv_report_json {
             let json = serde_json::to_string_pretty(hv).unwrap_or_default();
-            fs::write(path, json)
-                .map_err(|source| RunError::OutcomeJson { path: path.clone(), source })?;
+            fs::write(path, json).map_err(|source| RunError::OutcomeJson {
+                path: path.clone(),
+                source,
+            })?;
         }
     } else if args.hv_report || args.hv_report_json.is_some() {
         eprintln!("hvkvm: no Hyper-V usage report: the VM had no Hyper-V enlightenment (use --hv or --profile)");

@@ -215,16 +215,7 @@ mod tests {
     fn host() -> Vec<kvm_cpuid_entry2> {
         vec![
             leaf(0, 0, [0xd, 0, 0, 0]),
-            leaf(
-                1,
-                0,
-                [
-                    0x806f8,
-                    0x0080_0800,
-                    !HYPERVISOR_BIT,
-                    0xffff_ffff,
-                ],
-            ),
+            leaf(1, 0, [0x806f8, 0x0080_0800, !HYPERVISOR_BIT, 0xffff_ffff]),
             leaf(7, 0, [0, 0xffff_ffff, 0xffff_ffff, 0xffff_ffff]),
             leaf(0xd, 0, [7, 0, 0, 0]),
             leaf(

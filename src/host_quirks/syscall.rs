@@ -19,8 +19,8 @@ use kvm_bindings::{
 };
 
 use super::emulation::read_virt;
-use crate::boot::long_mode::segment;
 use super::insn_len::entry_insn_len;
+use crate::boot::long_mode::segment;
 use crate::memory::GuestMemory;
 use crate::ratelimit::warn_ratelimited;
 use crate::vcpu::VcpuState;
@@ -178,7 +178,6 @@ impl SyscallRepair {
         true
     }
 }
-
 
 /// The guest's #PF handler address, from IDT vector 14.
 fn pf_handler(state: &dyn VcpuState, mem: &GuestMemory) -> Option<u64> {

@@ -29,7 +29,11 @@ impl ReferenceClock {
         }
         let scale = ((UNITS_PER_SECOND << 64) / u128::from(tsc_hz)) as u64;
         let start = (u128::from(tsc_at_start) * u128::from(scale)) >> 64;
-        Some(ReferenceClock { tsc_hz, scale, offset: (start as i64).wrapping_neg() })
+        Some(ReferenceClock {
+            tsc_hz,
+            scale,
+            offset: (start as i64).wrapping_neg(),
+        })
     }
 
     /// Reference time at guest TSC `tsc`.
@@ -77,7 +81,10 @@ mod tests {
         let clock = ReferenceClock::new(hz, 5_000_000).unwrap();
         assert!(clock.time_at(5_000_000) <= 1, "starts at 0");
         let one_second = clock.time_at(5_000_000 + hz) - clock.time_at(5_000_000);
-        assert!((9_999_998..=10_000_001).contains(&one_second), "{one_second}");
+        assert!(
+            (9_999_998..=10_000_001).contains(&one_second),
+            "{one_second}"
+        );
         let hour = clock.time_at(5_000_000 + 3600 * hz);
         assert!((hour as i64 - 36_000_000_000).abs() < 4, "{hour}");
     }

@@ -45,9 +45,16 @@ fn copy_page(mem: &GuestMemory, gpa: u64) -> Option<Box<[u8; PAGE]>> {
 /// Decodes VP `vp`'s assist page at `gpa` (and its eVMCS, if any).
 pub fn assist_page(mem: &GuestMemory, vp: u32, gpa: u64) -> Option<AssistPageView> {
     let assist = copy_page(mem, gpa)?;
-    let current_evmcs = evmcs_layout::vp_assist::current_evmcs(&assist[..]).ok().flatten();
+    let current_evmcs = evmcs_layout::vp_assist::current_evmcs(&assist[..])
+        .ok()
+        .flatten();
     let evmcs = current_evmcs.and_then(|evmcs_gpa| evmcs(mem, evmcs_gpa));
-    Some(AssistPageView { vp, gpa, current_evmcs, evmcs })
+    Some(AssistPageView {
+        vp,
+        gpa,
+        current_evmcs,
+        evmcs,
+    })
 }
 
 /// Decodes the eVMCS at `gpa`.
@@ -62,7 +69,12 @@ pub fn evmcs(mem: &GuestMemory, gpa: u64) -> Option<EvmcsView> {
             (value != 0).then(|| (f.vmcs_name.to_string(), value))
         })
         .collect();
-    Some(EvmcsView { gpa, revision_id, clean_fields, fields })
+    Some(EvmcsView {
+        gpa,
+        revision_id,
+        clean_fields,
+        fields,
+    })
 }
 
 #[cfg(test)]
@@ -78,7 +90,8 @@ mod tests {
         access::write_field_and_dirty(&mut evmcs_page, vmcs::GUEST_RIP, 0x1234).unwrap();
         let mut assist = Page::ZERO;
         vp_assist::set_current_evmcs(&mut assist, Some(0x6000)).unwrap();
-        mem.write_slice(&evmcs_page.0, GuestAddress(0x6000)).unwrap();
+        mem.write_slice(&evmcs_page.0, GuestAddress(0x6000))
+            .unwrap();
         mem.write_slice(&assist.0, GuestAddress(0x5000)).unwrap();
         let view = assist_page(&mem, 1, 0x5000).unwrap();
         assert_eq!(view.current_evmcs, Some(0x6000));

@@ -56,7 +56,11 @@ impl UserBackendConfig {
         }
         Some(UserBackendConfig {
             leaves: cpuid_entries(resolution),
-            offered: resolution.enabled().iter().map(|e| e.name().to_string()).collect(),
+            offered: resolution
+                .enabled()
+                .iter()
+                .map(|e| e.name().to_string())
+                .collect(),
             on_crash,
         })
     }
@@ -145,7 +149,10 @@ pub fn resolve_for_vm(
         BackendChoice::Auto | BackendChoice::User => Backend::User,
     };
     let host = host_capabilities(probe);
-    let options = ResolveOptions { tsc_khz: probe.tsc_khz, ..ResolveOptions::default() };
+    let options = ResolveOptions {
+        tsc_khz: probe.tsc_khz,
+        ..ResolveOptions::default()
+    };
     hv_model::resolve(request, &host, backend, &options)
         .map(Some)
         .map_err(HyperVError::Model)

@@ -187,7 +187,8 @@ impl Partition {
         let result = self.write_inner(vp, index, value, mem);
         self.report.msr(index, true, result.is_err());
         if result.is_err() {
-            self.report.refuse(format!("wrmsr {} = {value:#x} (#GP)", name(index)));
+            self.report
+                .refuse(format!("wrmsr {} = {value:#x} (#GP)", name(index)));
         }
         result
     }
@@ -225,7 +226,8 @@ impl Partition {
                 }
                 let gpa = value & PAGE_MASK;
                 if value & PAGE_ENABLE != 0 && !memory::range_is_ram(mem, gpa, 0x1000) {
-                    self.report.refuse(format!("VP assist page at {gpa:#x} is outside RAM"));
+                    self.report
+                        .refuse(format!("VP assist page at {gpa:#x} is outside RAM"));
                     return Err(MsrFault);
                 }
                 if let Some(state) = self.vps.get_mut(vp as usize) {
@@ -281,7 +283,8 @@ impl Partition {
 
     fn write_hypercall(&mut self, value: u64, mem: &GuestMemory) -> Result<(), MsrFault> {
         if self.hypercall & HYPERCALL_LOCKED != 0 {
-            self.report.refuse("write to the locked HYPERCALL MSR".into());
+            self.report
+                .refuse("write to the locked HYPERCALL MSR".into());
             return Err(MsrFault);
         }
         if value & !(PAGE_MASK | PAGE_ENABLE | HYPERCALL_LOCKED) != 0 {
@@ -289,7 +292,8 @@ impl Partition {
         }
         if self.guest_os_id == 0 {
             // TLFS and KVM: ignored (not refused) until the guest identified itself.
-            self.report.refuse("HYPERCALL written while GUEST_OS_ID is 0 (ignored)".into());
+            self.report
+                .refuse("HYPERCALL written while GUEST_OS_ID is 0 (ignored)".into());
             return Ok(());
         }
         if value & PAGE_ENABLE != 0 {
@@ -297,7 +301,8 @@ impl Partition {
             let mut page = [INT3; 0x1000];
             page[..TRAMPOLINE.len()].copy_from_slice(&TRAMPOLINE);
             if mem.write_slice(&page, GuestAddress(gpa)).is_err() {
-                self.report.refuse(format!("hypercall page at {gpa:#x} is outside RAM"));
+                self.report
+                    .refuse(format!("hypercall page at {gpa:#x} is outside RAM"));
                 return Err(MsrFault);
             }
             self.report.hypercall_page = Some(gpa);
@@ -324,7 +329,9 @@ impl Partition {
                 self.tsc_page_sequence = sequence;
                 self.report.tsc_page = Some(gpa);
             }
-            Err(_) => self.report.refuse(format!("TSC page at {gpa:#x} is outside RAM (ignored)")),
+            Err(_) => self
+                .report
+                .refuse(format!("TSC page at {gpa:#x} is outside RAM (ignored)")),
         }
         Ok(())
     }
@@ -347,7 +354,11 @@ mod tests {
     const HZ: u64 = 2_000_000_000;
 
     fn features(eax: u32, edx: u32) -> Features {
-        Features { privileges: eax, features: edx, ..Default::default() }
+        Features {
+            privileges: eax,
+            features: edx,
+            ..Default::default()
+        }
     }
 
     fn partition(eax: u32, edx: u32) -> Partition {
@@ -358,10 +369,27 @@ mod tests {
     fn absent_features_give_gp() {
         let mem = memory::allocate(16).unwrap();
         let mut p = partition(0, 0);
-        for index in [GUEST_OS_ID, HYPERCALL, VP_INDEX, VP_RUNTIME, TIME_REF_COUNT, REFERENCE_TSC,
-                      TSC_FREQUENCY, RESET, CRASH_P0, CRASH_CTL, REENLIGHTENMENT_CONTROL, 0x4000_0080] {
+        for index in [
+            GUEST_OS_ID,
+            HYPERCALL,
+            VP_INDEX,
+            VP_RUNTIME,
+            TIME_REF_COUNT,
+            REFERENCE_TSC,
+            TSC_FREQUENCY,
+            RESET,
+            CRASH_P0,
+            CRASH_CTL,
+            REENLIGHTENMENT_CONTROL,
+            0x4000_0080,
+        ] {
             assert_eq!(p.read_msr(0, index, 0), Err(MsrFault), "{}", name(index));
-            assert_eq!(p.write_msr(0, index, 0, &mem), Err(MsrFault), "{}", name(index));
+            assert_eq!(
+                p.write_msr(0, index, 0, &mem),
+                Err(MsrFault),
+                "{}",
+                name(index)
+            );
         }
         assert_eq!(p.report.msrs["GUEST_OS_ID"].faults, 2);
     }
@@ -369,15 +397,28 @@ mod tests {
     #[test]
     fn read_only_msrs_refuse_writes() {
         let mem = memory::allocate(16).unwrap();
-        let all = privilege::VP_INDEX | privilege::VP_RUNTIME | privilege::TIME_REF_COUNT
+        let all = privilege::VP_INDEX
+            | privilege::VP_RUNTIME
+            | privilege::TIME_REF_COUNT
             | privilege::FREQUENCY_MSRS;
         let mut p = partition(all, feature::FREQUENCIES);
         assert_eq!(p.read_msr(1, VP_INDEX, 0), Ok(1));
         assert_eq!(p.read_msr(0, TSC_FREQUENCY, 0), Ok(HZ));
         assert_eq!(p.read_msr(0, APIC_FREQUENCY, 0), Ok(APIC_FREQUENCY_HZ));
         assert!(p.read_msr(0, VP_RUNTIME, 0).is_ok());
-        for index in [VP_INDEX, VP_RUNTIME, TIME_REF_COUNT, TSC_FREQUENCY, APIC_FREQUENCY] {
-            assert_eq!(p.write_msr(0, index, 0, &mem), Err(MsrFault), "{}", name(index));
+        for index in [
+            VP_INDEX,
+            VP_RUNTIME,
+            TIME_REF_COUNT,
+            TSC_FREQUENCY,
+            APIC_FREQUENCY,
+        ] {
+            assert_eq!(
+                p.write_msr(0, index, 0, &mem),
+                Err(MsrFault),
+                "{}",
+                name(index)
+            );
         }
     }
 
@@ -385,16 +426,27 @@ mod tests {
     fn hypercall_page_needs_an_os_id_and_ram() {
         let mem = memory::allocate(16).unwrap();
         let mut p = partition(privilege::HYPERCALL_MSRS, 0);
-        assert_eq!(p.write_msr(0, HYPERCALL, 0x5000 | 1, &mem), Ok(MsrEffect::None));
+        assert_eq!(
+            p.write_msr(0, HYPERCALL, 0x5000 | 1, &mem),
+            Ok(MsrEffect::None)
+        );
         assert_eq!(p.hypercall_page(), None, "ignored while GUEST_OS_ID is 0");
-        p.write_msr(0, GUEST_OS_ID, 0x8100_0006_0100_0000, &mem).unwrap();
+        p.write_msr(0, GUEST_OS_ID, 0x8100_0006_0100_0000, &mem)
+            .unwrap();
         p.write_msr(0, HYPERCALL, 0x5000 | 1, &mem).unwrap();
         assert_eq!(p.hypercall_page(), Some(0x5000));
         let mut code = [0u8; 4];
         mem.read_slice(&mut code, GuestAddress(0x5000)).unwrap();
         assert_eq!(code, [0xe6, 0x99, 0xc3, 0xcc]);
-        assert_eq!(p.write_msr(0, HYPERCALL, (16 << 20) | 1, &mem), Err(MsrFault));
-        assert_eq!(p.write_msr(0, HYPERCALL, 0x5000 | 1 | 0x10, &mem), Err(MsrFault), "reserved");
+        assert_eq!(
+            p.write_msr(0, HYPERCALL, (16 << 20) | 1, &mem),
+            Err(MsrFault)
+        );
+        assert_eq!(
+            p.write_msr(0, HYPERCALL, 0x5000 | 1 | 0x10, &mem),
+            Err(MsrFault),
+            "reserved"
+        );
         p.write_msr(0, GUEST_OS_ID, 0, &mem).unwrap();
         assert_eq!(p.hypercall_page(), None, "a zero OS ID disables the page");
     }
@@ -409,22 +461,33 @@ mod tests {
         let offset: i64 = mem.read_obj(GuestAddress(0x6010)).unwrap();
         assert_ne!(seq, 0);
         let tsc = 123_456_789_000u64;
-        let page_time = (((u128::from(tsc) * u128::from(scale)) >> 64) as u64).wrapping_add(offset as u64);
+        let page_time =
+            (((u128::from(tsc) * u128::from(scale)) >> 64) as u64).wrapping_add(offset as u64);
         assert_eq!(p.read_msr(0, TIME_REF_COUNT, tsc), Ok(page_time));
         // 100 ns units at 2 GHz, within the truncation of the 64.64 scale.
-        assert!((page_time as i64 - (tsc / 200) as i64).abs() <= 1, "{page_time}");
+        assert!(
+            (page_time as i64 - (tsc / 200) as i64).abs() <= 1,
+            "{page_time}"
+        );
         // A page outside RAM is accepted (KVM behaviour) but not written.
-        assert_eq!(p.write_msr(0, REFERENCE_TSC, (32 << 20) | 1, &mem), Ok(MsrEffect::None));
+        assert_eq!(
+            p.write_msr(0, REFERENCE_TSC, (32 << 20) | 1, &mem),
+            Ok(MsrEffect::None)
+        );
         assert_eq!(p.report.tsc_page, Some(0x6000));
     }
 
     #[test]
     fn crash_reset_and_reenlightenment() {
         let mem = memory::allocate(16).unwrap();
-        let mut p = partition(privilege::RESET | privilege::REENLIGHTENMENT, feature::CRASH_MSRS);
+        let mut p = partition(
+            privilege::RESET | privilege::REENLIGHTENMENT,
+            feature::CRASH_MSRS,
+        );
         assert_eq!(p.read_msr(0, CRASH_CTL, 0), Ok(CRASH_NOTIFY));
         for i in 0..5 {
-            p.write_msr(0, CRASH_P0 + i, 0x11 * u64::from(i + 1), &mem).unwrap();
+            p.write_msr(0, CRASH_P0 + i, 0x11 * u64::from(i + 1), &mem)
+                .unwrap();
         }
         assert_eq!(
             p.write_msr(0, CRASH_CTL, CRASH_NOTIFY, &mem),
@@ -434,19 +497,34 @@ mod tests {
         assert_eq!(p.write_msr(0, RESET, 1, &mem), Ok(MsrEffect::Reset));
         assert_eq!(p.read_msr(0, RESET, 0), Ok(0));
         // The matrix: REENLIGHTENMENT_CONTROL read and write 1 OK; TSC_EMULATION_STATUS write 1 → #GP.
-        assert_eq!(p.write_msr(0, REENLIGHTENMENT_CONTROL, 1, &mem), Ok(MsrEffect::None));
+        assert_eq!(
+            p.write_msr(0, REENLIGHTENMENT_CONTROL, 1, &mem),
+            Ok(MsrEffect::None)
+        );
         assert_eq!(p.read_msr(0, REENLIGHTENMENT_CONTROL, 0), Ok(1));
         assert_eq!(p.write_msr(0, TSC_EMULATION_STATUS, 1, &mem), Err(MsrFault));
-        assert_eq!(p.write_msr(0, REENLIGHTENMENT_CONTROL, 1 << 20, &mem), Err(MsrFault));
+        assert_eq!(
+            p.write_msr(0, REENLIGHTENMENT_CONTROL, 1 << 20, &mem),
+            Err(MsrFault)
+        );
     }
 
     #[test]
     fn tsc_invariant_control_is_sticky() {
         let mem = memory::allocate(16).unwrap();
         let mut p = partition(privilege::TSC_INVARIANT, 0);
-        assert_eq!(p.write_msr(0, TSC_INVARIANT_CONTROL, 0xdead_beef, &mem), Err(MsrFault));
-        assert_eq!(p.write_msr(0, TSC_INVARIANT_CONTROL, 1, &mem), Ok(MsrEffect::None));
-        assert_eq!(p.write_msr(0, TSC_INVARIANT_CONTROL, 0, &mem), Err(MsrFault));
+        assert_eq!(
+            p.write_msr(0, TSC_INVARIANT_CONTROL, 0xdead_beef, &mem),
+            Err(MsrFault)
+        );
+        assert_eq!(
+            p.write_msr(0, TSC_INVARIANT_CONTROL, 1, &mem),
+            Ok(MsrEffect::None)
+        );
+        assert_eq!(
+            p.write_msr(0, TSC_INVARIANT_CONTROL, 0, &mem),
+            Err(MsrFault)
+        );
     }
 
     #[test]

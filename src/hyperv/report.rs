@@ -89,7 +89,11 @@ impl GuestOsId {
             let minor = (raw >> 24) & 0xff;
             let service = (raw >> 16) & 0xff;
             let build = raw & 0xffff;
-            let vendor = if vendor == 1 { "Microsoft".to_string() } else { format!("vendor {vendor}") };
+            let vendor = if vendor == 1 {
+                "Microsoft".to_string()
+            } else {
+                format!("vendor {vendor}")
+            };
             let os = match os {
                 1 => "MS-DOS".to_string(),
                 2 => "Windows 3.x".to_string(),
@@ -128,20 +132,31 @@ impl UsageReport {
 
     /// Counts a hypercall result.
     pub fn hypercall(&mut self, name: &str, status: &str) {
-        *self.hypercalls.entry(name.to_string()).or_default().entry(status.to_string()).or_default() +=
-            1;
+        *self
+            .hypercalls
+            .entry(name.to_string())
+            .or_default()
+            .entry(status.to_string())
+            .or_default() += 1;
     }
 
     /// A readable multi-line summary.
     pub fn render(&self) -> String {
         let mut out = String::from("Hyper-V usage report\n");
         out.push_str(&format!("  offered:        {}\n", self.offered.join(", ")));
-        let os = self.guest_os_id.as_ref().map_or("never written".to_string(), |g| {
-            format!("{:#018x}: {}", g.raw, g.decoded)
-        });
+        let os = self
+            .guest_os_id
+            .as_ref()
+            .map_or("never written".to_string(), |g| {
+                format!("{:#018x}: {}", g.raw, g.decoded)
+            });
         out.push_str(&format!("  guest OS ID:    {os}\n"));
-        let page = |p: Option<u64>| p.map_or("not enabled".to_string(), |g| format!("enabled at {g:#x}"));
-        out.push_str(&format!("  hypercall page: {}\n", page(self.hypercall_page)));
+        let page =
+            |p: Option<u64>| p.map_or("not enabled".to_string(), |g| format!("enabled at {g:#x}"));
+        out.push_str(&format!(
+            "  hypercall page: {}\n",
+            page(self.hypercall_page)
+        ));
         out.push_str(&format!("  TSC page:       {}\n", page(self.tsc_page)));
         if self.vp_assist_pages.is_empty() {
             out.push_str("  VP assist page: not enabled\n");
@@ -164,22 +179,31 @@ impl UsageReport {
                     "    VP {} announces an eVMCS at {gpa:#x} outside RAM\n",
                     view.vp
                 )),
-                (None, _) => out.push_str(&format!("    VP {}: no enlightened VM entry\n", view.vp)),
+                (None, _) => {
+                    out.push_str(&format!("    VP {}: no enlightened VM entry\n", view.vp))
+                }
             }
         }
         out.push_str("  MSRs used (reads / writes / #GP):\n");
         for (name, u) in &self.msrs {
-            out.push_str(&format!("    {name:<24} {:>8} {:>8} {:>6}\n", u.reads, u.writes, u.faults));
+            out.push_str(&format!(
+                "    {name:<24} {:>8} {:>8} {:>6}\n",
+                u.reads, u.writes, u.faults
+            ));
         }
         if self.hypercalls.is_empty() && self.hypercall_ud == 0 {
             out.push_str("  hypercalls:     none\n");
         }
         for (name, by_status) in &self.hypercalls {
-            let statuses: Vec<String> = by_status.iter().map(|(s, n)| format!("{s} x{n}")).collect();
+            let statuses: Vec<String> =
+                by_status.iter().map(|(s, n)| format!("{s} x{n}")).collect();
             out.push_str(&format!("  hypercall {name}: {}\n", statuses.join(", ")));
         }
         if self.hypercall_ud > 0 {
-            out.push_str(&format!("  hypercalls refused with #UD: {}\n", self.hypercall_ud));
+            out.push_str(&format!(
+                "  hypercalls refused with #UD: {}\n",
+                self.hypercall_ud
+            ));
         }
         for c in &self.crashes {
             out.push_str(&format!("  crash reported: P0..P4 = {c:#x?}\n"));
@@ -188,7 +212,10 @@ impl UsageReport {
             out.push_str(&format!("  refused: {r}\n"));
         }
         if self.refused_dropped > 0 {
-            out.push_str(&format!("  ({} more refusals not listed)\n", self.refused_dropped));
+            out.push_str(&format!(
+                "  ({} more refusals not listed)\n",
+                self.refused_dropped
+            ));
         }
         out
     }
@@ -202,11 +229,17 @@ mod tests {
     fn decodes_windows_and_linux_guest_os_ids() {
         // Windows Server 2016 build 14393 (Microsoft, NT, 10.0).
         let ws = GuestOsId::decode(0x0001_040A_0000_3839);
-        assert_eq!(ws.decoded, "Microsoft Windows NT 10.0, service pack 0, build 14393");
+        assert_eq!(
+            ws.decoded,
+            "Microsoft Windows NT 10.0, service pack 0, build 14393"
+        );
         // Linux 6.1.0 as Linux reports itself (open source, type 1).
         // Linux 6.1.192: open source, type 1, version code 0x0601C0 in bits 47:16.
         let linux = GuestOsId::decode(0x8100_0006_01C0_0000);
-        assert_eq!(linux.decoded, "Linux (open source, type 1), kernel version 6.1.192, build 0");
+        assert_eq!(
+            linux.decoded,
+            "Linux (open source, type 1), kernel version 6.1.192, build 0"
+        );
     }
 
     #[test]

@@ -44,12 +44,27 @@ pub enum VmEffect {
 impl UserBackend {
     /// A backend for `vcpus` vCPUs whose guest TSC currently reads `guest_tsc` and runs at
     /// `tsc_khz`.
-    pub fn new(config: &UserBackendConfig, vcpus: u32, mem: GuestMemory, guest_tsc: u64, tsc_khz: u32) -> Self {
+    pub fn new(
+        config: &UserBackendConfig,
+        vcpus: u32,
+        mem: GuestMemory,
+        guest_tsc: u64,
+        tsc_khz: u32,
+    ) -> Self {
         let tsc_offset = guest_tsc.wrapping_sub(host_tsc());
-        let mut partition =
-            Partition::new(Features::from_leaves(&config.leaves), vcpus, u64::from(tsc_khz) * 1000, guest_tsc);
+        let mut partition = Partition::new(
+            Features::from_leaves(&config.leaves),
+            vcpus,
+            u64::from(tsc_khz) * 1000,
+            guest_tsc,
+        );
         partition.report.offered = config.offered.clone();
-        UserBackend { partition: Mutex::new(partition), tsc_offset, on_crash: config.on_crash, mem }
+        UserBackend {
+            partition: Mutex::new(partition),
+            tsc_offset,
+            on_crash: config.on_crash,
+            mem,
+        }
     }
 
     fn partition(&self) -> MutexGuard<'_, Partition> {
@@ -107,14 +122,22 @@ impl HvVcpu {
 
     /// WRMSR.
     pub fn write_msr(&self, index: u32, value: u64) -> Result<VmEffect, MsrFault> {
-        let effect = self.backend.partition().write_msr(self.vp, index, value, &self.backend.mem)?;
+        let effect =
+            self.backend
+                .partition()
+                .write_msr(self.vp, index, value, &self.backend.mem)?;
         Ok(match effect {
             MsrEffect::None => VmEffect::None,
             MsrEffect::Reset => VmEffect::Reset,
             MsrEffect::Crash(p) => {
                 log::error!(
                     "guest crash reported by VP {}: bugcheck {:#x} ({:#x}, {:#x}, {:#x}, {:#x})",
-                    self.vp, p[0], p[1], p[2], p[3], p[4]
+                    self.vp,
+                    p[0],
+                    p[1],
+                    p[2],
+                    p[3],
+                    p[4]
                 );
                 match self.backend.on_crash {
                     CrashAction::Log => VmEffect::None,
@@ -128,16 +151,26 @@ impl HvVcpu {
     /// Serves the hypercall whose trampoline exit just happened. Returns false if the vCPU
     /// state could not be read or written (the caller stops the VM).
     pub fn hypercall(&self, state: &mut dyn VcpuState) -> bool {
-        let (Ok(mut regs), Ok(sregs)) = (state.regs(), state.sregs()) else { return false };
+        let (Ok(mut regs), Ok(sregs)) = (state.regs(), state.sregs()) else {
+            return false;
+        };
         let offered = self.backend.partition().features().offered();
         if self.backend.partition().hypercall_page().is_none() {
             // No enabled hypercall page (never enabled, or disabled by GUEST_OS_ID = 0): the
             // guest has no hypercall instruction, so #UD, as KVM answers a VMCALL then.
-            warn_ratelimited!("VP {}: hypercall without an enabled hypercall page: #UD", self.vp);
+            warn_ratelimited!(
+                "VP {}: hypercall without an enabled hypercall page: #UD",
+                self.vp
+            );
             return self.raise_ud(state, regs);
         }
         let control = hypercall::Control::decode(regs.rcx);
-        let mut call = HypercallRegs { rcx: regs.rcx, rdx: regs.rdx, r8: regs.r8, xmm: None };
+        let mut call = HypercallRegs {
+            rcx: regs.rcx,
+            rdx: regs.rdx,
+            r8: regs.r8,
+            xmm: None,
+        };
         if hypercall::needs_xmm(&control, &offered) {
             match state.xmm() {
                 Ok(xmm) => call.xmm = Some(xmm),
@@ -147,7 +180,15 @@ impl HvVcpu {
         let cpl = sregs.ss.dpl;
         let long_mode = sregs.efer & EFER_LMA != 0 && sregs.cs.l == 1;
         let mut services = Services { vp: self.vp };
-        let outcome = hypercall::handle(self.vp, cpl, long_mode, &call, &offered, &self.backend.mem, &mut services);
+        let outcome = hypercall::handle(
+            self.vp,
+            cpl,
+            long_mode,
+            &call,
+            &offered,
+            &self.backend.mem,
+            &mut services,
+        );
         let name = hypercall::name(control.code);
         match outcome {
             Outcome::Complete(rax) => {
@@ -164,7 +205,9 @@ impl HvVcpu {
     fn raise_ud(&self, state: &mut dyn VcpuState, mut regs: kvm_bindings::kvm_regs) -> bool {
         self.backend.partition().report.hypercall_ud += 1;
         regs.rip = regs.rip.wrapping_sub(2);
-        let Ok(mut events) = state.events() else { return false };
+        let Ok(mut events) = state.events() else {
+            return false;
+        };
         inject_ud(&mut events);
         state.set_regs(&regs).is_ok() && state.set_events(&events).is_ok()
     }

@@ -37,9 +37,8 @@ pub const PD_BASE_ADDR: u64 = 0x4_0000;
 pub const IDENTITY_MAPPED_GIB: u64 = 64;
 
 // All RAM (which sits above the hole once it exceeds 3 GiB) must be identity-mapped.
-const _: () = assert!(
-    (MAX_RAM_MIB << 20) + (MMIO_HOLE_END - MMIO_HOLE_START) <= IDENTITY_MAPPED_GIB << 30
-);
+const _: () =
+    assert!((MAX_RAM_MIB << 20) + (MMIO_HOLE_END - MMIO_HOLE_START) <= IDENTITY_MAPPED_GIB << 30);
 /// ACPI tables; the RSDP is the first table here.
 pub const ACPI_TABLES_ADDR: u64 = 0xE_0000;
 /// End of the ACPI area (the legacy BIOS area ends at 1 MiB).

@@ -174,12 +174,19 @@ impl ExitHandler {
                 }
                 let effect = match &self.hyperv {
                     Some(hv) if HvVcpu::owns_msr(exit.index) => hv.write_msr(exit.index, exit.data),
-                    _ => self.msrs.write(vcpu, exit.index, exit.data).map(|()| VmEffect::None),
+                    _ => self
+                        .msrs
+                        .write(vcpu, exit.index, exit.data)
+                        .map(|()| VmEffect::None),
                 };
                 match effect {
                     Err(_) => {
                         VcpuStats::bump(&self.stats.msr_gp);
-                        log::debug!("vCPU {vcpu}: wrmsr {:#x}={:#x} -> #GP", exit.index, exit.data);
+                        log::debug!(
+                            "vCPU {vcpu}: wrmsr {:#x}={:#x} -> #GP",
+                            exit.index,
+                            exit.data
+                        );
                         *exit.error = 1;
                         Dispatch::Done(ExitAction::Continue)
                     }

@@ -16,7 +16,10 @@ pub fn run(mut fd: VcpuFd, mut handler: ExitHandler, control: Arc<VmControl>) {
     control.thread_started();
     run_until_stopped(&mut fd, &mut handler, &control);
     if let Ok(regs) = fd.get_regs() {
-        handler.stats.final_rip.store(regs.rip, std::sync::atomic::Ordering::Relaxed);
+        handler
+            .stats
+            .final_rip
+            .store(regs.rip, std::sync::atomic::Ordering::Relaxed);
     }
 }
 

@@ -158,8 +158,11 @@ impl Vm {
                 "KVM_CAP_X86_USER_SPACE_MSR (the Hyper-V user backend needs MSR exits)",
             ));
         }
-        let trapped_writes: &[u32] =
-            if quirks.emulation_assist { EmulationAssist::trapped_msr_writes() } else { &[] };
+        let trapped_writes: &[u32] = if quirks.emulation_assist {
+            EmulationAssist::trapped_msr_writes()
+        } else {
+            &[]
+        };
         if !trapped_writes.is_empty() || config.user_backend.is_some() {
             set_msr_filter(&vm, trapped_writes, config.user_backend.is_some())?;
         }
@@ -223,9 +226,10 @@ impl Vm {
                 control: control.clone(),
                 stats: vcpu_stats,
                 assist: quirks.emulation_assist.then(EmulationAssist::default),
-                hyperv: user_backend
-                    .as_ref()
-                    .map(|backend| HvVcpu { vp: index, backend: backend.clone() }),
+                hyperv: user_backend.as_ref().map(|backend| HvVcpu {
+                    vp: index,
+                    backend: backend.clone(),
+                }),
             };
             vcpus.push((fd, handler));
         }
@@ -353,10 +357,20 @@ fn create_user_backend(
     const MSR_IA32_TSC: u32 = 0x10;
     let guest_tsc = crate::vcpu::VcpuState::msr(vcpu0, MSR_IA32_TSC)
         .map_err(kvm_err("KVM_GET_MSRS (IA32_TSC)"))?;
-    let tsc_khz = vcpu0.get_tsc_khz().ok().or(host.tsc_khz).ok_or(VmError::MissingCapability(
-        "KVM_GET_TSC_KHZ (the Hyper-V reference clock needs the TSC rate)",
-    ))?;
-    Ok(UserBackend::new(config, cpus, mem.clone(), guest_tsc, tsc_khz))
+    let tsc_khz = vcpu0
+        .get_tsc_khz()
+        .ok()
+        .or(host.tsc_khz)
+        .ok_or(VmError::MissingCapability(
+            "KVM_GET_TSC_KHZ (the Hyper-V reference clock needs the TSC rate)",
+        ))?;
+    Ok(UserBackend::new(
+        config,
+        cpus,
+        mem.clone(),
+        guest_tsc,
+        tsc_khz,
+    ))
 }
 
 fn describe(plan: &BootPlan) -> String {

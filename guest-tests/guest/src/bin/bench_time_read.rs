@@ -8,13 +8,17 @@
 //! test hosts): 0x400000F0 EAX = N_MSR (0 → 200), EBX = N_PAGE (0 → 1,000,000).
 //!
 //! Steps, at CPL0: install the IDT; enable REFERENCE_TSC on a page-aligned .bss page; read
-//! TSC_FREQUENCY; one untimed TIME_REF_COUNT read, then N_MSR reads between two RDTSCs, then the
-//! same loop without the RDMSR (its emulated loop control: the CPL0 loop overhead); one page
-//! read, which must be within 10 ms of the last MSR value. Then drop to CPL3
-//! (`hvkvm_guest::usermode`) and there: one page read (must be no earlier than the CPL0 one and
-//! within 10 ms of the last MSR value), N_PAGE page reads (TLFS protocol, `read_tsc_page`)
-//! between two RDTSCs, N_PAGE plain RDTSCs between two RDTSCs; the page time must have advanced.
-//! Any check that fails is an ASSERT (a, b = the two values compared).
+//! TSC_FREQUENCY; one untimed TIME_REF_COUNT read, then N_MSR reads between two RDTSCs; one page
+//! read; then the MSR loop without the RDMSR (its emulated loop control: the CPL0 loop overhead).
+//! Then drop to CPL3 (`hvkvm_guest::usermode`) and there: one page read, N_PAGE page reads (TLFS
+//! protocol, `read_tsc_page`) between two RDTSCs, N_PAGE plain RDTSCs between two RDTSCs.
+//!
+//! Sanity checks (a failure is an ASSERT, a and b = the two values compared): the single page
+//! reads at CPL0 and at CPL3 agree within 10 ms with the last TIME_REF_COUNT value plus the TSC
+//! time elapsed since that read (at TSC_FREQUENCY; extrapolating keeps a descheduled vCPU thread
+//! from failing the check), and that elapsed TSC time is under 1 s (a CPL3 TSC that did not
+//! continue the CPL0 one would cancel out of the extrapolation, not out of this bound); the CPL3
+//! page time is no earlier than the CPL0 one; the page time advanced over the loop.
 //!
 //! Reports (cycles are guest TSC cycles, loop overhead included):
 //! - SYNC 1 = (CPL seen at user level (3), TSC_FREQUENCY in Hz, total cycles of the N_MSR MSR
@@ -55,7 +59,25 @@ static N_PAGE: AtomicU64 = AtomicU64::new(0);
 static MSR_CYCLES: AtomicU64 = AtomicU64::new(0);
 static LOOP_CYCLES: AtomicU64 = AtomicU64::new(0);
 static LAST_MSR: AtomicU64 = AtomicU64::new(0);
+/// RDTSC right after the last TIME_REF_COUNT read.
+static LAST_MSR_TSC: AtomicU64 = AtomicU64::new(0);
 static PAGE_CPL0: AtomicU64 = AtomicU64::new(0);
+
+/// The reference time expected at TSC `tsc_now`, `msr` having been read at TSC `tsc_msr`:
+/// `msr` plus the TSC cycles since then in 100 ns units, at TSC_FREQUENCY. ASSERTs unless the
+/// TSC moved forward by at most one second (which also keeps the product below 2^64: plain
+/// 64-bit `mul`/`div`, no 128-bit division helper).
+#[track_caller]
+fn expected_time(msr: u64, tsc_msr: u64, tsc_now: u64, tsc_hz: u64) -> u64 {
+    let elapsed = tsc_now.wrapping_sub(tsc_msr);
+    check(
+        elapsed <= tsc_hz,
+        "the TSC here is not within 1 s after the TSC of the last TIME_REF_COUNT read",
+        tsc_now,
+        tsc_msr,
+    );
+    msr + elapsed * 10_000_000 / tsc_hz
+}
 
 /// ASSERT (at the caller's file:line) with both values unless `ok`.
 #[track_caller]
@@ -101,12 +123,7 @@ fn main(_boot: BootInfo) -> ! {
         last_msr = rdmsr(TIME_REF_COUNT);
     }
     let t1 = rdtsc();
-    // The same loop without the RDMSR: what the emulated loop control costs at CPL0.
-    for _ in 0..n_msr {
-        // SAFETY: an empty asm statement; it only keeps the loop from being optimised away.
-        unsafe { asm!("", options(nomem, nostack, preserves_flags)) };
-    }
-    let t2 = rdtsc();
+    let tsc_page_cpl0 = rdtsc();
     let page_cpl0 = read_tsc_page(&TSC_PAGE).unwrap_or(u64::MAX);
     check(
         page_cpl0 != u64::MAX,
@@ -115,18 +132,26 @@ fn main(_boot: BootInfo) -> ! {
         last_msr,
     );
     check(
-        page_cpl0.abs_diff(last_msr) < TEN_MS,
+        page_cpl0.abs_diff(expected_time(last_msr, t1, tsc_page_cpl0, tsc_hz)) < TEN_MS,
         "page time at CPL0 vs last TIME_REF_COUNT: more than 10 ms apart",
         page_cpl0,
         last_msr,
     );
+    // The MSR loop without the RDMSR: what the emulated loop control costs at CPL0.
+    let t2 = rdtsc();
+    for _ in 0..n_msr {
+        // SAFETY: an empty asm statement; it only keeps the loop from being optimised away.
+        unsafe { asm!("", options(nomem, nostack, preserves_flags)) };
+    }
+    let t3 = rdtsc();
 
     TSC_HZ.store(tsc_hz, Relaxed);
     N_MSR.store(n_msr, Relaxed);
     N_PAGE.store(n_page, Relaxed);
     MSR_CYCLES.store(t1.wrapping_sub(t0), Relaxed);
-    LOOP_CYCLES.store(t2.wrapping_sub(t1), Relaxed);
+    LOOP_CYCLES.store(t3.wrapping_sub(t2), Relaxed);
     LAST_MSR.store(last_msr, Relaxed);
+    LAST_MSR_TSC.store(t1, Relaxed);
     PAGE_CPL0.store(page_cpl0, Relaxed);
     enter_user_mode(user_main, 0)
 }
@@ -138,6 +163,7 @@ extern "sysv64" fn user_main(_arg: u64) -> ! {
     let last_msr = LAST_MSR.load(Relaxed);
     let page_cpl0 = PAGE_CPL0.load(Relaxed);
 
+    let tsc_first = rdtsc();
     let first = read_tsc_page(&TSC_PAGE).unwrap_or(u64::MAX);
     check(
         first != u64::MAX,
@@ -151,8 +177,14 @@ extern "sysv64" fn user_main(_arg: u64) -> ! {
         first,
         page_cpl0,
     );
+    let expected = expected_time(
+        last_msr,
+        LAST_MSR_TSC.load(Relaxed),
+        tsc_first,
+        TSC_HZ.load(Relaxed),
+    );
     check(
-        first.abs_diff(last_msr) < TEN_MS,
+        first.abs_diff(expected) < TEN_MS,
         "page time at CPL3 vs last TIME_REF_COUNT: more than 10 ms apart",
         first,
         last_msr,

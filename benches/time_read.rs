@@ -116,38 +116,41 @@ fn main() {
             r.elapsed.as_secs_f64() * 1e3,
         );
     }
+    let net = |r: &Round| r.msr_per_read() - r.loop_per_iteration();
     let msr = median(rounds.iter().map(Round::msr_per_read));
     let overhead = median(rounds.iter().map(Round::loop_per_iteration));
-    let msr_net = median(
-        rounds
-            .iter()
-            .map(|r| r.msr_per_read() - r.loop_per_iteration()),
-    );
+    let msr_net = median(rounds.iter().map(net));
     let page = median(rounds.iter().map(Round::page_per_read));
     let rdtsc = median(rounds.iter().map(Round::rdtsc_per_read));
+    let best_msr = min(rounds.iter().map(Round::msr_per_read));
+    let best_page = min(rounds.iter().map(Round::page_per_read));
+    let best_rdtsc = min(rounds.iter().map(Round::rdtsc_per_read));
     let ns = |cycles: f64| cycles * 1e9 / tsc_hz as f64;
-    println!("  median of {ROUNDS} rounds (guest TSC cycles per read, loop overhead included):");
     println!(
-        "    TIME_REF_COUNT MSR (CPL0 rdmsr -> VMM) {msr:>12.1} cyc  {:>10.1} ns",
+        "  per read, median of {ROUNDS} rounds (best round in brackets), guest TSC cycles and ns, \
+         loop overhead included:"
+    );
+    println!(
+        "    TIME_REF_COUNT MSR (CPL0 rdmsr -> VMM) {msr:>10.1} cyc {:>10.1} ns  [{best_msr:.1} cyc]",
         ns(msr)
     );
     println!(
-        "      of which emulated loop control     {overhead:>12.1} cyc  {:>10.1} ns \
-         (same loop without RDMSR; MSR read alone: {msr_net:.0} cyc, {:.1} ns)",
+        "      of which emulated loop control     {overhead:>10.1} cyc {:>10.1} ns  \
+         (the same loop without RDMSR; the read alone: {msr_net:.0} cyc, {:.1} ns)",
         ns(overhead),
         ns(msr_net)
     );
     println!(
-        "    reference TSC page (CPL3)             {page:>12.1} cyc  {:>10.1} ns",
+        "    reference TSC page (CPL3)             {page:>10.1} cyc {:>10.1} ns  [{best_page:.1} cyc]",
         ns(page)
     );
     println!(
-        "    bare rdtsc (CPL3)                     {rdtsc:>12.1} cyc  {:>10.1} ns",
+        "    bare rdtsc (CPL3)                     {rdtsc:>10.1} cyc {:>10.1} ns  [{best_rdtsc:.1} cyc]",
         ns(rdtsc)
     );
     println!(
-        "  ratio MSR / TSC page: {:.0}x (MSR read alone, loop control subtracted: {:.0}x); \
-         TSC page / rdtsc: {:.2}x",
+        "  ratio MSR / TSC page: {:.0}x (the MSR read alone, loop control subtracted: {:.0}x); \
+         TSC page / bare rdtsc: {:.2}x",
         msr / page,
         msr_net / page,
         page / rdtsc
@@ -238,6 +241,10 @@ fn parse(outcome: &VmOutcome) -> Round {
         loop_cycles,
         elapsed: outcome.elapsed,
     }
+}
+
+fn min(values: impl Iterator<Item = f64>) -> f64 {
+    values.fold(f64::INFINITY, f64::min)
 }
 
 fn median(values: impl Iterator<Item = f64>) -> f64 {

@@ -620,3 +620,56 @@ fn demo_boots_and_says_how_it_ended() {
     );
     assert!(all.contains("test-exit port"), "{}", run.describe());
 }
+
+// ---- reset: reboot by default, a clean exit with --no-reboot ----
+
+/// `mov al, 0xfe; out 0x64, al; hlt`: an i8042 reset as soon as the payload starts.
+const RESET_AT_ONCE: &[u8] = &[0xb0, 0xfe, 0xe6, 0x64, 0xf4];
+
+fn reset_payload() -> TempPath {
+    let elf = TempPath::new("reset.elf");
+    fs::write(
+        elf.path(),
+        hvkvm::boot::payload::elf_from_code(0x20_0000, RESET_AT_ONCE),
+    )
+    .unwrap();
+    elf
+}
+
+#[test]
+fn a_reset_reboots_until_the_timeout() {
+    require_kvm!();
+    let elf = reset_payload();
+    let mut cmd = Command::new(HVKVM);
+    cmd.arg("run")
+        .arg("--payload")
+        .arg(elf.path())
+        .args(["--timeout", "1"]);
+    let run = run_bounded(cmd);
+    run.assert_no_panic();
+    assert_eq!(run.code(), Some(124), "{}", run.describe());
+    assert!(
+        run.stderr.contains("rebooting (boot 2"),
+        "{}",
+        run.describe()
+    );
+}
+
+#[test]
+fn no_reboot_ends_the_vm_on_reset() {
+    require_kvm!();
+    let elf = reset_payload();
+    let mut cmd = Command::new(HVKVM);
+    cmd.arg("run")
+        .arg("--payload")
+        .arg(elf.path())
+        .args(["--no-reboot", "--timeout", "10"]);
+    let run = run_bounded(cmd);
+    run.assert_no_panic();
+    assert_eq!(run.code(), Some(0), "{}", run.describe());
+    assert!(
+        run.stderr.contains("reset") && !run.stderr.contains("rebooting"),
+        "{}",
+        run.describe()
+    );
+}

@@ -2,7 +2,7 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use clap::Args;
 
@@ -54,6 +54,9 @@ pub struct RunArgs {
     /// Workarounds for hosts that cannot run ordinary guests unaided (kvm_pvm): auto, on, off.
     #[arg(long, default_value = "auto", value_name = "MODE")]
     pub host_quirks: QuirksMode,
+    /// End the VM when the guest resets (exit status 0) instead of rebooting it.
+    #[arg(long)]
+    pub no_reboot: bool,
     /// Write how the VM ended (reason, exit counts, ucall reports) as JSON to FILE.
     #[arg(long, value_name = "FILE")]
     pub outcome_json: Option<PathBuf>,
@@ -249,16 +252,36 @@ pub fn report(outcome: &VmOutcome) {
 
 /// Runs `hvkvm run`.
 pub fn execute(args: RunArgs) -> Result<i32, RunError> {
-    let config = config(&args)?;
     let name = args
         .payload
         .as_ref()
         .or(args.kernel.as_ref())
-        .map(|p| p.display().to_string());
-    let outcome = vm::run(config).map_err(|source| RunError::Vm {
-        name: name.unwrap_or_default(),
-        source,
-    })?;
+        .map(|p| p.display().to_string())
+        .unwrap_or_default();
+    // --timeout covers the whole run, reboots included.
+    let deadline = args
+        .timeout
+        .map(|t| Instant::now() + Duration::from_secs_f64(t));
+    let mut boot = 1u32;
+    let outcome = loop {
+        let mut config = config(&args)?;
+        if let Some(deadline) = deadline {
+            let left = deadline.saturating_duration_since(Instant::now());
+            config.timeout = Some(left.max(Duration::from_millis(1)));
+        }
+        let outcome = vm::run(config).map_err(|source| RunError::Vm {
+            name: name.clone(),
+            source,
+        })?;
+        if outcome.reason != vm::StopReason::Reset || args.no_reboot {
+            break outcome;
+        }
+        // A reset is a fresh VM from the same configuration, as after a power cycle.
+        boot += 1;
+        eprintln!(
+            "hvkvm: the guest reset; rebooting (boot {boot}; --no-reboot ends the VM instead)"
+        );
+    };
     report(&outcome);
     if let Some(hv) = &outcome.hyperv {
         if args.hv_report {

@@ -123,7 +123,10 @@ impl std::fmt::Display for StopReason {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             StopReason::PowerOff => write!(f, "the guest powered off"),
-            StopReason::Reset => write!(f, "the guest requested a reset; hvkvm ended the VM"),
+            StopReason::Reset => write!(
+                f,
+                "the guest requested a reset (and --no-reboot ended the VM)"
+            ),
             StopReason::TestExit { status } => {
                 write!(f, "the guest wrote {status} to the test-exit port 0xf4")
             }
@@ -169,7 +172,7 @@ impl std::fmt::Display for StopReason {
             StopReason::Timeout { after_ms } => {
                 write!(
                     f,
-                    "the --timeout of {} s expired",
+                    "the --timeout expired ({} s for this boot)",
                     *after_ms as f64 / 1000.0
                 )
             }

@@ -9,8 +9,9 @@
 //! 1. GDT: copies the boot GDT (the contract's, at 0x500, found with SGDT) into a static GDT of
 //!    this module and adds a user data segment ([`USER_DS`], DPL 3), a 64-bit user code segment
 //!    ([`USER_CS`], DPL 3) and an available 64-bit TSS ([`TSS_SELECTOR`]) whose RSP0 is the
-//!    CPL0 stack pointer at the call and whose I/O bitmap allows every port; LGDT, LTR. Selectors 0x10 (code) and 0x18 (data) keep their
-//!    descriptors, so CPL0 code (exception handlers) works as before.
+//!    CPL0 stack pointer at the call and whose I/O bitmap allows every port; LGDT, LTR.
+//!    Selectors 0x10 (code) and 0x18 (data) keep their descriptors, so CPL0 code (exception
+//!    handlers) works as before.
 //! 2. Paging: sets the U/S bit (bit 2) at every level of the identity mapping (CR3 → PML4 → PDPT
 //!    → PD, 2 MiB pages in the contract; 1 GiB and 4 KiB leaves are handled too) on the path to
 //!    every page of the payload image `[__image_start, __image_end)`, which holds the code, the
@@ -22,9 +23,9 @@
 //! Port I/O at CPL3 is allowed twice over: by IOPL 3, and by the TSS's I/O permission bitmap,
 //! which allows every port. The bitmap is what makes it work on the test hosts: there (kvm_pvm)
 //! CPL3 guest code runs on the hardware at CPL3 with the *hardware* IOPL 0, so `in`/`out` fault
-//! into KVM, whose instruction emulator then decides, and it did not see IOPL 3 (measured: #GP on
-//! the ucall `out` with IOPL 3 alone); with IOPL insufficient it consults the guest TSS's bitmap,
-//! as a CPU does.
+//! into KVM, whose instruction emulator decides; with IOPL 3 alone the ucall `out` got #GP
+//! (measured), presumably because the emulator sees the hardware IOPL. When IOPL is insufficient
+//! the emulator consults the guest TSS's I/O bitmap, as a CPU does, and that works.
 //!
 //! Limitations:
 //! - One way: there is no way back to CPL0 (no syscall entry, no call gate). The CPL3 code reports
@@ -35,8 +36,9 @@
 //! - Privileged instructions (`rdmsr`, `wrmsr`, `mov cr`, `hlt`, `lgdt`...) raise #GP at CPL3.
 //!   An exception at CPL3 is delivered on the TSS's RSP0 (the CPL0 stack of the caller, dead by
 //!   then) to the IDT, so install [`crate::idt`] first: its handler reports "unexpected CPU
-//!   exception" as an ASSERT; without an IDT the VM triple-faults. `idt::catch` and the `*_safe`
-//!   helpers must not be used at CPL3 (their recovery path `iretq`s to a CPL0-looking frame).
+//!   exception" as an ASSERT (measured on the test hosts: a #GP at CPL3 arrived as that ASSERT,
+//!   with the CPL3 RIP); without an IDT the VM triple-faults. `idt::catch` and the `*_safe`
+//!   helpers are untested at CPL3.
 //! - On the test hosts CPUID executed at CPL3 is native: it returns the *host's* leaves, not the
 //!   VMM's, so [`crate::hyperv::param`] must be read at CPL0, before the switch.
 //! - One vCPU, once: the GDT, TSS and user stack are statics of this module, and LTR of the one

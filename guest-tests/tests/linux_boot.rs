@@ -104,9 +104,14 @@ fn debian_kernel_boots_plain_and_as_a_hyper_v_guest() {
         eprintln!("SKIP: no Linux guest: run scripts/linux-guest.sh first");
         return;
     };
-    // All boots at once: the 2-vCPU guest's second vCPU is idle most of the time, so the
-    // boots share the host's cores and the test takes about two boots' time, not three.
-    let boots: Vec<_> = [(1u32, false), (2, false), (1, true)]
+    // Two boots at once, one per host core: plain KVM on 2 vCPUs, and Hyper-V on 1 vCPU
+    // (which is also the 1-vCPU boot). HVKVM_LINUX_ALL=1 adds a plain 1-vCPU boot; each boot
+    // costs several minutes of emulated kernel CPU on hosts like ours.
+    let mut plan = vec![(2u32, false), (1, true)];
+    if std::env::var("HVKVM_LINUX_ALL").as_deref() == Ok("1") {
+        plan.push((1, false));
+    }
+    let boots: Vec<_> = plan
         .into_iter()
         .map(|(cpus, hyperv)| {
             let dir = dir.clone();

@@ -160,6 +160,7 @@ impl SyscallRepair {
             |i: usize| u64::from_le_bytes(raw[i * 8..i * 8 + 8].try_into().unwrap_or_default());
         let (rip, cs, rflags, rsp) = (word(1), word(2), word(3), word(4));
         if rip != self.lstar || cs & 3 != 3 || self.lstar == 0 {
+            log::trace!("host quirk: #PF at {rip:#x} (cs {cs:#x}) is not a broken SYSCALL");
             return false;
         }
         let (Ok(mut sregs), Ok(star)) = (state.sregs(), state.msr(MSR_STAR)) else {

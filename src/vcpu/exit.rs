@@ -205,7 +205,10 @@ impl ExitHandler {
             }
             VcpuExit::Shutdown => Dispatch::Deferred(DeferredExit::Shutdown),
             VcpuExit::InternalError => Dispatch::Deferred(DeferredExit::InternalError),
-            VcpuExit::Debug(arch) => Dispatch::Deferred(DeferredExit::Debug(arch)),
+            VcpuExit::Debug(arch) => {
+                VcpuStats::bump(&self.stats.debug_exits);
+                Dispatch::Deferred(DeferredExit::Debug(arch))
+            }
             VcpuExit::FailEntry(reason, _) => self.stop(StopReason::EntryFailure { vcpu, reason }),
             VcpuExit::SystemEvent(kind, _) => match kind {
                 KVM_SYSTEM_EVENT_SHUTDOWN => self.stop(StopReason::PowerOff),

@@ -19,6 +19,8 @@ pub struct VcpuStats {
     pub interrupted: AtomicU64,
     /// Instructions completed on the guest's behalf after an emulation failure.
     pub emulation_assists: AtomicU64,
+    /// KVM_EXIT_DEBUG exits (host-quirk breakpoints).
+    pub debug_exits: AtomicU64,
     /// RIP when the vCPU thread left its loop (where a stopped or timed-out guest was).
     pub final_rip: AtomicU64,
 }
@@ -41,6 +43,7 @@ impl VcpuStats {
             interrupted: get(&self.interrupted),
             emulation_assists: get(&self.emulation_assists),
             final_rip: get(&self.final_rip),
+            debug_exits: get(&self.debug_exits),
         }
     }
 }
@@ -64,4 +67,6 @@ pub struct VcpuStatsSnapshot {
     pub emulation_assists: u64,
     /// See [`VcpuStats::final_rip`].
     pub final_rip: u64,
+    /// See [`VcpuStats::debug_exits`].
+    pub debug_exits: u64,
 }

@@ -75,9 +75,9 @@ fn hvkvm_reads(reads: u32) -> Duration {
         on_crash: CrashAction::Log,
     });
     let outcome = Vm::new(config).unwrap().run().unwrap();
-    assert_eq!(
-        outcome.reason,
-        StopReason::TestExit { status: 0 },
+    // The exit status is AL after the last read (the low byte of the time): any is fine.
+    assert!(
+        matches!(outcome.reason, StopReason::TestExit { .. }),
         "{}",
         outcome.reason
     );

@@ -23,8 +23,8 @@ use vmm_sys_util::eventfd::EventFd;
 pub use config::{BootSource, ConfigError, VmConfig};
 pub use outcome::{StopReason, SyncEvent, VmOutcome};
 
-use crate::boot::{self, BootPlan};
-use crate::cpu::cpuid::{self, CpuidEntry, CX16_BIT};
+use crate::boot;
+use crate::cpu::cpuid::{self, CX16_BIT};
 use crate::devices::{self, bus::Sink, IoBus};
 use crate::host_quirks::{EmulationAssist, HostQuirks};
 use crate::hyperv::{HvVcpu, UserBackend};
@@ -236,7 +236,7 @@ impl Vm {
         Ok(Vm {
             vcpus,
             control,
-            boot_description: describe(&plan),
+            boot_description: plan.description.clone(),
             timeout: config.timeout,
             stats,
             user_backend,
@@ -373,10 +373,6 @@ fn create_user_backend(
     ))
 }
 
-fn describe(plan: &BootPlan) -> String {
-    plan.description.clone()
-}
-
 fn hide_cx16(table: &mut [kvm_bindings::kvm_cpuid_entry2]) {
     for e in table.iter_mut().filter(|e| e.function == 1) {
         e.ecx &= !CX16_BIT;
@@ -457,5 +453,3 @@ fn set_lint_pins(fd: &VcpuFd) -> Result<(), VmError> {
     fd.set_lapic(&lapic).map_err(kvm_err("KVM_SET_LAPIC"))
 }
 
-/// Re-exported for callers building hypervisor leaves.
-pub type HypervisorLeaf = CpuidEntry;

@@ -124,48 +124,7 @@ impl Vm {
             ));
         }
         let kvm = Kvm::new().map_err(crate::kvm::ProbeError::OpenKvm)?;
-        let vm = kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?;
-        vm.set_tss_address(TSS_ADDRESS)
-            .map_err(kvm_err("KVM_SET_TSS_ADDR"))?;
-        vm.create_irq_chip()
-            .map_err(kvm_err("KVM_CREATE_IRQCHIP"))?;
-        if !quirks.no_pit {
-            let pit = kvm_pit_config {
-                flags: KVM_PIT_SPEAKER_DUMMY,
-                ..Default::default()
-            };
-            vm.create_pit2(pit).map_err(kvm_err("KVM_CREATE_PIT2"))?;
-        }
-        if host.cap("KVM_CAP_X86_USER_SPACE_MSR") > 0 {
-            let cap = kvm_enable_cap {
-                cap: KVM_CAP_X86_USER_SPACE_MSR,
-                args: [
-                    u64::from(KVM_MSR_EXIT_REASON_UNKNOWN | KVM_MSR_EXIT_REASON_FILTER),
-                    0,
-                    0,
-                    0,
-                ],
-                ..Default::default()
-            };
-            vm.enable_cap(&cap)
-                .map_err(kvm_err("KVM_CAP_X86_USER_SPACE_MSR"))?;
-        } else if !config.msr_handlers.is_empty() {
-            return Err(VmError::MissingCapability("KVM_CAP_X86_USER_SPACE_MSR"));
-        }
-
-        if config.user_backend.is_some() && host.cap("KVM_CAP_X86_USER_SPACE_MSR") <= 0 {
-            return Err(VmError::MissingCapability(
-                "KVM_CAP_X86_USER_SPACE_MSR (the Hyper-V user backend needs MSR exits)",
-            ));
-        }
-        let trapped_writes: &[u32] = if quirks.emulation_assist {
-            EmulationAssist::trapped_msr_writes()
-        } else {
-            &[]
-        };
-        if !trapped_writes.is_empty() || config.user_backend.is_some() {
-            set_msr_filter(&vm, trapped_writes, config.user_backend.is_some())?;
-        }
+        let vm = create_vm_fd(&kvm, &host, quirks, &config)?;
 
         let mem = memory::allocate(config.memory_mib)?;
         memory::register_with_kvm(&vm, &mem)?;
@@ -204,17 +163,12 @@ impl Vm {
                 let backend = create_user_backend(hv, &fd, config.cpus, &mem, &host)?;
                 user_backend = Some(Arc::new(backend));
             }
-            let mut table = cpuid::for_vcpu(supported.as_slice(), config.cpu_model, index, &[]);
-            if let Some(leaves) = &config.hypervisor_leaves {
-                cpuid::replace_hypervisor_leaves(&mut table, leaves);
-            }
-            // Explicit leaves last, so they can also add to the hypervisor range.
-            cpuid::apply_overrides(&mut table, &config.cpuid_overrides);
-            if quirks.hide_cx16 {
-                hide_cx16(&mut table);
-            }
-            let table = cpuid::to_kvm(&table).map_err(|_| VmError::CpuidTooLarge)?;
-            fd.set_cpuid2(&table).map_err(kvm_err("KVM_SET_CPUID2"))?;
+            let cpu = CpuSpec {
+                model: config.cpu_model,
+                hypervisor_leaves: config.hypervisor_leaves.as_deref(),
+                overrides: &config.cpuid_overrides,
+            };
+            set_cpuid(&fd, supported.as_slice(), index, quirks, &cpu)?;
             setup_vcpu(&fd, state)?;
             let vcpu_stats = Arc::new(VcpuStats::default());
             stats.push(vcpu_stats.clone());
@@ -346,6 +300,87 @@ fn set_msr_filter(vm: &VmFd, trapped_writes: &[u32], hyperv: bool) -> Result<(),
         .map_err(kvm_err("KVM_X86_SET_MSR_FILTER"))
 }
 
+/// The VM file descriptor with its interrupt controllers, MSR exits and MSR filter.
+fn create_vm_fd(
+    kvm: &Kvm,
+    host: &HostProbe,
+    quirks: HostQuirks,
+    config: &VmConfig,
+) -> Result<VmFd, VmError> {
+    let vm = kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?;
+    vm.set_tss_address(TSS_ADDRESS)
+        .map_err(kvm_err("KVM_SET_TSS_ADDR"))?;
+    vm.create_irq_chip()
+        .map_err(kvm_err("KVM_CREATE_IRQCHIP"))?;
+    if !quirks.no_pit {
+        let pit = kvm_pit_config {
+            flags: KVM_PIT_SPEAKER_DUMMY,
+            ..Default::default()
+        };
+        vm.create_pit2(pit).map_err(kvm_err("KVM_CREATE_PIT2"))?;
+    }
+    if host.cap("KVM_CAP_X86_USER_SPACE_MSR") > 0 {
+        let cap = kvm_enable_cap {
+            cap: KVM_CAP_X86_USER_SPACE_MSR,
+            args: [
+                u64::from(KVM_MSR_EXIT_REASON_UNKNOWN | KVM_MSR_EXIT_REASON_FILTER),
+                0,
+                0,
+                0,
+            ],
+            ..Default::default()
+        };
+        vm.enable_cap(&cap)
+            .map_err(kvm_err("KVM_CAP_X86_USER_SPACE_MSR"))?;
+    } else if !config.msr_handlers.is_empty() {
+        return Err(VmError::MissingCapability("KVM_CAP_X86_USER_SPACE_MSR"));
+    }
+
+    if config.user_backend.is_some() && host.cap("KVM_CAP_X86_USER_SPACE_MSR") <= 0 {
+        return Err(VmError::MissingCapability(
+            "KVM_CAP_X86_USER_SPACE_MSR (the Hyper-V user backend needs MSR exits)",
+        ));
+    }
+    let trapped_writes: &[u32] = if quirks.emulation_assist {
+        EmulationAssist::trapped_msr_writes()
+    } else {
+        &[]
+    };
+    if !trapped_writes.is_empty() || config.user_backend.is_some() {
+        set_msr_filter(&vm, trapped_writes, config.user_backend.is_some())?;
+    }
+
+    Ok(vm)
+}
+
+/// The parts of a VM configuration that decide its CPUID.
+struct CpuSpec<'a> {
+    model: crate::cpu::CpuModel,
+    hypervisor_leaves: Option<&'a [crate::cpu::CpuidEntry]>,
+    overrides: &'a [crate::cpu::CpuidEntry],
+}
+
+/// CPUID of vCPU `index`: the CPU model, the hypervisor leaves, explicit leaves, quirks.
+fn set_cpuid(
+    fd: &VcpuFd,
+    supported: &[kvm_bindings::kvm_cpuid_entry2],
+    index: u32,
+    quirks: HostQuirks,
+    cpu: &CpuSpec<'_>,
+) -> Result<(), VmError> {
+    let mut table = cpuid::for_vcpu(supported, cpu.model, index, &[]);
+    if let Some(leaves) = cpu.hypervisor_leaves {
+        cpuid::replace_hypervisor_leaves(&mut table, leaves);
+    }
+    // Explicit leaves last, so they can also add to the hypervisor range.
+    cpuid::apply_overrides(&mut table, cpu.overrides);
+    if quirks.hide_cx16 {
+        hide_cx16(&mut table);
+    }
+    let table = cpuid::to_kvm(&table).map_err(|_| VmError::CpuidTooLarge)?;
+    fd.set_cpuid2(&table).map_err(kvm_err("KVM_SET_CPUID2"))
+}
+
 /// The user backend, calibrated against vCPU 0's TSC.
 fn create_user_backend(
     config: &crate::hyperv::UserBackendConfig,
@@ -452,4 +487,3 @@ fn set_lint_pins(fd: &VcpuFd) -> Result<(), VmError> {
     set(LVT_LINT1, DELIVERY_NMI);
     fd.set_lapic(&lapic).map_err(kvm_err("KVM_SET_LAPIC"))
 }
-

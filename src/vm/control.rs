@@ -1,5 +1,6 @@
 //! The run state shared by a VM's vCPU threads and the thread that waits for the VM.
 
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -11,6 +12,7 @@ use crate::kvm::kick::kick_signal;
 
 /// The VM-wide run state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
 pub enum RunState {
     /// vCPUs run guest code.
     Running,
@@ -26,14 +28,20 @@ struct Shared {
     reason: Option<StopReason>,
     syncs: Vec<SyncEvent>,
     prints: Vec<(u32, String)>,
-    /// vCPU threads currently outside their loop's wait, i.e. possibly inside KVM_RUN.
-    running_threads: usize,
+    /// vCPU threads that have started.
+    started_threads: usize,
+    /// vCPU threads parked by a pause.
+    parked_threads: usize,
 }
 
 /// Shared control block of one VM.
 #[derive(Debug)]
 pub struct VmControl {
     shared: Mutex<Shared>,
+    /// A copy of `shared.state`, written under the lock, so that a running vCPU can check it
+    /// on every exit without taking the lock (the exit path is hot; the kick protocol makes
+    /// a stale read harmless: a vCPU that misses a change is kicked out of KVM_RUN).
+    fast_state: AtomicU8,
     changed: Condvar,
     threads: Mutex<Vec<(u32, Arc<JoinHandle<()>>)>>,
 }
@@ -46,8 +54,10 @@ impl Default for VmControl {
                 reason: None,
                 syncs: Vec::new(),
                 prints: Vec::new(),
-                running_threads: 0,
+                started_threads: 0,
+                parked_threads: 0,
             }),
+            fast_state: AtomicU8::new(RunState::Running as u8),
             changed: Condvar::new(),
             threads: Mutex::new(Vec::new()),
         }
@@ -62,6 +72,11 @@ impl VmControl {
     /// The current state.
     pub fn state(&self) -> RunState {
         self.lock().state
+    }
+
+    fn set_state(&self, s: &mut Shared, state: RunState) {
+        s.state = state;
+        self.fast_state.store(state as u8, Ordering::SeqCst);
     }
 
     /// Registers a vCPU thread so it can be kicked. A thread registered after the VM began
@@ -101,7 +116,7 @@ impl VmControl {
                 log::debug!("VM stopping: {reason}");
                 s.reason = Some(reason);
             }
-            s.state = RunState::Stopping;
+            self.set_state(&mut s, RunState::Stopping);
         }
         self.changed.notify_all();
         self.kick_all();
@@ -112,7 +127,7 @@ impl VmControl {
         {
             let mut s = self.lock();
             if s.state == RunState::Running {
-                s.state = RunState::Paused;
+                self.set_state(&mut s, RunState::Paused);
             }
         }
         self.changed.notify_all();
@@ -124,7 +139,7 @@ impl VmControl {
         {
             let mut s = self.lock();
             if s.state == RunState::Paused {
-                s.state = RunState::Running;
+                self.set_state(&mut s, RunState::Running);
             }
         }
         self.changed.notify_all();
@@ -133,28 +148,31 @@ impl VmControl {
     /// Called by a vCPU thread before KVM_RUN: blocks while paused, returns the state to act
     /// on (Running or Stopping).
     pub fn wait_runnable(&self) -> RunState {
-        let mut s = self.lock();
-        s.running_threads = s.running_threads.saturating_sub(1);
-        self.changed.notify_all();
-        while s.state == RunState::Paused {
-            s = self.changed.wait(s).unwrap_or_else(|p| p.into_inner());
+        if self.fast_state.load(Ordering::SeqCst) == RunState::Running as u8 {
+            return RunState::Running;
         }
-        if s.state == RunState::Running {
-            s.running_threads += 1;
+        let mut s = self.lock();
+        if s.state == RunState::Paused {
+            s.parked_threads += 1;
+            self.changed.notify_all();
+            while s.state == RunState::Paused {
+                s = self.changed.wait(s).unwrap_or_else(|p| p.into_inner());
+            }
+            s.parked_threads -= 1;
         }
         s.state
     }
 
     /// Called once by each vCPU thread as it starts.
     pub fn thread_started(&self) {
-        self.lock().running_threads += 1;
+        self.lock().started_threads += 1;
     }
 
     /// Waits until every started vCPU thread is parked by a pause, up to `timeout`.
     pub fn wait_paused(&self, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
         let mut s = self.lock();
-        while s.running_threads > 0 && s.state == RunState::Paused {
+        while s.parked_threads < s.started_threads && s.state == RunState::Paused {
             let Some(left) = deadline.checked_duration_since(Instant::now()) else {
                 return false;
             };
@@ -164,7 +182,7 @@ impl VmControl {
                 .unwrap_or_else(|p| p.into_inner())
                 .0;
         }
-        s.running_threads == 0
+        s.parked_threads == s.started_threads
     }
 
     /// Records a ucall SYNC.

@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, SystemTime};
 
+use hvkvm::cli::error_chain;
 use hvkvm::cpu::CpuidEntry;
 use hvkvm::hyperv::{cpuid_entries, resolve_for_vm, BackendChoice, CrashAction, UserBackendConfig};
 use hvkvm::kvm::HostProbe;
@@ -374,17 +375,6 @@ fn newest_mtime(dir: &Path, skip: Option<&Path>) -> Option<SystemTime> {
 
 fn mtime(path: &Path) -> Option<SystemTime> {
     path.metadata().and_then(|m| m.modified()).ok()
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 fn fail(message: &str) -> ! {

@@ -192,16 +192,7 @@ impl GuestTest {
 }
 
 /// An error and all its causes on one line.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}
+pub use hvkvm::cli::error_chain;
 
 /// A finished guest run.
 #[derive(Debug)]

@@ -1,5 +1,7 @@
 //! The command line: `hvkvm run`, `hvkvm demo`, `hvkvm probe` (and `hvkvm hv …`).
 
+pub use hv_model::cli::error_chain;
+
 pub mod demo;
 pub mod probe;
 pub mod run;

@@ -164,11 +164,9 @@ kfunc_init,cubictcp_register,load_system_certificate_list",
 
 /// Builds the VM configuration from the arguments.
 pub fn config(args: &RunArgs) -> Result<VmConfig, RunError> {
+    let host = HostProbe::probe()?;
     let boot = if let Some(kernel) = &args.kernel {
-        let quirks = HostQuirks::resolve(
-            args.host_quirks,
-            HostProbe::probe().map(|p| p.is_pvm()).unwrap_or(false),
-        );
+        let quirks = HostQuirks::resolve(args.host_quirks, host.is_pvm());
         let mut cmdline = args
             .cmdline
             .clone()
@@ -199,7 +197,6 @@ pub fn config(args: &RunArgs) -> Result<VmConfig, RunError> {
     };
     let mut config = VmConfig::new(boot);
     let request = args.hv.request().map_err(RunError::HvSelection)?;
-    let host = HostProbe::probe()?;
     if let Some(resolution) = crate::hyperv::resolve_for_vm(&request, &host, args.backend)? {
         for d in &resolution.decisions {
             let state = if d.on { "on" } else { "off" };

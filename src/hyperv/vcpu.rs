@@ -154,8 +154,11 @@ impl HvVcpu {
         let (Ok(mut regs), Ok(sregs)) = (state.regs(), state.sregs()) else {
             return false;
         };
-        let offered = self.backend.partition().features().offered();
-        if self.backend.partition().hypercall_page().is_none() {
+        let (offered, page) = {
+            let partition = self.backend.partition();
+            (partition.features().offered(), partition.hypercall_page())
+        };
+        if page.is_none() {
             // No enabled hypercall page (never enabled, or disabled by GUEST_OS_ID = 0): the
             // guest has no hypercall instruction, so #UD, as KVM answers a VMCALL then.
             warn_ratelimited!(

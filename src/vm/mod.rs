@@ -319,6 +319,7 @@ fn create_vm_fd(
         };
         vm.create_pit2(pit).map_err(kvm_err("KVM_CREATE_PIT2"))?;
     }
+    let needs_msr_exits = !config.msr_handlers.is_empty() || config.user_backend.is_some();
     if host.cap("KVM_CAP_X86_USER_SPACE_MSR") > 0 {
         let cap = kvm_enable_cap {
             cap: KVM_CAP_X86_USER_SPACE_MSR,
@@ -332,13 +333,9 @@ fn create_vm_fd(
         };
         vm.enable_cap(&cap)
             .map_err(kvm_err("KVM_CAP_X86_USER_SPACE_MSR"))?;
-    } else if !config.msr_handlers.is_empty() {
-        return Err(VmError::MissingCapability("KVM_CAP_X86_USER_SPACE_MSR"));
-    }
-
-    if config.user_backend.is_some() && host.cap("KVM_CAP_X86_USER_SPACE_MSR") <= 0 {
+    } else if needs_msr_exits {
         return Err(VmError::MissingCapability(
-            "KVM_CAP_X86_USER_SPACE_MSR (the Hyper-V user backend needs MSR exits)",
+            "KVM_CAP_X86_USER_SPACE_MSR (MSR handlers and the Hyper-V user backend need MSR exits)",
         ));
     }
     let trapped_writes: &[u32] = if quirks.emulation_assist {

@@ -16,7 +16,7 @@ use std::time::{Duration, SystemTime};
 
 use hvkvm::cli::error_chain;
 use hvkvm::cpu::CpuidEntry;
-use hvkvm::hyperv::{cpuid_entries, resolve_for_vm, BackendChoice, CrashAction, UserBackendConfig};
+use hvkvm::hyperv::{cpuid_entries, resolve_for_vm, BackendChoice, CrashAction, HvConfig};
 use hvkvm::kvm::HostProbe;
 use hvkvm::vm::{BootSource, StopReason, Vm, VmConfig, VmOutcome};
 
@@ -175,8 +175,8 @@ fn run_once(host: &HostProbe, image: Vec<u8>) -> VmOutcome {
         .unwrap_or_else(|e| fail(&format!("--hv {HV_LIST}: {}", error_chain(&e))))
         .unwrap_or_else(|| fail(&format!("--hv {HV_LIST} resolved to nothing")));
     config.hypervisor_leaves = Some(cpuid_entries(&resolution));
-    config.user_backend = UserBackendConfig::from_resolution(&resolution, CrashAction::Log);
-    if config.user_backend.is_none() {
+    config.hyperv = HvConfig::from_resolution(&resolution, CrashAction::Log);
+    if config.hyperv.is_none() {
         fail("the user backend is not enabled by the resolution");
     }
     // Payload parameters: 0x400000F0 EAX = N_MSR, EBX = N_PAGE (F1..F3 defined as zeros: an

@@ -129,11 +129,7 @@ impl GuestTest {
     /// Gives the guest exactly these hypervisor CPUID leaves and the Hyper-V user backend
     /// reading its features from them (how the conformance matrix sets bits per row).
     pub fn hyperv_leaves(mut self, leaves: Vec<CpuidEntry>) -> Self {
-        self.config.user_backend = Some(hvkvm::hyperv::UserBackendConfig {
-            leaves: leaves.clone(),
-            offered: Vec::new(),
-            on_crash: hvkvm::hyperv::CrashAction::Log,
-        });
+        self.config.hyperv = Some(hvkvm::hyperv::HvConfig::raw(hv_model::Backend::User));
         self.config.hypervisor_leaves = Some(leaves);
         self
     }
@@ -148,8 +144,7 @@ impl GuestTest {
                 .unwrap_or_else(|e| panic!("--hv {list}: {}", error_chain(&e)))
                 .expect("a selection");
         self.config.hypervisor_leaves = Some(hvkvm::hyperv::cpuid_entries(&resolution));
-        self.config.user_backend =
-            hvkvm::hyperv::UserBackendConfig::from_resolution(&resolution, on_crash);
+        self.config.hyperv = hvkvm::hyperv::HvConfig::from_resolution(&resolution, on_crash);
         self
     }
 

@@ -13,7 +13,7 @@ use hvkvm::boot::linux::LinuxImage;
 use hvkvm::cli::run::{quirk_cmdline, DEFAULT_CMDLINE};
 use hvkvm::devices::serial::{CaptureBuffer, Tee};
 use hvkvm::host_quirks::{HostQuirks, QuirksMode};
-use hvkvm::hyperv::{BackendChoice, CrashAction, UserBackendConfig};
+use hvkvm::hyperv::{BackendChoice, CrashAction, HvConfig};
 use hvkvm::kvm::HostProbe;
 use hvkvm::vm::{self, BootSource, StopReason, VmConfig};
 
@@ -74,7 +74,7 @@ fn boot(dir: &Path, cpus: u32, hyperv: bool) -> Boot {
             .unwrap_or_else(|e| panic!("{}", error_chain(&e)))
             .expect("a Hyper-V selection");
         config.hypervisor_leaves = Some(hvkvm::hyperv::cpuid_entries(&resolution));
-        config.user_backend = UserBackendConfig::from_resolution(&resolution, CrashAction::Log);
+        config.hyperv = HvConfig::from_resolution(&resolution, CrashAction::Log);
     }
     config.cpus = cpus;
     config.memory_mib = 512;

@@ -204,8 +204,7 @@ pub fn config(args: &RunArgs) -> Result<VmConfig, RunError> {
         }
         let leaves = crate::hyperv::cpuid_entries(&resolution);
         config.hypervisor_leaves = (!leaves.is_empty()).then_some(leaves);
-        config.user_backend =
-            crate::hyperv::UserBackendConfig::from_resolution(&resolution, args.on_guest_crash);
+        config.hyperv = crate::hyperv::HvConfig::from_resolution(&resolution, args.on_guest_crash);
     }
     config.cpus = args.cpus;
     config.memory_mib = args.memory;

@@ -29,6 +29,10 @@ pub enum GuestRequest {
     Reset,
     /// A byte written to the test-exit port.
     TestExit(u8),
+    /// The guest reported a crash and `--on-guest-crash exit` ends the VM.
+    GuestCrash,
+    /// The guest reported a crash and `--on-guest-crash pause` pauses every vCPU.
+    Pause,
 }
 
 /// The port of the COM1 UART.

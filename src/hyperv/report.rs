@@ -5,25 +5,16 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use super::msrs;
+pub use super::user::usage::MsrUse;
 
-/// Most refused accesses kept verbatim (the rest are only counted).
+/// Most refused accesses kept verbatim in a report (the rest are only counted).
 const MAX_REFUSALS: usize = 64;
-
-/// Per-MSR access counts.
-#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
-pub struct MsrUse {
-    /// RDMSRs answered.
-    pub reads: u64,
-    /// WRMSRs accepted.
-    pub writes: u64,
-    /// Accesses answered with #GP.
-    pub faults: u64,
-}
 
 /// The usage report of one VM.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct UsageReport {
+    /// Which backend served the guest: "user" (hvkvm) or "kernel" (KVM).
+    pub backend: String,
     /// Enlightenments offered to the guest (QEMU names).
     pub offered: Vec<String>,
     /// The last GUEST_OS_ID value, raw and decoded.
@@ -36,8 +27,15 @@ pub struct UsageReport {
     pub vp_assist_pages: BTreeMap<u32, u64>,
     /// Those pages decoded at the end of the run, with the eVMCS each announces.
     pub vp_assist: Vec<super::inspect::AssistPageView>,
-    /// MSR use by name.
+    /// MSR use by name (user backend: hvkvm sees every access).
     pub msrs: BTreeMap<String, MsrUse>,
+    /// Final values of the synthetic MSRs by name and VP, read back with KVM_GET_MSRS when
+    /// each vCPU stopped (kernel backend: KVM handles the accesses, so only values are known).
+    pub msr_values: BTreeMap<String, BTreeMap<u32, u64>>,
+    /// `KVM_EXIT_HYPERV` SynIC exits (kernel backend).
+    pub synic_exits: u64,
+    /// `KVM_EXIT_HYPERV` SynDbg exits (kernel backend).
+    pub syndbg_exits: u64,
     /// Hypercalls by name, then by result status.
     pub hypercalls: BTreeMap<String, BTreeMap<String, u64>>,
     /// Hypercalls that raised #UD.
@@ -109,40 +107,29 @@ impl GuestOsId {
 }
 
 impl UsageReport {
-    /// Counts a read or write of `index`.
-    pub fn msr(&mut self, index: u32, write: bool, faulted: bool) {
-        let entry = self.msrs.entry(msrs::name(index)).or_default();
-        match (faulted, write) {
-            (true, _) => entry.faults += 1,
-            (false, true) => entry.writes += 1,
-            (false, false) => entry.reads += 1,
-        }
-    }
-
-    /// Records something the guest was refused.
-    pub fn refuse(&mut self, what: String) {
-        if self.refused.len() < MAX_REFUSALS {
-            if !self.refused.contains(&what) {
-                self.refused.push(what);
+    /// Adds refusals (kept verbatim up to a bound, the rest counted), each once.
+    pub fn add_refusals<T: std::fmt::Display>(
+        &mut self,
+        refusals: impl Iterator<Item = T>,
+        dropped: u64,
+    ) {
+        for r in refusals {
+            let text = r.to_string();
+            if self.refused.contains(&text) {
+                continue;
             }
-        } else {
-            self.refused_dropped += 1;
+            if self.refused.len() < MAX_REFUSALS {
+                self.refused.push(text);
+            } else {
+                self.refused_dropped += 1;
+            }
         }
-    }
-
-    /// Counts a hypercall result.
-    pub fn hypercall(&mut self, name: &str, status: &str) {
-        *self
-            .hypercalls
-            .entry(name.to_string())
-            .or_default()
-            .entry(status.to_string())
-            .or_default() += 1;
+        self.refused_dropped += dropped;
     }
 
     /// A readable multi-line summary.
     pub fn render(&self) -> String {
-        let mut out = String::from("Hyper-V usage report\n");
+        let mut out = format!("Hyper-V usage report ({} backend)\n", self.backend);
         out.push_str(&format!("  offered:        {}\n", self.offered.join(", ")));
         let os = self
             .guest_os_id
@@ -184,11 +171,29 @@ impl UsageReport {
                 }
             }
         }
-        out.push_str("  MSRs used (reads / writes / #GP):\n");
+        if !self.msrs.is_empty() {
+            out.push_str("  MSRs used (reads / writes / #GP):\n");
+        }
         for (name, u) in &self.msrs {
             out.push_str(&format!(
                 "    {name:<24} {:>8} {:>8} {:>6}\n",
                 u.reads, u.writes, u.faults
+            ));
+        }
+        if !self.msr_values.is_empty() {
+            out.push_str("  synthetic MSRs when the vCPUs stopped (VP: value):\n");
+        }
+        for (name, by_vp) in &self.msr_values {
+            let values: Vec<String> = by_vp
+                .iter()
+                .map(|(vp, v)| format!("{vp}: {v:#x}"))
+                .collect();
+            out.push_str(&format!("    {name:<24} {}\n", values.join(", ")));
+        }
+        if self.synic_exits + self.syndbg_exits > 0 {
+            out.push_str(&format!(
+                "  SynIC exits: {}, SynDbg exits: {}\n",
+                self.synic_exits, self.syndbg_exits
             ));
         }
         if self.hypercalls.is_empty() && self.hypercall_ud == 0 {
@@ -243,12 +248,11 @@ mod tests {
     }
 
     #[test]
-    fn refusals_are_bounded() {
+    fn refusals_are_bounded_and_deduplicated() {
         let mut r = UsageReport::default();
-        for i in 0..200 {
-            r.refuse(format!("thing {i}"));
-        }
+        r.add_refusals((0..200).map(|i| format!("thing {i}")), 5);
+        r.add_refusals(std::iter::once("thing 0"), 0);
         assert_eq!(r.refused.len(), MAX_REFUSALS);
-        assert_eq!(r.refused_dropped, 200 - MAX_REFUSALS as u64);
+        assert_eq!(r.refused_dropped, 200 - MAX_REFUSALS as u64 + 5);
     }
 }

@@ -9,6 +9,7 @@
 
 pub mod caps;
 pub mod clock;
+pub mod hyperv;
 pub mod kick;
 pub mod run_data;
 

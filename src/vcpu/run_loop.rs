@@ -15,6 +15,9 @@ pub fn run(mut fd: VcpuFd, mut handler: ExitHandler, control: Arc<VmControl>) {
     let _kick = KickGuard::register(&mut fd);
     control.thread_started();
     run_until_stopped(&mut fd, &mut handler, &control);
+    if let Some(hv) = handler.hyperv.as_mut() {
+        hv.vcpu_stopped(&mut fd);
+    }
     if let Ok(regs) = fd.get_regs() {
         handler
             .stats

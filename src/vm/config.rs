@@ -40,7 +40,8 @@ pub struct VmConfig {
     /// Extra CPUID leaves (replace leaves with the same function/index).
     pub cpuid_overrides: Vec<CpuidEntry>,
     /// Hypervisor leaves (0x4000_0000..) replacing KVM's, from the Hyper-V model; None keeps
-    /// KVM's own.
+    /// KVM's own. Part of the one CPUID table the guest gets, which the Hyper-V backend reads
+    /// its features from.
     pub hypervisor_leaves: Option<Vec<CpuidEntry>>,
     /// Where COM1 output goes.
     pub serial: SerialSink,
@@ -52,8 +53,8 @@ pub struct VmConfig {
     pub extra_pio: Vec<(u16, u16, SharedPioDevice)>,
     /// Additional user-space MSR handlers.
     pub msr_handlers: Vec<(RangeInclusive<u32>, SharedMsrHandler)>,
-    /// The Hyper-V user backend (hvkvm emulating the Hyper-V MSRs and hypercalls), if any.
-    pub user_backend: Option<crate::hyperv::UserBackendConfig>,
+    /// The Hyper-V backend and its settings, when the guest gets Hyper-V enlightenments.
+    pub hyperv: Option<crate::hyperv::HvConfig>,
 }
 
 impl std::fmt::Debug for VmConfig {
@@ -93,7 +94,7 @@ impl VmConfig {
             host_quirks: QuirksMode::Auto,
             extra_pio: Vec::new(),
             msr_handlers: Vec::new(),
-            user_backend: None,
+            hyperv: None,
         }
     }
 

@@ -27,7 +27,8 @@ use crate::boot;
 use crate::cpu::cpuid::{self, CX16_BIT};
 use crate::devices::{self, bus::Sink, IoBus};
 use crate::host_quirks::{EmulationAssist, HostQuirks};
-use crate::hyperv::{HvVcpu, UserBackend};
+use crate::hyperv::backend::{BackendParams, HvSetupError};
+use crate::hyperv::HvBackend;
 use crate::kvm::{kick, HostProbe};
 use crate::memory::{self, GuestMemory};
 use crate::vcpu::{msr::MsrBus, run_loop, stats::VcpuStats, ExitHandler};
@@ -83,6 +84,9 @@ pub enum VmError {
     /// The kick signal handler could not be installed.
     #[error("cannot install the vCPU kick signal handler")]
     Signal(#[source] vmm_sys_util::errno::Error),
+    /// The Hyper-V backend could not be set up.
+    #[error("cannot set up the Hyper-V backend")]
+    HyperV(#[from] HvSetupError),
 }
 
 fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
@@ -97,7 +101,7 @@ pub struct Vm {
     boot_description: String,
     timeout: Option<Duration>,
     stats: Vec<Arc<VcpuStats>>,
-    user_backend: Option<Arc<UserBackend>>,
+    hyperv: Option<HvBackend>,
     _serial_irq: EventFd,
     _vm: VmFd,
     _mem: GuestMemory,
@@ -142,48 +146,63 @@ impl Vm {
         let trigger =
             devices::serial::IrqFdTrigger(serial_irq.try_clone().map_err(VmError::EventFd)?);
         let io = build_io_bus(trigger, config.serial, config.extra_pio)?;
-        let mut msrs = MsrBus::default();
-        for (range, handler) in config.msr_handlers {
-            msrs.insert(range, handler);
-        }
-
         let supported = kvm
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
             .map_err(kvm_err("KVM_GET_SUPPORTED_CPUID"))?;
+        let cpu = CpuSpec {
+            supported: supported.as_slice(),
+            model: config.cpu_model,
+            hypervisor_leaves: config.hypervisor_leaves.as_deref(),
+            overrides: &config.cpuid_overrides,
+            quirks,
+        };
         let control = Arc::new(VmControl::default());
         let mut vcpus = Vec::new();
         let mut stats = Vec::new();
-        let mut user_backend: Option<Arc<UserBackend>> = None;
+        let mut hyperv: Option<HvBackend> = None;
         for (index, state) in plan.vcpus.iter().enumerate() {
             let index = index as u32;
             let fd = vm
                 .create_vcpu(u64::from(index))
                 .map_err(kvm_err("KVM_CREATE_VCPU"))?;
-            if let (0, Some(hv)) = (index, &config.user_backend) {
-                let backend = create_user_backend(hv, &fd, config.cpus, &mem, &host)?;
-                user_backend = Some(Arc::new(backend));
+            let table = cpu.table_for(index);
+            if let (0, Some(hv)) = (index, &config.hyperv) {
+                let (guest_tsc, tsc_khz) = guest_tsc(&fd, &host)?;
+                hyperv = Some(HvBackend::new(BackendParams {
+                    config: hv,
+                    cpuid: &table,
+                    vcpus: config.cpus,
+                    mem: mem.clone(),
+                    guest_tsc,
+                    tsc_khz,
+                }));
             }
-            let cpu = CpuSpec {
-                model: config.cpu_model,
-                hypervisor_leaves: config.hypervisor_leaves.as_deref(),
-                overrides: &config.cpuid_overrides,
-            };
-            set_cpuid(&fd, supported.as_slice(), index, quirks, &cpu)?;
+            let kvm_table = cpuid::to_kvm(&table).map_err(|_| VmError::CpuidTooLarge)?;
+            fd.set_cpuid2(&kvm_table)
+                .map_err(kvm_err("KVM_SET_CPUID2"))?;
             setup_vcpu(&fd, state)?;
+            let mut msrs = MsrBus::default();
+            let hv_vp = match &hyperv {
+                Some(backend) => {
+                    backend.setup_vcpu(index, &fd)?;
+                    Some(backend.attach_vcpu(index, &mut msrs))
+                }
+                None => None,
+            };
+            for (range, handler) in &config.msr_handlers {
+                msrs.insert_shared(index, range.clone(), handler.clone());
+            }
             let vcpu_stats = Arc::new(VcpuStats::default());
             stats.push(vcpu_stats.clone());
             let handler = ExitHandler {
                 vcpu: index,
                 io: io.clone(),
-                msrs: msrs.clone(),
+                msrs,
                 mem: mem.clone(),
                 control: control.clone(),
                 stats: vcpu_stats,
                 assist: quirks.emulation_assist.then(EmulationAssist::default),
-                hyperv: user_backend.as_ref().map(|backend| HvVcpu {
-                    vp: index,
-                    backend: backend.clone(),
-                }),
+                hyperv: hv_vp,
             };
             vcpus.push((fd, handler));
         }
@@ -193,7 +212,7 @@ impl Vm {
             boot_description: plan.description.clone(),
             timeout: config.timeout,
             stats,
-            user_backend,
+            hyperv,
             _serial_irq: serial_irq,
             _vm: vm,
             _mem: mem,
@@ -213,7 +232,7 @@ impl Vm {
             boot_description,
             timeout,
             stats,
-            user_backend,
+            hyperv,
             _serial_irq,
             _vm,
             _mem,
@@ -254,7 +273,7 @@ impl Vm {
             prints,
             vcpu_stats: stats.iter().map(|s| s.snapshot()).collect(),
             stuck_vcpus,
-            hyperv: user_backend.map(|b| b.report()),
+            hyperv: hyperv.map(|b| b.report()),
         };
         if !outcome.stuck_vcpus.is_empty() {
             // A thread stuck in KVM_RUN still uses the VM and guest memory: leak them rather
@@ -271,14 +290,18 @@ pub fn run(config: VmConfig) -> Result<VmOutcome, VmError> {
     Vm::new(config)?.run()
 }
 
-/// Sends guest writes of `trapped_writes`, and every access to the Hyper-V MSR range when the
-/// user backend is on, to user space (KVM_X86_SET_MSR_FILTER, default allow). With the range
-/// filtered, the user backend owns those MSRs even on hosts whose KVM would handle them.
-fn set_msr_filter(vm: &VmFd, trapped_writes: &[u32], hyperv: bool) -> Result<(), VmError> {
+/// Sends guest writes of `trapped_writes`, and every access to `hyperv_range` (the user
+/// backend's synthetic MSRs), to user space (KVM_X86_SET_MSR_FILTER, default allow). With the
+/// range filtered, the user backend owns those MSRs even on hosts whose KVM would handle them.
+fn set_msr_filter(
+    vm: &VmFd,
+    trapped_writes: &[u32],
+    hyperv_range: Option<std::ops::RangeInclusive<u32>>,
+) -> Result<(), VmError> {
     use kvm_ioctls::{MsrFilterDefaultAction, MsrFilterRange, MsrFilterRangeFlags};
     // A clear bit in a range's bitmap denies the access, which exits to user space.
     let deny_one = [0u8; 1];
-    let deny_hyperv = [0u8; (crate::hyperv::msrs::RANGE_LEN / 8) as usize];
+    let deny_hyperv = [0u8; (hyperv_tlfs::msr::RANGE_LEN / 8) as usize];
     let mut ranges: Vec<MsrFilterRange<'_>> = trapped_writes
         .iter()
         .map(|&base| MsrFilterRange {
@@ -288,11 +311,13 @@ fn set_msr_filter(vm: &VmFd, trapped_writes: &[u32], hyperv: bool) -> Result<(),
             bitmap: &deny_one,
         })
         .collect();
-    if hyperv {
+    if let Some(range) = hyperv_range {
+        let msr_count = range.end() - range.start() + 1;
+        debug_assert_eq!(msr_count, hyperv_tlfs::msr::RANGE_LEN);
         ranges.push(MsrFilterRange {
             flags: MsrFilterRangeFlags::READ | MsrFilterRangeFlags::WRITE,
-            base: crate::hyperv::msrs::RANGE_START,
-            msr_count: crate::hyperv::msrs::RANGE_LEN,
+            base: *range.start(),
+            msr_count,
             bitmap: &deny_hyperv,
         });
     }
@@ -319,7 +344,11 @@ fn create_vm_fd(
         };
         vm.create_pit2(pit).map_err(kvm_err("KVM_CREATE_PIT2"))?;
     }
-    let needs_msr_exits = !config.msr_handlers.is_empty() || config.user_backend.is_some();
+    let hyperv_range = config
+        .hyperv
+        .as_ref()
+        .and_then(|h| HvBackend::filters_msrs(h.backend));
+    let needs_msr_exits = !config.msr_handlers.is_empty() || hyperv_range.is_some();
     if host.cap("KVM_CAP_X86_USER_SPACE_MSR") > 0 {
         let cap = kvm_enable_cap {
             cap: KVM_CAP_X86_USER_SPACE_MSR,
@@ -343,49 +372,41 @@ fn create_vm_fd(
     } else {
         &[]
     };
-    if !trapped_writes.is_empty() || config.user_backend.is_some() {
-        set_msr_filter(&vm, trapped_writes, config.user_backend.is_some())?;
+    if !trapped_writes.is_empty() || hyperv_range.is_some() {
+        set_msr_filter(&vm, trapped_writes, hyperv_range)?;
     }
 
     Ok(vm)
 }
 
-/// The parts of a VM configuration that decide its CPUID.
+/// The parts of a VM configuration that decide its CPUID: the one place the guest's CPUID
+/// table is assembled (the Hyper-V backend reads its features from the result).
 struct CpuSpec<'a> {
+    supported: &'a [kvm_bindings::kvm_cpuid_entry2],
     model: crate::cpu::CpuModel,
     hypervisor_leaves: Option<&'a [crate::cpu::CpuidEntry]>,
     overrides: &'a [crate::cpu::CpuidEntry],
-}
-
-/// CPUID of vCPU `index`: the CPU model, the hypervisor leaves, explicit leaves, quirks.
-fn set_cpuid(
-    fd: &VcpuFd,
-    supported: &[kvm_bindings::kvm_cpuid_entry2],
-    index: u32,
     quirks: HostQuirks,
-    cpu: &CpuSpec<'_>,
-) -> Result<(), VmError> {
-    let mut table = cpuid::for_vcpu(supported, cpu.model, index, &[]);
-    if let Some(leaves) = cpu.hypervisor_leaves {
-        cpuid::replace_hypervisor_leaves(&mut table, leaves);
-    }
-    // Explicit leaves last, so they can also add to the hypervisor range.
-    cpuid::apply_overrides(&mut table, cpu.overrides);
-    if quirks.hide_cx16 {
-        hide_cx16(&mut table);
-    }
-    let table = cpuid::to_kvm(&table).map_err(|_| VmError::CpuidTooLarge)?;
-    fd.set_cpuid2(&table).map_err(kvm_err("KVM_SET_CPUID2"))
 }
 
-/// The user backend, calibrated against vCPU 0's TSC.
-fn create_user_backend(
-    config: &crate::hyperv::UserBackendConfig,
-    vcpu0: &VcpuFd,
-    cpus: u32,
-    mem: &GuestMemory,
-    host: &HostProbe,
-) -> Result<UserBackend, VmError> {
+impl CpuSpec<'_> {
+    /// CPUID of vCPU `index`: the CPU model, the hypervisor leaves, explicit leaves, quirks.
+    fn table_for(&self, index: u32) -> Vec<kvm_bindings::kvm_cpuid_entry2> {
+        let mut table = cpuid::for_vcpu(self.supported, self.model, index, &[]);
+        if let Some(leaves) = self.hypervisor_leaves {
+            cpuid::replace_hypervisor_leaves(&mut table, leaves);
+        }
+        // Explicit leaves last, so they can also add to the hypervisor range.
+        cpuid::apply_overrides(&mut table, self.overrides);
+        if self.quirks.hide_cx16 {
+            hide_cx16(&mut table);
+        }
+        table
+    }
+}
+
+/// vCPU 0's TSC now and its rate in kHz (the Hyper-V reference clock starts from them).
+fn guest_tsc(vcpu0: &VcpuFd, host: &HostProbe) -> Result<(u64, u32), VmError> {
     const MSR_IA32_TSC: u32 = 0x10;
     let guest_tsc = crate::vcpu::VcpuState::msr(vcpu0, MSR_IA32_TSC)
         .map_err(kvm_err("KVM_GET_MSRS (IA32_TSC)"))?;
@@ -396,13 +417,7 @@ fn create_user_backend(
         .ok_or(VmError::MissingCapability(
             "KVM_GET_TSC_KHZ (the Hyper-V reference clock needs the TSC rate)",
         ))?;
-    Ok(UserBackend::new(
-        config,
-        cpus,
-        mem.clone(),
-        guest_tsc,
-        tsc_khz,
-    ))
+    Ok((guest_tsc, tsc_khz))
 }
 
 fn hide_cx16(table: &mut [kvm_bindings::kvm_cpuid_entry2]) {

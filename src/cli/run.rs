@@ -45,6 +45,11 @@ pub struct RunArgs {
     /// CPU model: `baseline` (portable x86-64, no AVX/XSAVE) or `host` (all KVM supports).
     #[arg(long, default_value = "baseline", value_name = "MODEL")]
     pub cpu: CpuModel,
+    /// Nested virtualization: give the guest VMX. `auto` (default): on where this host can
+    /// nest (Intel, kvm_intel nested=1) and `--cpu host` is chosen; `on`: an error where it
+    /// cannot; `off`: never.
+    #[arg(long, value_enum, default_value_t = crate::cpu::nested::NestedMode::Auto)]
+    pub nested: crate::cpu::nested::NestedMode,
     /// Write the guest's serial output to FILE instead of stdout.
     #[arg(long, value_name = "FILE")]
     pub serial_file: Option<PathBuf>,
@@ -117,6 +122,9 @@ pub enum RunError {
     /// `--hv`/`--profile` could not be honoured.
     #[error(transparent)]
     HyperV(#[from] crate::hyperv::HyperVError),
+    /// `--nested on` on a host that cannot nest.
+    #[error(transparent)]
+    Nested(#[from] crate::cpu::nested::NestedUnavailable),
     /// `--hv` did not parse.
     #[error("bad --hv/--profile selection")]
     HvSelection(#[source] hv_model::ModelError),
@@ -209,6 +217,10 @@ pub fn config(args: &RunArgs) -> Result<VmConfig, RunError> {
     config.cpus = args.cpus;
     config.memory_mib = args.memory;
     config.cpu_model = args.cpu;
+    config.nested = crate::cpu::nested::resolve(args.nested, args.cpu, &host)?;
+    if config.nested {
+        log::info!("nested virtualization: the guest gets VMX");
+    }
     config.host_quirks = args.host_quirks;
     config.timeout = match args.timeout {
         None => None,

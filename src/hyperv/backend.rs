@@ -41,6 +41,15 @@ pub enum HvSetupError {
         #[source]
         source: kvm_ioctls::Error,
     },
+    /// hv-evmcs is offered but KVM would not enable the enlightened VMCS.
+    #[error("cannot enable the enlightened VMCS on vCPU {vcpu}")]
+    Evmcs {
+        /// The vCPU.
+        vcpu: u32,
+        /// Why.
+        #[source]
+        source: crate::kvm::nested::EvmcsError,
+    },
 }
 
 /// What a backend is built from.

@@ -11,6 +11,7 @@ pub mod caps;
 pub mod clock;
 pub mod hyperv;
 pub mod kick;
+pub mod nested;
 pub mod run_data;
 
 pub use caps::{HostProbe, ProbeError};

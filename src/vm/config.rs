@@ -37,6 +37,8 @@ pub struct VmConfig {
     pub boot: BootSource,
     /// CPU model.
     pub cpu_model: CpuModel,
+    /// Give the guest VMX (nested virtualization), decided by `cpu::nested::resolve`.
+    pub nested: bool,
     /// Extra CPUID leaves (replace leaves with the same function/index).
     pub cpuid_overrides: Vec<CpuidEntry>,
     /// Hypervisor leaves (0x4000_0000..) replacing KVM's, from the Hyper-V model; None keeps
@@ -87,6 +89,7 @@ impl VmConfig {
             memory_mib: 256,
             boot,
             cpu_model: CpuModel::default(),
+            nested: false,
             cpuid_overrides: Vec::new(),
             hypervisor_leaves: None,
             serial: Box::new(crate::devices::serial::Unbuffered(std::io::stdout())),

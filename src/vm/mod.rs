@@ -152,6 +152,7 @@ impl Vm {
         let cpu = CpuSpec {
             supported: supported.as_slice(),
             model: config.cpu_model,
+            nested: config.nested,
             hypervisor_leaves: config.hypervisor_leaves.as_deref(),
             overrides: &config.cpuid_overrides,
             quirks,
@@ -384,15 +385,18 @@ fn create_vm_fd(
 struct CpuSpec<'a> {
     supported: &'a [kvm_bindings::kvm_cpuid_entry2],
     model: crate::cpu::CpuModel,
+    nested: bool,
     hypervisor_leaves: Option<&'a [crate::cpu::CpuidEntry]>,
     overrides: &'a [crate::cpu::CpuidEntry],
     quirks: HostQuirks,
 }
 
 impl CpuSpec<'_> {
-    /// CPUID of vCPU `index`: the CPU model, the hypervisor leaves, explicit leaves, quirks.
+    /// CPUID of vCPU `index`: the CPU model, VMX, the hypervisor leaves, explicit leaves,
+    /// quirks.
     fn table_for(&self, index: u32) -> Vec<kvm_bindings::kvm_cpuid_entry2> {
         let mut table = cpuid::for_vcpu(self.supported, self.model, index, &[]);
+        crate::cpu::nested::set_vmx(&mut table, self.nested);
         if let Some(leaves) = self.hypervisor_leaves {
             cpuid::replace_hypervisor_leaves(&mut table, leaves);
         }

@@ -2,9 +2,10 @@
 //! synthetic timers, the TSC page and the flush/IPI hypercalls. hvkvm's part (reference §7):
 //!
 //! - give the guest the Hyper-V CPUID leaves (KVM_SET_CPUID2, done with the rest of CPUID);
-//! - per vCPU: KVM_CAP_HYPERV_SYNIC2 when SynIC is offered, KVM_CAP_HYPERV_ENFORCE_CPUID with
-//!   hv-enforce-cpuid, VP_INDEX set by the host, CRASH_CTL = CRASH_NOTIFY so the guest sees
-//!   crash reporting;
+//! - per vCPU: KVM_CAP_HYPERV_SYNIC2 when SynIC is offered, KVM_CAP_HYPERV_ENLIGHTENED_VMCS
+//!   when the eVMCS is recommended (its version range checked against evmcs-layout),
+//!   KVM_CAP_HYPERV_ENFORCE_CPUID with hv-enforce-cpuid, VP_INDEX set by the host, CRASH_CTL =
+//!   CRASH_NOTIFY so the guest sees crash reporting;
 //! - answer what KVM leaves to user space: `KVM_EXIT_HYPERV` (SynIC MSR writes, hypercalls
 //!   such as HvPostMessage, SynDbg) and `KVM_SYSTEM_EVENT_CRASH`;
 //! - read the synthetic MSRs back (KVM_GET_MSRS) for the usage report.
@@ -12,7 +13,7 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use hyperv_tlfs::cpuid::{feature, privilege};
+use hyperv_tlfs::cpuid::{feature, privilege, recommendation};
 use hyperv_tlfs::msr::{self, CRASH_CTL, CRASH_CTL_NOTIFY, CRASH_P0, VP_INDEX};
 use kvm_bindings::kvm_cpuid_entry2;
 use kvm_ioctls::VcpuFd;
@@ -94,6 +95,10 @@ impl KernelBackend {
         };
         if self.features.has(privilege::SYNIC) {
             crate::kvm::hyperv::enable_synic2(fd).map_err(kvm("KVM_CAP_HYPERV_SYNIC2"))?;
+        }
+        if self.features.recommends(recommendation::ENLIGHTENED_VMCS) {
+            crate::kvm::nested::enable_evmcs(fd)
+                .map_err(|source| HvSetupError::Evmcs { vcpu: vp, source })?;
         }
         if self.enforce_cpuid {
             crate::kvm::hyperv::enable_enforce_cpuid(fd)

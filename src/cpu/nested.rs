@@ -123,10 +123,7 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("nested=1"));
-        assert_eq!(
-            resolve(NestedMode::Auto, CpuModel::Host, &off).unwrap(),
-            false
-        );
+        assert!(!resolve(NestedMode::Auto, CpuModel::Host, &off).unwrap());
     }
 
     #[test]

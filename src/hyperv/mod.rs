@@ -22,6 +22,7 @@ pub mod user;
 
 pub use backend::{HvBackend, HvVp};
 pub use setup::{cpuid_entries, host_capabilities, resolve_for_vm, HyperVError};
+pub use user::connections::{Connections, GuestSynic, HvConnection, SynicError};
 
 use crate::devices::GuestRequest;
 use crate::ratelimit::error_ratelimited;
@@ -64,6 +65,9 @@ pub struct HvConfig {
     pub enforce_cpuid: bool,
     /// Crash policy.
     pub on_crash: CrashAction,
+    /// What HvPostMessage and HvSignalEvent reach (user backend): handlers hvkvm code
+    /// registered by connection ID.
+    pub connections: user::connections::Connections,
 }
 
 impl HvConfig {
@@ -84,6 +88,7 @@ impl HvConfig {
                 .collect(),
             enforce_cpuid: resolution.is_on(hv_model::Enlightenment::EnforceCpuid),
             on_crash,
+            connections: Default::default(),
         })
     }
 
@@ -95,6 +100,7 @@ impl HvConfig {
             offered: Vec::new(),
             enforce_cpuid: true,
             on_crash: CrashAction::Log,
+            connections: Default::default(),
         }
     }
 }

@@ -40,6 +40,9 @@ pub struct UsageReport {
     pub hypercalls: BTreeMap<String, BTreeMap<String, u64>>,
     /// Hypercalls that raised #UD.
     pub hypercall_ud: u64,
+    /// What the backend did for the guest, by name (user backend: SynIC and timer
+    /// deliveries, IPIs, TLB flushes).
+    pub events: BTreeMap<String, u64>,
     /// Crash reports the guest made.
     pub crashes: Vec<[u64; 5]>,
     /// Things the guest tried that were refused (first few).
@@ -209,6 +212,12 @@ impl UsageReport {
                 "  hypercalls refused with #UD: {}\n",
                 self.hypercall_ud
             ));
+        }
+        if !self.events.is_empty() {
+            out.push_str("  backend events:\n");
+        }
+        for (name, n) in &self.events {
+            out.push_str(&format!("    {name:<52} {n:>8}\n"));
         }
         for c in &self.crashes {
             out.push_str(&format!("  crash reported: P0..P4 = {c:#x?}\n"));

@@ -7,6 +7,7 @@
 
 pub mod config;
 pub mod control;
+pub mod link;
 pub mod outcome;
 
 use std::sync::{Arc, Mutex};
@@ -103,7 +104,7 @@ pub struct Vm {
     stats: Vec<Arc<VcpuStats>>,
     hyperv: Option<HvBackend>,
     _serial_irq: EventFd,
-    _vm: VmFd,
+    _vm: Arc<VmFd>,
     _mem: GuestMemory,
 }
 
@@ -128,7 +129,7 @@ impl Vm {
             ));
         }
         let kvm = Kvm::new().map_err(crate::kvm::ProbeError::OpenKvm)?;
-        let vm = create_vm_fd(&kvm, &host, quirks, &config)?;
+        let vm = Arc::new(create_vm_fd(&kvm, &host, quirks, &config)?);
 
         let mem = memory::allocate(config.memory_mib)?;
         memory::register_with_kvm(&vm, &mem)?;
@@ -176,6 +177,8 @@ impl Vm {
                     mem: mem.clone(),
                     guest_tsc,
                     tsc_khz,
+                    link: Arc::new(link::VmLink::new(vm.clone(), control.clone())),
+                    time_dilation: config.time_dilation.unwrap_or(quirks.time_dilation),
                 }));
             }
             let kvm_table = cpuid::to_kvm(&table).map_err(|_| VmError::CpuidTooLarge)?;
@@ -260,6 +263,9 @@ impl Vm {
         };
         let elapsed = start.elapsed();
         let stuck_vcpus = control.join_threads(STOP_GRACE);
+        if let Some(backend) = &hyperv {
+            backend.shutdown();
+        }
         for vcpu in &stuck_vcpus {
             log::error!(
                 "vCPU {vcpu} did not leave KVM_RUN within {STOP_GRACE:?} of the stop; abandoning it"

@@ -11,25 +11,46 @@
 //! 0x40000000..=0x400001FF to KVM, so even a kernel with its own Hyper-V emulation forwards
 //! them here. Hypercalls arrive through the hypercall page, an I/O-port trampoline (no
 //! `vmcall`, which hangs on some hosts).
+//!
+//! What the backend sends the other way goes through the VM's [`VpLink`]: SynIC and timer
+//! interrupts and synthetic IPIs are MSIs to the VP's in-kernel LAPIC (`KVM_SIGNAL_MSI`), and
+//! remote TLB flushes kick the target out of `KVM_RUN` ([`tlb`]). Synthetic timers run on one
+//! timer thread per VM ([`timers`]), started when the guest first arms a timer.
 
 pub mod clock;
+pub mod connections;
 pub mod features;
 pub mod hypercall;
+pub mod link;
 pub mod partition;
+pub mod stimer;
+pub mod synic;
+pub mod timers;
+pub mod tlb;
 pub mod usage;
 pub mod vp;
 
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
+use hyperv_tlfs::cpuid::{feature, privilege};
 use hyperv_tlfs::msr::{self, APIC_FREQUENCY, TIME_REF_COUNT, TSC_FREQUENCY};
+use hyperv_tlfs::synic::{Message, MESSAGE_PAYLOAD_BYTES};
 use kvm_bindings::{kvm_cpuid_entry2, kvm_vcpu_events};
 
 use self::clock::ReferenceClock;
+use self::connections::{Connections, GuestSynic, SynicError};
 use self::features::Features;
-use self::hypercall::{HypercallRegs, HypercallServices, Offered, Outcome};
+use self::hypercall::{
+    status, FlushRequest, HypercallRegs, HypercallServices, Offered, Outcome, PostMessage, VpSet,
+};
+use self::link::{NoLink, VpLink};
 use self::partition::{Partition, PartitionEffect};
-use self::usage::{MsrUse, Refusal};
-use self::vp::VpState;
+use self::stimer::TimerGates;
+use self::timers::{TimerHost, TimerThread};
+use self::tlb::FlushSlot;
+use self::usage::{Event, MsrUse, Refusal};
+use self::vp::{VpContext, VpState};
 use super::report::UsageReport;
 use super::{CrashAction, HvExitError};
 use crate::devices::GuestRequest;
@@ -41,8 +62,12 @@ use crate::vcpu::VcpuState;
 
 pub use self::partition::HYPERCALL_PORT;
 
-/// KVM's in-kernel LAPIC timer runs at 1 GHz; APIC_FREQUENCY reports that.
+/// KVM's in-kernel LAPIC timer runs at 1 GHz; APIC_FREQUENCY reports that (times the time
+/// dilation factor, see [`UserBackendParams::time_dilation`]).
 pub const APIC_FREQUENCY_HZ: u64 = 1_000_000_000;
+
+/// Most VPs a VM has (vm::config::MAX_VCPUS), for fixed-size per-call arrays.
+const MAX_VPS: usize = 256;
 
 const UD_VECTOR: u8 = 6;
 const EFER_LMA: u64 = 1 << 10;
@@ -54,15 +79,23 @@ const OUT_IMM8_LEN: u64 = 2;
 pub struct UserBackend {
     features: Features,
     offered: Offered,
+    gates: TimerGates,
     clock: Option<ReferenceClock>,
+    /// The TSC rate the guest is told (the real one times the dilation factor).
     tsc_hz: u64,
+    /// Time dilation: reference time and timers run this many times slower than host time.
+    dilation: u32,
     /// guest TSC = host TSC + this (KVM gives all vCPUs of a VM the same offset).
     tsc_offset: u64,
     on_crash: CrashAction,
     mem: GuestMemory,
     offered_names: Vec<String>,
+    link: Arc<dyn VpLink>,
+    connections: Connections,
+    timers: Arc<TimerThread>,
     partition: Mutex<Partition>,
     vps: Box<[Mutex<VpState>]>,
+    flush: Box<[FlushSlot]>,
 }
 
 /// What the user backend is built from.
@@ -82,25 +115,86 @@ pub struct UserBackendParams<'a> {
     pub tsc_khz: u32,
     /// Crash policy.
     pub on_crash: CrashAction,
+    /// Interrupts and kicks (None: a backend that reaches no VM, for tests and tools).
+    pub link: Option<Arc<dyn VpLink>>,
+    /// The connections HvPostMessage and HvSignalEvent reach.
+    pub connections: Connections,
+    /// Time dilation factor N ≥ 1: the guest is told N times the real TSC and APIC timer
+    /// rates, and reference time and synthetic timers run N times slower, so that the guest's
+    /// whole sense of time is consistently N times slower than the host's (a host quirk for
+    /// hosts that emulate guest kernel code, see `host_quirks`). 1: real time.
+    pub time_dilation: u32,
 }
 
 impl UserBackend {
     /// A backend whose reference time starts at 0 now.
     pub fn new(p: UserBackendParams<'_>) -> Self {
-        let tsc_hz = u64::from(p.tsc_khz) * 1000;
+        let dilation = p.time_dilation.max(1);
+        let tsc_hz = u64::from(p.tsc_khz) * 1000 * u64::from(dilation);
         let features = Features::from_cpuid(p.cpuid);
         UserBackend {
             features,
             offered: features.offered(),
+            gates: TimerGates {
+                synic: features.has(privilege::SYNIC),
+                direct: features.has_feature(feature::DIRECT_SYNTHETIC_TIMERS),
+            },
             clock: ReferenceClock::new(tsc_hz, p.guest_tsc),
             tsc_hz,
+            dilation,
             tsc_offset: p.guest_tsc.wrapping_sub(host_tsc()),
             on_crash: p.on_crash,
             mem: p.mem,
             offered_names: p.offered_names,
+            link: p.link.unwrap_or_else(|| Arc::new(NoLink)),
+            connections: p.connections,
+            timers: TimerThread::new("hv-stimers".into()),
             partition: Mutex::new(Partition::default()),
             vps: (0..p.vps).map(|_| Mutex::new(VpState::default())).collect(),
+            flush: (0..p.vps).map(|_| FlushSlot::default()).collect(),
         }
+    }
+
+    /// Stops the timer thread (and waits for it). The VM calls this once its vCPUs stopped;
+    /// dropping the backend does it too.
+    pub fn shutdown(&self) {
+        self.timers.stop();
+    }
+
+    /// The number of VPs.
+    pub fn vp_count(&self) -> u32 {
+        self.vps.len() as u32
+    }
+
+    /// The time dilation factor (1: none).
+    pub fn time_dilation(&self) -> u32 {
+        self.dilation
+    }
+
+    /// The reference time now.
+    pub fn now(&self) -> u64 {
+        self.reference_time(self.guest_tsc())
+    }
+
+    /// Runs `f` on VP `vp`'s state with a context at reference time `now`; `arm` tells the
+    /// timer thread about new deadlines.
+    fn with_vp<R>(
+        &self,
+        vp: u32,
+        now: u64,
+        arm: &dyn Fn(u64),
+        f: impl FnOnce(&mut VpState, &VpContext<'_>) -> R,
+    ) -> Option<R> {
+        let mut state = self.vp(vp)?;
+        let ctx = VpContext {
+            vp,
+            mem: &self.mem,
+            link: &*self.link,
+            gates: self.gates,
+            now,
+            arm,
+        };
+        Some(f(&mut state, &ctx))
     }
 
     fn partition(&self) -> MutexGuard<'_, Partition> {
@@ -142,6 +236,17 @@ impl UserBackend {
             offered: self.offered_names.clone(),
             ..UsageReport::default()
         };
+        if self.dilation > 1 {
+            report
+                .events
+                .insert("time dilation factor".into(), u64::from(self.dilation));
+        }
+        let flushes: u64 = self.flush.iter().map(FlushSlot::performed).sum();
+        if flushes > 0 {
+            report
+                .events
+                .insert("remote TLB flushes performed".into(), flushes);
+        }
         {
             let p = self.partition();
             report.guest_os_id = p.guest_os_id();
@@ -169,16 +274,21 @@ impl UserBackend {
             return Err(MsrFault);
         }
         match index {
-            TIME_REF_COUNT => Ok(self.reference_time(self.guest_tsc())),
+            TIME_REF_COUNT => Ok(self.now()),
             TSC_FREQUENCY => Ok(self.tsc_hz),
-            APIC_FREQUENCY => Ok(APIC_FREQUENCY_HZ),
+            APIC_FREQUENCY => Ok(APIC_FREQUENCY_HZ * u64::from(self.dilation)),
             _ if Partition::owns(index) => self.partition().read(index),
             _ if VpState::owns(index) => self.vp(vp).ok_or(MsrFault)?.read(vp, index),
             _ => Err(MsrFault),
         }
     }
 
-    fn write_msr(&self, vp: u32, index: u32, value: u64) -> Result<MsrWriteEffect, MsrFault> {
+    fn write_msr(
+        self: &Arc<Self>,
+        vp: u32,
+        index: u32,
+        value: u64,
+    ) -> Result<MsrWriteEffect, MsrFault> {
         if !self.features.msr_available(index) {
             return Err(MsrFault);
         }
@@ -193,14 +303,113 @@ impl UserBackend {
             });
         }
         if VpState::owns(index) {
+            let arm = |deadline: u64| self.timers.request(self, deadline);
             return self
-                .vp(vp)
+                .with_vp(vp, self.now(), &arm, |state, ctx| {
+                    state.write(index, value, ctx)
+                })
                 .ok_or(MsrFault)?
-                .write(index, value, &self.mem)
                 .map(|()| None);
         }
         // Read-only partition values (TIME_REF_COUNT, frequencies) and anything unserved.
         Err(MsrFault)
+    }
+
+    /// Flushes the TLB of every VP of `targets` (see [`tlb`]): each is asked, those in the
+    /// guest are kicked, and this returns once none of them can still use a stale entry.
+    fn flush_tlbs(&self, targets: &VpSet) {
+        let mut waits = [None; MAX_VPS];
+        for vp in targets.iter(self.vp_count()) {
+            let Some(slot) = self.flush.get(vp as usize) else {
+                continue;
+            };
+            let ticket = slot.request(vp, &*self.link);
+            if let Some(mut state) = self.vp(vp) {
+                state.usage.event(Event::FlushRequested);
+                if ticket.is_some() {
+                    state.usage.event(Event::FlushWaited);
+                }
+            }
+            if let Some(w) = waits.get_mut(vp as usize) {
+                *w = ticket;
+            }
+        }
+        for (vp, ticket) in waits.iter().enumerate() {
+            if let (Some(ticket), Some(slot)) = (ticket, self.flush.get(vp)) {
+                slot.wait(vp as u32, *ticket, &*self.link);
+            }
+        }
+    }
+
+    /// Sends `vector` to every VP of `targets`.
+    fn send_ipi(&self, vector: u8, targets: &VpSet) {
+        for vp in targets.iter(self.vp_count()) {
+            if let Some(mut state) = self.vp(vp) {
+                state.usage.event(Event::IpiReceived);
+            }
+            if let Err(e) = self.link.interrupt(vp, vector) {
+                warn_ratelimited!("cannot send synthetic IPI vector {vector} to VP {vp}: {e}");
+            }
+        }
+    }
+}
+
+impl Drop for UserBackend {
+    fn drop(&mut self) {
+        self.timers.stop();
+    }
+}
+
+impl TimerHost for UserBackend {
+    fn now(&self) -> u64 {
+        UserBackend::now(self)
+    }
+
+    fn run_timers(&self, now: u64) -> u64 {
+        let mut next = u64::MAX;
+        for vp in 0..self.vp_count() {
+            // The thread itself is what `arm` would wake: the returned deadline covers it.
+            let deadline = self.with_vp(vp, now, &|_| {}, |state, ctx| state.run_timers(ctx));
+            next = next.min(deadline.unwrap_or(u64::MAX));
+        }
+        next
+    }
+
+    fn wall_until(&self, now: u64, deadline: u64) -> Duration {
+        // One reference unit is 100 ns of guest time, `dilation` times as much host time.
+        let units = deadline.saturating_sub(now);
+        Duration::from_nanos(units.saturating_mul(100 * u64::from(self.dilation)))
+    }
+}
+
+impl GuestSynic for UserBackend {
+    fn post_message(
+        &self,
+        vp: u32,
+        sint: u8,
+        message_type: u32,
+        payload: &[u8],
+    ) -> Result<(), SynicError> {
+        if message_type == hyperv_tlfs::synic::message_type::NONE
+            || payload.len() > MESSAGE_PAYLOAD_BYTES
+        {
+            return Err(SynicError::BadMessage {
+                message_type,
+                size: payload.len(),
+            });
+        }
+        let message = Message::new(message_type, payload);
+        self.with_vp(vp, self.now(), &|_| {}, |state, ctx| {
+            state.post_message(sint, &message, ctx)
+        })
+        .ok_or(SynicError::NoVp(vp))?
+    }
+
+    fn signal_event(&self, vp: u32, sint: u8, flag: u32) -> Result<(), SynicError> {
+        self.with_vp(vp, self.now(), &|_| {}, |state, ctx| {
+            state.signal_event(sint, flag, ctx)
+        })
+        .ok_or(SynicError::NoVp(vp))?
     }
 }
 
@@ -228,6 +437,11 @@ fn add_vp_usage(report: &mut UsageReport, usage: &usage::VpUsage) {
     }
     report.hypercall_ud += usage.hypercall_ud;
     report.add_refusals(usage.refusals.iter(), usage.refusals.dropped);
+    for (event, n) in Event::ALL.iter().zip(usage.events.iter()) {
+        if *n > 0 {
+            *report.events.entry(event.name().to_string()).or_default() += n;
+        }
+    }
 }
 
 /// One vCPU's handle on the user backend.
@@ -245,7 +459,7 @@ impl VcpuMsrHandler for UserVp {
     }
 
     fn write(&mut self, index: u32, value: u64) -> Result<MsrWriteEffect, MsrFault> {
-        let result = self.backend.write_msr(self.vp, index, value);
+        let result = UserBackend::write_msr(&self.backend, self.vp, index, value);
         self.count(index, true, result.is_err(), || Refusal::Wrmsr {
             index,
             value,
@@ -258,6 +472,30 @@ impl UserVp {
     /// The VP index.
     pub fn index(&self) -> u32 {
         self.vp
+    }
+
+    /// Right before `KVM_RUN`: carries out the TLB flushes other VPs asked of this one.
+    pub fn before_entry(&self, state: &mut dyn VcpuState) -> Result<(), HvExitError> {
+        let Some(slot) = self.backend.flush.get(self.vp as usize) else {
+            return Ok(());
+        };
+        let vp = self.vp;
+        slot.before_entry(|| {
+            tlb::flush_with_sregs(|| state.sregs(), |s| state.set_sregs(s)).map_err(|source| {
+                HvExitError::VcpuAccess {
+                    vp,
+                    what: "flush the TLB (KVM_GET_SREGS/KVM_SET_SREGS)",
+                    source,
+                }
+            })
+        })
+    }
+
+    /// Right after `KVM_RUN` returned.
+    pub fn after_exit(&self) {
+        if let Some(slot) = self.backend.flush.get(self.vp as usize) {
+            slot.after_exit();
+        }
     }
 
     /// Counts an MSR access in this VP's usage (after the access, so no other lock is held).
@@ -308,7 +546,10 @@ impl UserVp {
         }
         let cpl = sregs.ss.dpl;
         let long_mode = sregs.efer & EFER_LMA != 0 && sregs.cs.l == 1;
-        let mut services = Services { vp };
+        let mut services = Services {
+            vp,
+            backend: &self.backend,
+        };
         let outcome = hypercall::handle(
             vp,
             cpl,
@@ -367,15 +608,48 @@ fn inject_ud(events: &mut kvm_vcpu_events) {
 }
 
 /// The hypercalls the user backend carries out.
-struct Services {
+struct Services<'a> {
     vp: u32,
+    backend: &'a UserBackend,
 }
 
-impl HypercallServices for Services {
+impl HypercallServices for Services<'_> {
     fn notify_long_spin_wait(&mut self, vcpu: u32) {
         debug_assert_eq!(vcpu, self.vp);
         // The spinning VP gives its host CPU away, which is what the hint asks for.
         std::thread::yield_now();
+    }
+
+    fn flush_virtual_address(&mut self, _vcpu: u32, request: &FlushRequest<'_>) -> u16 {
+        // Every flush flushes everything the targets cached: over-flushing is always correct,
+        // so the address space, the flags and the GVA list (either range format) need no
+        // further interpretation.
+        self.backend.flush_tlbs(&request.processors);
+        status::SUCCESS
+    }
+
+    fn send_ipi(&mut self, _vcpu: u32, vector: u8, targets: &VpSet) -> u16 {
+        // VP indices without a VP are ignored, as KVM does.
+        self.backend.send_ipi(vector, targets);
+        status::SUCCESS
+    }
+
+    fn synic_active(&self, _vcpu: u32) -> bool {
+        self.backend.gates.synic
+    }
+
+    fn post_message(&mut self, vcpu: u32, message: &PostMessage) -> u16 {
+        match self.backend.connections.get(message.connection_id) {
+            Some(c) => c.post_message(self.backend, vcpu, message.message_type, message.payload()),
+            None => status::INVALID_CONNECTION_ID,
+        }
+    }
+
+    fn signal_event(&mut self, vcpu: u32, connection_id: u32, flag_number: u16) -> u16 {
+        match self.backend.connections.get(connection_id) {
+            Some(c) => c.signal_event(self.backend, vcpu, flag_number),
+            None => status::INVALID_CONNECTION_ID,
+        }
     }
 }
 
@@ -402,6 +676,9 @@ mod tests {
             guest_tsc: 0,
             tsc_khz: HZ,
             on_crash: CrashAction::Log,
+            link: None,
+            connections: Connections::default(),
+            time_dilation: 1,
         }))
     }
 

@@ -54,8 +54,10 @@ pub struct HostQuirks {
     /// real TSC and APIC timer rates (TSC_FREQUENCY, APIC_FREQUENCY) and runs the reference
     /// time, the TSC page and the synthetic timers N times slower: the guest's clock stays
     /// self-consistent, it just runs N times slower than the host's, so the guest's timers
-    /// fire N times less often per host second. Guests without Hyper-V and the kernel backend
-    /// are unaffected. test-host.md measured a 2-vCPU Debian boot at ~400 s without and
+    /// fire N times less often per host second. It applies to booted kernels (Linux), not to
+    /// ELF test payloads, which check timing against real time (`VmConfig::time_dilation`
+    /// overrides both). Guests without Hyper-V and the kernel backend are unaffected.
+    /// test-host.md measured a 2-vCPU Debian boot at ~400 s without and
     /// ~250 s with N = 10 (N = 20 gave nothing more).
     pub time_dilation: u32,
 }

@@ -178,7 +178,12 @@ impl Vm {
                     guest_tsc,
                     tsc_khz,
                     link: Arc::new(link::VmLink::new(vm.clone(), control.clone())),
-                    time_dilation: config.time_dilation.unwrap_or(quirks.time_dilation),
+                    time_dilation: config.time_dilation.unwrap_or(match config.boot {
+                        // Test payloads check exact timing against real time; the quirk is
+                        // for operating systems' periodic housekeeping.
+                        BootSource::Payload { .. } => 1,
+                        BootSource::Linux(_) => quirks.time_dilation,
+                    }),
                 }));
             }
             let kvm_table = cpuid::to_kvm(&table).map_err(|_| VmError::CpuidTooLarge)?;

@@ -234,18 +234,19 @@ impl VpState {
     /// the EOM).
     fn redeliver(&mut self, ctx: &VpContext<'_>) {
         for sint in 0..SINT_COUNT {
-            let Some(message) = self.synic.queue(sint).and_then(|q| q.front().copied()) else {
-                continue;
-            };
-            match self.synic.try_deliver(ctx.mem, sint, &message, true) {
-                Delivery::Written => {
-                    if let Some(q) = self.synic.queue(sint) {
-                        q.pop_front();
+            // The head goes into the slot if it is free; the try for the next one then finds
+            // the slot busy and sets `message_pending`, so that the guest writes EOM again.
+            while let Some(message) = self.synic.queue(sint).and_then(|q| q.front().copied()) {
+                match self.synic.try_deliver(ctx.mem, sint, &message, true) {
+                    Delivery::Written => {
+                        if let Some(q) = self.synic.queue(sint) {
+                            q.pop_front();
+                        }
+                        self.usage.event(Event::Message);
+                        self.raise(sint, ctx);
                     }
-                    self.usage.event(Event::Message);
-                    self.raise(sint, ctx);
+                    Delivery::Busy | Delivery::NoPage => break,
                 }
-                Delivery::Busy | Delivery::NoPage => {}
             }
         }
         for i in 0..TIMER_COUNT {
@@ -493,6 +494,30 @@ mod tests {
         f.with(0, |ctx| vp.write(EOM, 0, ctx)).unwrap();
         assert_eq!(f.link.take_interrupts(), [(1, 0x52)]);
         assert!(!vp.synic.has_queued());
+        // Three at once: each one taken leaves message_pending set while more wait.
+        let flags = |f: &Fixture| -> u8 {
+            f.mem
+                .read_obj(GuestAddress(SIMP_GPA + 2 * 256 + MESSAGE_FLAGS_OFFSET))
+                .unwrap()
+        };
+        f.mem
+            .write_obj(0u32, GuestAddress(SIMP_GPA + 2 * 256))
+            .unwrap();
+        f.with(0, |ctx| {
+            for _ in 0..3 {
+                vp.post_message(2, &m, ctx).unwrap();
+            }
+        });
+        assert_eq!(flags(&f), 1);
+        for pending_after in [1, 0] {
+            f.mem
+                .write_obj(0u32, GuestAddress(SIMP_GPA + 2 * 256))
+                .unwrap();
+            f.with(0, |ctx| vp.write(EOM, 0, ctx)).unwrap();
+            assert_eq!(f.slot_type(2), 0x77);
+            assert_eq!(flags(&f), pending_after);
+        }
+        f.link.take_interrupts();
         assert_eq!(
             f.with(0, |ctx| vp.post_message(16, &m, ctx)),
             Err(SynicError::NoSint(16))

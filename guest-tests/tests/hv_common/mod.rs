@@ -1,0 +1,81 @@
+//! Helpers shared by the SynIC, timer, IPI and flush test files: the enforce-CPUID leaves
+//! builder of the conformance matrix (as in hyperv_user_backend.rs, whose rows these files
+//! extend) and a run with a Hyper-V selection on several vCPUs.
+#![allow(dead_code)]
+
+use guest_tests::{GuestTest, TestRun};
+use hvkvm::cpu::CpuidEntry;
+use hvkvm::hyperv::CrashAction;
+
+/// Bits of a matrix row, named as in the reference (§4).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Bits {
+    pub eax3: u32,
+    pub ebx3: u32,
+    pub edx3: u32,
+    pub eax4: u32,
+    pub ebx4: u32,
+}
+
+/// "Microsoft Hv", "Hv#1", and leaves 0x40000003/4 with exactly `b`.
+pub fn leaves(b: Bits) -> Vec<CpuidEntry> {
+    let leaf = |function, eax, ebx, ecx, edx| CpuidEntry {
+        function,
+        index: 0,
+        eax,
+        ebx,
+        ecx,
+        edx,
+    };
+    vec![
+        leaf(
+            0x4000_0000,
+            0x4000_0005,
+            0x7263_694d,
+            0x666f_736f,
+            0x7648_2074,
+        ),
+        leaf(0x4000_0001, 0x3123_7648, 0, 0, 0),
+        leaf(0x4000_0003, b.eax3, b.ebx3, 0, b.edx3),
+        leaf(0x4000_0004, b.eax4, b.ebx4, 0, 0),
+        leaf(0x4000_0005, 0, 0, 0, 0),
+    ]
+}
+
+/// `03.EAX[5]` (hypercall MSRs) plus `f`'s changes.
+pub fn with(f: impl FnOnce(&mut Bits)) -> Bits {
+    let mut b = Bits {
+        eax3: 1 << 5,
+        ..Bits::default()
+    };
+    f(&mut b);
+    b
+}
+
+/// Payload `name` on `cpus` vCPUs with the `--hv` selection `list` on the user backend.
+pub fn run_with(name: &str, cpus: u32, list: &str) -> TestRun {
+    GuestTest::new(name)
+        .cpus(cpus)
+        .hyperv(list, CrashAction::Log)
+        .run()
+}
+
+/// The SYNC of `stage` from vCPU `vcpu`.
+pub fn sync_of(run: &TestRun, vcpu: u32, stage: u64) -> [u64; 6] {
+    let all = run.syncs(stage);
+    let mine: Vec<_> = all.iter().filter(|s| s.vcpu == vcpu).collect();
+    assert_eq!(
+        mine.len(),
+        1,
+        "one SYNC {stage} from vCPU {vcpu} expected: {:?}",
+        run.outcome.syncs
+    );
+    mine[0].values
+}
+
+/// Most vCPUs a test VM gets: never more than the host's cores (an overcommitted SMP guest
+/// livelocked on the emulating test hosts), at most `want`.
+pub fn vcpus(want: u32) -> u32 {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
+    want.min(cores).max(1)
+}

@@ -106,6 +106,13 @@ fn on_sint(vector: u8, cpu: usize) {
     s.fires.fetch_add(1, SeqCst);
 }
 
+/// Lets messages and interrupts already on their way arrive (after stopping timers): 2 P
+/// with interrupts enabled.
+fn settle() {
+    let until = synic::now() + 2 * P;
+    intr::wait_for(LIMIT, || synic::now() >= until);
+}
+
 fn enabled(n: usize) -> u64 {
     hvkvm_guest::x86::rdmsr(synic::config_msr(n)) & synic::CONFIG_ENABLE
 }
@@ -131,6 +138,7 @@ fn main(boot: BootInfo) -> ! {
     let ok = intr::wait_for(LIMIT, || stats[0].fires() >= 5 && stats[1].fires() >= 5);
     synic::stop_timer(0);
     synic::stop_timer(1);
+    settle();
     let off = stats[0].off_grid.load(SeqCst) + stats[1].off_grid.load(SeqCst);
     guest_sync!(1, ok, stats[0].fires(), stats[1].fires(), off, MALFORMED[cpu].load(SeqCst), 0);
 
@@ -173,6 +181,7 @@ fn main(boot: BootInfo) -> ! {
     );
     let ok = intr::wait_for(LIMIT, || stats[0].fires() >= 5);
     synic::stop_timer(0);
+    settle();
     guest_sync!(4, ok, stats[0].fires(), stats[0].off_grid.load(SeqCst), 0, 0, 0);
 
     // 5: a one-shot whose slot is busy waits for the guest to free it and write EOM.
@@ -202,6 +211,7 @@ fn main(boot: BootInfo) -> ! {
     synic::start_timer(3, direct_config(VEC_DIRECT, true), P);
     let ok = intr::wait_for(LIMIT, || intr::count(cpu, VEC_DIRECT) - before >= 5);
     synic::stop_timer(3);
+    settle();
     guest_sync!(7, ok, intr::count(cpu, VEC_DIRECT) - before, 0, 0, 0, 0);
 
     // 8: a one-shot in the past expires at once.

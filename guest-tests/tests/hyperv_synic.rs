@@ -209,3 +209,44 @@ fn post_message_and_signal_event_without_synic_are_invalid_input() {
     assert_eq!(hypercall(with_synic(post), 0x5c), INVALID_PARAMETER);
     assert_eq!(hypercall(with_synic(signal), 0x5d), INVALID_CONNECTION_ID);
 }
+
+#[test]
+fn a_hostile_guest_with_synic_timers_ipis_and_flushes_cannot_crash_or_hang_the_vmm() {
+    require_kvm!();
+    let run = GuestTest::new("hv_fuzz")
+        .hyperv(
+            "hv-relaxed,hv-vpindex,hv-runtime,hv-time,hv-frequencies,hv-synic,hv-stimer,\
+             hv-stimer-direct,hv-ipi,hv-tlbflush,hv-tlbflush-ext,hv-xmm-input,\
+             hv-spinlocks=0xfff",
+            CrashAction::Log,
+        )
+        .run();
+    run.expect_done();
+    let [accesses, gp, hypercalls, ud, statuses, _] = run.sync(1).values;
+    assert!(
+        accesses > 1000 && hypercalls > 100,
+        "{accesses}, {hypercalls}"
+    );
+    assert!(gp > 0 && ud <= hypercalls);
+    // Every status is one the TLFS defines.
+    let defined: u64 = [0u64, 2, 3, 4, 5, 6, 7, 8, 0x12, 0x13]
+        .iter()
+        .map(|s| 1 << s)
+        .sum();
+    assert_eq!(statuses & !defined, 0, "undefined statuses {statuses:#b}");
+    let [_, _, _, other_faults, page_enabled, _] = run.sync(2).values;
+    assert_eq!((other_faults, page_enabled), (0, 1));
+    let [present, sint_gp, _writes, phase3_faults, count, _] = run.sync(3).values;
+    assert_eq!(
+        [present, sint_gp, phase3_faults, count],
+        [1, 16, 0, u64::MAX],
+        "SynIC phase: every SINT vector below 16 #GPs, everything else is accepted"
+    );
+    let report = run.outcome.hyperv.as_ref().unwrap();
+    // The one-shot into the message page outside RAM waits for an EOM instead of failing.
+    assert!(report.events["stimer expirations waiting for EOM"] >= 1);
+    // The 100 ns periodic timer ran at the 100 µs floor for 10 ms: about 100 expirations,
+    // not 100,000.
+    let direct = report.events["stimer direct-mode interrupts"];
+    assert!(direct <= 400, "{direct} direct-mode expirations");
+}

@@ -19,10 +19,17 @@
 //!   dropped (the next period brings the next one).
 //!
 //! Every arithmetic on guest values saturates: COUNT = u64::MAX is a timer that never fires.
+//! A periodic timer expires at most once per [`MIN_PERIOD`] (100 µs), whatever its COUNT, so
+//! that a guest cannot make hvkvm's timer thread spin (KVM bounds its LAPIC timer the same
+//! way, `min_timer_period_us`; the TLFS sets no minimum, and real guests use periods of a
+//! millisecond or more).
 
 use hyperv_tlfs::stimer::{Config, CONFIG_ENABLE};
 
 use crate::vcpu::msr::MsrFault;
+
+/// The shortest period a periodic timer runs with (100 µs in reference units).
+pub const MIN_PERIOD: u64 = 1000;
 
 /// What the partition offers that timers depend on.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -124,12 +131,13 @@ impl Stimer {
             return;
         }
         if c.periodic {
+            let period = self.count.max(MIN_PERIOD);
             if self.exp_time == 0 {
-                self.exp_time = now.saturating_add(self.count);
+                self.exp_time = now.saturating_add(period);
             } else if now >= self.exp_time {
                 // Skip the expirations missed meanwhile: next point of the period grid.
-                let late = (now - self.exp_time) % self.count;
-                self.exp_time = now.saturating_add(self.count - late);
+                let late = (now - self.exp_time) % period;
+                self.exp_time = now.saturating_add(period - late);
             }
         } else {
             // Absolute; in the past (or now) it is due at once.
@@ -238,15 +246,15 @@ mod tests {
     #[test]
     fn periodic_skips_missed_periods() {
         let mut t = Stimer::default();
-        t.write_count(100, ALL, 0).unwrap();
+        t.write_count(10_000, ALL, 0).unwrap();
         t.write_config(CONFIG_ENABLE | CONFIG_PERIODIC | SINT2, ALL, 1000)
             .unwrap();
-        assert_eq!(t.deadline(), Some(1100));
-        t.delivered(1100);
-        assert_eq!(t.deadline(), Some(1200));
-        // Delivered 3.5 periods late: the grid continues at 1600.
-        t.delivered(1550);
-        assert_eq!(t.deadline(), Some(1600));
+        assert_eq!(t.deadline(), Some(11_000));
+        t.delivered(11_000);
+        assert_eq!(t.deadline(), Some(21_000));
+        // Delivered 3.5 periods late: the grid continues at 61,000.
+        t.delivered(56_000);
+        assert_eq!(t.deadline(), Some(61_000));
         assert_eq!(t.config() & CONFIG_ENABLE, CONFIG_ENABLE);
     }
 
@@ -276,6 +284,11 @@ mod tests {
         assert!(t.retry_due());
         t.delivered(60);
         assert!(!t.retry_due());
+        // A 100 ns period runs at 100 µs.
+        t.write_count(1, ALL, 0).unwrap();
+        t.write_config(CONFIG_ENABLE | CONFIG_PERIODIC | CONFIG_DIRECT_MODE, ALL, 0)
+            .unwrap();
+        assert_eq!(t.deadline(), Some(MIN_PERIOD));
         t.write_count(u64::MAX, ALL, 10).unwrap();
         t.write_config(CONFIG_ENABLE | CONFIG_PERIODIC | SINT2, ALL, 10)
             .unwrap();

@@ -468,11 +468,11 @@ mod tests {
         let mut vp = VpState::default();
         let config = CONFIG_ENABLE | CONFIG_PERIODIC | CONFIG_DIRECT_MODE | (0xec << 4);
         f.with(1000, |ctx| {
-            vp.write(STIMER0_COUNT, 100, ctx).unwrap();
+            vp.write(STIMER0_COUNT, 10_000, ctx).unwrap();
             vp.write(STIMER0_CONFIG, config, ctx).unwrap();
         });
-        assert_eq!(f.with(1100, |ctx| vp.run_timers(ctx)), 1200);
-        assert_eq!(f.with(1450, |ctx| vp.run_timers(ctx)), 1500);
+        assert_eq!(f.with(11_000, |ctx| vp.run_timers(ctx)), 21_000);
+        assert_eq!(f.with(45_000, |ctx| vp.run_timers(ctx)), 51_000);
         assert_eq!(f.link.take_interrupts(), [(1, 0xec), (1, 0xec)]);
         assert_eq!(vp.usage.events[Event::TimerDirect as usize], 2);
     }

@@ -47,10 +47,7 @@ fn main() {
     for _ in 0..rounds {
         let run = GuestTest::new("bench_timer_lateness")
             .hyperv(HV, CrashAction::Log)
-            .params(&[
-                [samples as u32, deadline_cycles as u32, 0, 0],
-                [0; 4],
-            ])
+            .params(&[[samples as u32, deadline_cycles as u32, 0, 0], [0; 4]])
             .timeout(Duration::from_secs(300))
             .run();
         run.expect_done();

@@ -80,7 +80,7 @@ fn flush_rows_of_the_enforce_cpuid_matrix() {
         b.eax4 = 1 << 2;
         b.edx3 = 1 << 4;
     });
-    let rows: &[(&str, hv_common::Bits, u64, u32, Result<u64, u64>)] = &[
+    let rows: &[hv_common::HypercallRow] = &[
         (
             "FlushVASpace without 04.EAX[2]",
             with(|_| {}),

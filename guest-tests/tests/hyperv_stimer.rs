@@ -110,7 +110,7 @@ fn stimer_rows_of_the_enforce_cpuid_matrix() {
         edx3: 1 << 19,
         ..synic_timers
     };
-    let rows: &[(&str, Bits, u32, Option<u64>, (u64, u64))] = &[
+    let rows: &[hv_common::MsrRow] = &[
         (
             "STIMER0_CONFIG without 03.EAX[3]",
             Bits::default(),

@@ -163,7 +163,7 @@ fn synic_rows_of_the_enforce_cpuid_matrix() {
         ..Bits::default()
     };
     let (ok, gp) = ((0, 0), (1, 13));
-    let rows: &[(&str, Bits, u32, Option<u64>, (u64, u64))] = &[
+    let rows: &[hv_common::MsrRow] = &[
         ("EOM without 03.EAX[2]", Bits::default(), EOM, None, gp),
         ("EOM with 03.EAX[2]: read", synic, EOM, None, ok),
         ("EOM with 03.EAX[2]: write 0", synic, EOM, Some(0), ok),

@@ -79,3 +79,11 @@ pub fn vcpus(want: u32) -> u32 {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
     want.min(cores).max(1)
 }
+
+/// A matrix row on one MSR: (name, bits, MSR, written value or None for a read, (faulted,
+/// vector) expected).
+pub type MsrRow = (&'static str, Bits, u32, Option<u64>, (u64, u64));
+
+/// A matrix row on one hypercall: (name, bits, control word, hv_hypercall flags, status or
+/// exception vector expected).
+pub type HypercallRow = (&'static str, Bits, u64, u32, Result<u64, u64>);

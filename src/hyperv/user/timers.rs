@@ -7,9 +7,11 @@
 //! the VM's shutdown) or when the backend is gone.
 //!
 //! Who calls whom: a VP that arms a timer (holding its own VP lock) calls
-//! [`TimerThread::request`], which takes only the scheduler's lock; the thread takes VP locks
-//! only while it does not hold the scheduler's lock. So the lock order is VP → scheduler.
+//! [`TimerThread::request`], which takes the scheduler's lock only to wake the thread; the
+//! thread takes VP locks only while it does not hold the scheduler's lock. So the lock order
+//! is VP → scheduler.
 
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -24,18 +26,23 @@ pub trait TimerHost: Send + Sync + 'static {
     fn wall_until(&self, now: u64, deadline: u64) -> Duration;
 }
 
-#[derive(Debug)]
-struct Sched {
-    /// The earliest deadline asked for since the thread last looked (u64::MAX: none).
-    requested: u64,
-    stop: bool,
-    started: bool,
-}
-
 /// The scheduler shared by the backend and its timer thread.
+///
+/// Arming a timer is lock-free unless it must wake the thread: the VP lowers `requested`
+/// (`fetch_min`) and takes the lock to notify only when its deadline is earlier than what the
+/// thread sleeps toward (`sleeping_until`). The thread publishes `sleeping_until` and re-reads
+/// `requested` under the lock before it waits; with SeqCst on both sides either the thread sees
+/// the new deadline, or the VP sees the later `sleeping_until` and notifies after the thread
+/// waits (it holds the lock until the wait releases it), so no wake-up is lost.
 #[derive(Debug)]
 pub struct TimerThread {
-    sched: Mutex<Sched>,
+    /// The earliest deadline asked for since the thread last looked (u64::MAX: none).
+    requested: AtomicU64,
+    /// What the thread sleeps toward (u64::MAX: no deadline; 0: it is not asleep).
+    sleeping_until: AtomicU64,
+    stop: AtomicBool,
+    started: AtomicBool,
+    lock: Mutex<()>,
     wake: Condvar,
     handle: Mutex<Option<JoinHandle<()>>>,
     name: String,
@@ -45,35 +52,33 @@ impl TimerThread {
     /// A scheduler whose thread (named `name`) is not started yet.
     pub fn new(name: String) -> Arc<Self> {
         Arc::new(TimerThread {
-            sched: Mutex::new(Sched {
-                requested: u64::MAX,
-                stop: false,
-                started: false,
-            }),
+            requested: AtomicU64::new(u64::MAX),
+            sleeping_until: AtomicU64::new(0),
+            stop: AtomicBool::new(false),
+            started: AtomicBool::new(false),
+            lock: Mutex::new(()),
             wake: Condvar::new(),
             handle: Mutex::new(None),
             name,
         })
     }
 
-    fn lock(&self) -> MutexGuard<'_, Sched> {
-        self.sched.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> MutexGuard<'_, ()> {
+        self.lock.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// A timer must fire at reference time `deadline`: wakes the thread if it sleeps longer,
     /// and starts it the first time.
     pub fn request<H: TimerHost>(self: &Arc<Self>, host: &Arc<H>, deadline: u64) {
-        let mut s = self.lock();
-        if s.stop {
+        if self.stop.load(SeqCst) {
             return;
         }
-        if deadline < s.requested {
-            s.requested = deadline;
+        self.requested.fetch_min(deadline, SeqCst);
+        if deadline < self.sleeping_until.load(SeqCst) {
+            let _guard = self.lock();
             self.wake.notify_all();
         }
-        if !s.started {
-            s.started = true;
-            drop(s);
+        if !self.started.load(SeqCst) && !self.started.swap(true, SeqCst) {
             self.start(Arc::downgrade(host));
         }
     }
@@ -89,7 +94,7 @@ impl TimerThread {
             }
             Err(e) => {
                 // Timers then never fire; the guest sees a stopped clock event, which is all
-                // that can be done without a thread. Say so once.
+                // that can be done without a thread.
                 log::error!("cannot start the synthetic timer thread: {e}");
             }
         }
@@ -99,16 +104,17 @@ impl TimerThread {
         crate::kvm::clock::set_precise_timer_slack();
         loop {
             let Some(h) = host.upgrade() else { return };
-            let now = h.now();
-            let next = h.run_timers(now);
-            let mut s = self.lock();
-            if s.stop {
+            self.requested.store(u64::MAX, SeqCst);
+            let next = h.run_timers(h.now());
+            let guard = self.lock();
+            if self.stop.load(SeqCst) {
                 return;
             }
-            let target = next.min(s.requested);
-            s.requested = u64::MAX;
+            let target = next.min(self.requested.load(SeqCst));
+            self.sleeping_until.store(target, SeqCst);
             let now = h.now();
-            if target <= now {
+            if target <= now || self.requested.load(SeqCst) < target {
+                self.sleeping_until.store(0, SeqCst);
                 continue;
             }
             let timeout = (target != u64::MAX).then(|| h.wall_until(now, target));
@@ -116,20 +122,21 @@ impl TimerThread {
             let _woken = match timeout {
                 Some(t) => {
                     self.wake
-                        .wait_timeout(s, t)
+                        .wait_timeout(guard, t)
                         .unwrap_or_else(|p| p.into_inner())
                         .0
                 }
-                None => self.wake.wait(s).unwrap_or_else(|p| p.into_inner()),
+                None => self.wake.wait(guard).unwrap_or_else(|p| p.into_inner()),
             };
+            self.sleeping_until.store(0, SeqCst);
         }
     }
 
     /// Stops the thread and waits for it (unless called on the thread itself).
     pub fn stop(&self) {
+        self.stop.store(true, SeqCst);
         {
-            let mut s = self.lock();
-            s.stop = true;
+            let _guard = self.lock();
             self.wake.notify_all();
         }
         let handle = self.handle.lock().unwrap_or_else(|p| p.into_inner()).take();
@@ -142,7 +149,7 @@ impl TimerThread {
 
     /// Whether the thread was started.
     pub fn started(&self) -> bool {
-        self.lock().started
+        self.started.load(SeqCst)
     }
 }
 

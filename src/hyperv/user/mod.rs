@@ -749,6 +749,21 @@ mod tests {
     }
 
     #[test]
+    fn the_timer_thread_starts_with_the_first_timer_and_stops_with_the_vm() {
+        let b = backend(
+            privilege::SYNIC | privilege::SYNTIMERS | privilege::TIME_REF_COUNT,
+            0,
+        );
+        let mut vp = b.vp_handle(0);
+        assert!(!b.timers.started(), "no thread before a timer is armed");
+        vp.write(STIMER0_COUNT, 10_000_000).unwrap();
+        vp.write(STIMER0_CONFIG, 1 | 2 | (2 << 16)).unwrap();
+        assert!(b.timers.started() && b.timers.running());
+        b.shutdown();
+        assert!(!b.timers.running(), "shutdown joins the thread");
+    }
+
+    #[test]
     fn hostile_values_never_panic() {
         let b = backend(u32::MAX, u32::MAX);
         let mut vp = b.vp_handle(1);

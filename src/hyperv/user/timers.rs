@@ -151,6 +151,15 @@ impl TimerThread {
     pub fn started(&self) -> bool {
         self.started.load(SeqCst)
     }
+
+    /// Whether the thread exists and has not ended.
+    pub fn running(&self) -> bool {
+        self.handle
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .is_some_and(|h| !h.is_finished())
+    }
 }
 
 #[cfg(test)]

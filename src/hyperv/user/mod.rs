@@ -748,6 +748,79 @@ mod tests {
         assert_eq!(b.report().crashes.len(), 1);
     }
 
+    fn linked(eax: u32) -> (Arc<UserBackend>, Arc<link::RecordingLink>) {
+        let leaf = kvm_cpuid_entry2 {
+            function: LEAF_FEATURES,
+            eax,
+            ..Default::default()
+        };
+        let link = Arc::new(link::RecordingLink::default());
+        let b = Arc::new(UserBackend::new(UserBackendParams {
+            cpuid: &[leaf],
+            offered_names: vec![],
+            vps: 2,
+            mem: crate::memory::allocate(16).unwrap(),
+            guest_tsc: 0,
+            tsc_khz: HZ,
+            on_crash: CrashAction::Log,
+            link: Some(link.clone()),
+            connections: Connections::default(),
+            time_dilation: 1,
+        }));
+        (b, link)
+    }
+
+    #[test]
+    fn ipis_reach_existing_targets_only_and_flushes_need_no_wait_outside_the_guest() {
+        let (b, link) = linked(0);
+        let mut set = VpSet::from_mask(0b110);
+        b.send_ipi(0x40, &set);
+        assert_eq!(link.take_interrupts(), [(1, 0x40)], "VP 2 does not exist");
+        set = VpSet::all();
+        b.send_ipi(0x41, &set);
+        assert_eq!(link.take_interrupts(), [(0, 0x41), (1, 0x41)]);
+        // Neither VP is in the guest: no kick, no wait; each flushes before it enters.
+        b.flush_tlbs(&set);
+        assert!(link.kicks.lock().unwrap().is_empty());
+        let mut flushed = 0;
+        b.flush[1]
+            .before_entry(|| -> Result<(), ()> {
+                flushed += 1;
+                Ok(())
+            })
+            .unwrap();
+        assert_eq!(flushed, 1);
+        assert_eq!(b.report().events["remote TLB flushes requested"], 2);
+    }
+
+    #[test]
+    fn hvkvm_code_reaches_a_guest_sint() {
+        use hyperv_tlfs::synic::message_type::TIMER_EXPIRED;
+        let (b, link) = linked(privilege::SYNIC);
+        let mut vp = b.vp_handle(1);
+        assert_eq!(
+            b.post_message(1, 3, 0x10, b"x"),
+            Err(SynicError::NotEnabled(1))
+        );
+        vp.write(SIMP, 0x3000 | 1).unwrap();
+        vp.write(SCONTROL, 1).unwrap();
+        vp.write(SINT0 + 3, 0x33).unwrap();
+        assert_eq!(b.post_message(1, 3, 0x10, b"x"), Ok(()));
+        assert_eq!(link.take_interrupts(), [(1, 0x33)]);
+        assert_eq!(
+            b.post_message(1, 3, 0, b"x"),
+            Err(SynicError::BadMessage {
+                message_type: 0,
+                size: 1
+            })
+        );
+        assert_eq!(
+            b.post_message(7, 3, TIMER_EXPIRED, b""),
+            Err(SynicError::NoVp(7))
+        );
+        assert_eq!(b.signal_event(1, 3, 1), Err(SynicError::NotEnabled(1)));
+    }
+
     #[test]
     fn the_timer_thread_starts_with_the_first_timer_and_stops_with_the_vm() {
         let b = backend(

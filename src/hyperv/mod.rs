@@ -3,7 +3,8 @@
 //! ```text
 //!   setup      hv-model glue: --hv/--profile + this host → a Resolution → HvConfig + CPUID leaves
 //!   backend    the one seam: HvBackend (chosen once per VM), HvVp (one per vCPU)
-//!     ├─ user/     hvkvm emulates the synthetic MSRs, hypercalls and clock itself
+//!     ├─ user/     hvkvm emulates the synthetic MSRs, hypercalls and clock itself, the SynIC,
+//!     │            synthetic timers (one timer thread per VM), PV IPIs and remote TLB flushes
 //!     └─ kernel/   KVM's in-kernel Hyper-V emulation, driven through its capabilities
 //!   report     what the guest used (both backends), inspect: VP assist page and eVMCS
 //! ```

@@ -7,15 +7,15 @@ use core::sync::atomic::{fence, Ordering};
 use crate::hyperv::Page;
 use crate::x86::{rdmsr, wrmsr};
 
+use hyperv_tlfs::msr::{EOM, SCONTROL, SIEFP, SIMP, SINT0, TIME_REF_COUNT};
 pub use hyperv_tlfs::stimer::{
-    config_msr, count_msr, CONFIG_AUTO_ENABLE, CONFIG_DIRECT_MODE, CONFIG_ENABLE,
-    CONFIG_PERIODIC, CONFIG_SINTX_SHIFT,
+    config_msr, count_msr, CONFIG_AUTO_ENABLE, CONFIG_DIRECT_MODE, CONFIG_ENABLE, CONFIG_PERIODIC,
+    CONFIG_SINTX_SHIFT,
 };
 pub use hyperv_tlfs::synic::{
     message_type, TimerMessagePayload, MESSAGE_FLAGS_OFFSET, MESSAGE_FLAG_PENDING, MESSAGE_SIZE,
     SINT_MASKED,
 };
-use hyperv_tlfs::msr::{EOM, SCONTROL, SIEFP, SIMP, SINT0, TIME_REF_COUNT};
 
 // Every helper uses plain RDMSR/WRMSR (a fault ends the test as an unexpected exception):
 // the `idt::*_safe` helpers share one recovery record and cannot be used by several vCPUs at

@@ -99,8 +99,10 @@ fn build_gdt() {
             gdt.add(i)
                 .write_volatile((boot_base as *const u64).add(i).read_volatile());
         }
-        gdt.add(usize::from(USER_DS >> 3)).write_volatile(USER_DATA_DESC);
-        gdt.add(usize::from(USER_CS >> 3)).write_volatile(USER_CODE_DESC);
+        gdt.add(usize::from(USER_DS >> 3))
+            .write_volatile(USER_DATA_DESC);
+        gdt.add(usize::from(USER_CS >> 3))
+            .write_volatile(USER_CODE_DESC);
         for cpu in 0..MAX_CPUS {
             let base = tss_base(cpu);
             let limit = (TSS_SIZE - 1) as u64;
@@ -120,7 +122,13 @@ fn build_gdt() {
 /// Exceptions at CPL3 (and [`crate::intr::service_call`]) run on the vCPU's own CPL0 stack.
 pub fn enter(cpu: usize, entry: extern "sysv64" fn(u64) -> !, arg: u64) -> ! {
     if cpu >= MAX_CPUS {
-        crate::ucall::assert_fail(file!(), line!(), "user_mp: vCPU index too large", cpu as u64, 0);
+        crate::ucall::assert_fail(
+            file!(),
+            line!(),
+            "user_mp: vCPU index too large",
+            cpu as u64,
+            0,
+        );
     }
     build_gdt();
     let tss = tss_base(cpu) as *mut u8;

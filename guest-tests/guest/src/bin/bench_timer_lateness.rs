@@ -57,7 +57,10 @@ fn reference_time_ceil(tsc: u64, scale: u64, offset: i64) -> u64 {
 
 fn main(boot: BootInfo) -> ! {
     guest_assert!(boot.cpu_count == 1, "one vCPU");
-    guest_assert!(cpuid(1, 0).ecx & (1 << 24) != 0, "no TSC-deadline timer in CPUID");
+    guest_assert!(
+        cpuid(1, 0).ecx & (1 << 24) != 0,
+        "no TSC-deadline timer in CPUID"
+    );
     let p = param(0);
     let samples = match p.eax as usize {
         0 => 60,

@@ -59,7 +59,10 @@ fn main(boot: BootInfo) -> ! {
         READY.store(1, SeqCst);
         intr::idle_forever();
     }
-    guest_assert!(spin_wait(|| READY.load(SeqCst) == 1), "VP 1 never got ready");
+    guest_assert!(
+        spin_wait(|| READY.load(SeqCst) == 1),
+        "VP 1 never got ready"
+    );
     guest_assert!(hyperv::enable_hypercall_page(&HYPERCALL_PAGE).is_ok());
     let v = u64::from(VECTOR);
     let vp1 = 1u64 << 1;
@@ -71,7 +74,13 @@ fn main(boot: BootInfo) -> ! {
             let mut xmm = [0u64; 12];
             xmm[0] = 1;
             xmm[1] = vp1;
-            status(hypercall_xmm_fast(&HYPERCALL_PAGE, IPI_EX | var(1), v, SPARSE, &xmm))
+            status(hypercall_xmm_fast(
+                &HYPERCALL_PAGE,
+                IPI_EX | var(1),
+                v,
+                SPARSE,
+                &xmm,
+            ))
         }),
         (5, &|| slow(IPI_EX | var(2), &[v, SPARSE, 0b11, vp1, vp1])),
         (6, &|| {
@@ -79,11 +88,23 @@ fn main(boot: BootInfo) -> ! {
             xmm[0] = 0b11;
             xmm[1] = vp1;
             xmm[2] = vp1;
-            status(hypercall_xmm_fast(&HYPERCALL_PAGE, IPI_EX | var(2), v, SPARSE, &xmm))
+            status(hypercall_xmm_fast(
+                &HYPERCALL_PAGE,
+                IPI_EX | var(2),
+                v,
+                SPARSE,
+                &xmm,
+            ))
         }),
         (7, &|| slow(IPI_EX, &[v, ALL, 0])),
         (8, &|| {
-            status(hypercall_xmm_fast(&HYPERCALL_PAGE, IPI_EX, v, ALL, &[0; 12]))
+            status(hypercall_xmm_fast(
+                &HYPERCALL_PAGE,
+                IPI_EX,
+                v,
+                ALL,
+                &[0; 12],
+            ))
         }),
         (9, &|| {
             let mut words = [0u64; 3 + 64];
@@ -94,8 +115,12 @@ fn main(boot: BootInfo) -> ! {
             slow(IPI_EX | var(64), &words)
         }),
         (10, &|| slow(IPI, &[15, vp1])),
-        (11, &|| status(hypercall_fast(&HYPERCALL_PAGE, IPI, 256, vp1))),
-        (12, &|| status(hypercall_fast(&HYPERCALL_PAGE, IPI, v | 1 << 32, vp1))),
+        (11, &|| {
+            status(hypercall_fast(&HYPERCALL_PAGE, IPI, 256, vp1))
+        }),
+        (12, &|| {
+            status(hypercall_fast(&HYPERCALL_PAGE, IPI, v | 1 << 32, vp1))
+        }),
         (13, &|| slow(IPI_EX | var(1), &[v, SPARSE, 0b11, vp1, vp1])),
         (14, &|| slow(IPI, &[v, 0])),
     ];

@@ -25,7 +25,7 @@
 use core::sync::atomic::{AtomicU32, AtomicU64, Ordering::SeqCst};
 
 use hvkvm_guest::hyperv::Page;
-use hvkvm_guest::synic::{self, message_config, direct_config, message_type};
+use hvkvm_guest::synic::{self, direct_config, message_config, message_type};
 use hvkvm_guest::{guest_assert, guest_done, guest_sync, intr, spin_wait, BootInfo};
 
 hvkvm_guest::entry!(main);
@@ -140,14 +140,25 @@ fn main(boot: BootInfo) -> ! {
     synic::stop_timer(1);
     settle();
     let off = stats[0].off_grid.load(SeqCst) + stats[1].off_grid.load(SeqCst);
-    guest_sync!(1, ok, stats[0].fires(), stats[1].fires(), off, MALFORMED[cpu].load(SeqCst), 0);
+    guest_sync!(
+        1,
+        ok,
+        stats[0].fires(),
+        stats[1].fires(),
+        off,
+        MALFORMED[cpu].load(SeqCst),
+        0
+    );
 
     // 2: one-shot at an absolute time.
     stats[0].reset(0);
     let count = synic::now() + P;
     synic::start_timer(0, message_config(SINT_A as u64, false), count);
     let ok = intr::wait_for(LIMIT, || stats[0].fires() >= 1);
-    let (exp, delivery) = (stats[0].last_exp.load(SeqCst), stats[0].last_delivery.load(SeqCst));
+    let (exp, delivery) = (
+        stats[0].last_exp.load(SeqCst),
+        stats[0].last_delivery.load(SeqCst),
+    );
     guest_sync!(
         2,
         ok,
@@ -168,7 +179,15 @@ fn main(boot: BootInfo) -> ! {
     );
     let enabled_by_count = enabled(1);
     let ok = intr::wait_for(LIMIT, || stats[1].fires() >= 1);
-    guest_sync!(3, ok, stats[1].fires(), enabled_by_count, stats[1].last_exp.load(SeqCst) == count, 0, 0);
+    guest_sync!(
+        3,
+        ok,
+        stats[1].fires(),
+        enabled_by_count,
+        stats[1].last_exp.load(SeqCst) == count,
+        0,
+        0
+    );
 
     // 4: auto-enable periodic.
     stats[0].reset(P);
@@ -182,7 +201,15 @@ fn main(boot: BootInfo) -> ! {
     let ok = intr::wait_for(LIMIT, || stats[0].fires() >= 5);
     synic::stop_timer(0);
     settle();
-    guest_sync!(4, ok, stats[0].fires(), stats[0].off_grid.load(SeqCst), 0, 0, 0);
+    guest_sync!(
+        4,
+        ok,
+        stats[0].fires(),
+        stats[0].off_grid.load(SeqCst),
+        0,
+        0,
+        0
+    );
 
     // 5: a one-shot whose slot is busy waits for the guest to free it and write EOM.
     stats[0].reset(0);
@@ -204,7 +231,15 @@ fn main(boot: BootInfo) -> ! {
     let before = intr::count(cpu, VEC_DIRECT);
     synic::start_timer(2, direct_config(VEC_DIRECT, false), synic::now() + P);
     let ok = intr::wait_for(LIMIT, || intr::count(cpu, VEC_DIRECT) > before);
-    guest_sync!(6, ok, intr::count(cpu, VEC_DIRECT) - before, enabled(2), 0, 0, 0);
+    guest_sync!(
+        6,
+        ok,
+        intr::count(cpu, VEC_DIRECT) - before,
+        enabled(2),
+        0,
+        0,
+        0
+    );
 
     // 7: direct-mode periodic.
     let before = intr::count(cpu, VEC_DIRECT);

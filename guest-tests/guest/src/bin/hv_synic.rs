@@ -185,7 +185,12 @@ fn main(boot: BootInfo) -> ! {
 
     // 6: a masked SINT gets the message but no interrupt.
     // SAFETY: masks SINT 4 (vector kept).
-    unsafe { hvkvm_guest::x86::wrmsr(hyperv::SINT0 + SINT as u32, synic::SINT_MASKED | u64::from(VECTOR)) };
+    unsafe {
+        hvkvm_guest::x86::wrmsr(
+            hyperv::SINT0 + SINT as u32,
+            synic::SINT_MASKED | u64::from(VECTOR),
+        )
+    };
     AUTO_TAKE.store(0, SeqCst);
     let before = interrupts();
     let status = post(ECHO, 7, 16, 0x6600);

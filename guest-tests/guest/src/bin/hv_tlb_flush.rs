@@ -84,7 +84,10 @@ fn build_window() {
     unsafe {
         let pml4e = entry(cr3, (WINDOW >> 39) & 511).read_volatile();
         let pdpte = entry(pml4e, (WINDOW >> 30) & 511).read_volatile();
-        guest_assert!(pdpte & PTE_P != 0 && pdpte & PTE_PS == 0, "2 MiB identity map expected");
+        guest_assert!(
+            pdpte & PTE_P != 0 && pdpte & PTE_PS == 0,
+            "2 MiB identity map expected"
+        );
         PAGE_TABLE.write_u64(0, PAGE_A.addr() | PTE_P | PTE_RW | PTE_US);
         entry(pdpte, (WINDOW >> 21) & 511)
             .write_volatile(PAGE_TABLE.addr() | PTE_P | PTE_RW | PTE_US);
@@ -126,7 +129,10 @@ fn flush(case: u64) -> u64 {
         }
         3 => slow(LIST | reps(1), &[space, 0, worker, WINDOW]),
         4 => slow(SPACE_EX | var(1), &[space, 0, 0, 1, worker]),
-        5 => slow(LIST_EX | var(1) | reps(1), &[space, 0, 0, 1, worker, WINDOW]),
+        5 => slow(
+            LIST_EX | var(1) | reps(1),
+            &[space, 0, 0, 1, worker, WINDOW],
+        ),
         6 => slow(SPACE, &[space, ALL_PROCESSORS, 0]),
         7 => slow(SPACE_EX, &[space, 0, 1, 0]),
         8 => {
@@ -226,7 +232,10 @@ fn main(boot: BootInfo) -> ! {
     }
     guest_assert!(hyperv::enable_hypercall_page(&HYPERCALL_PAGE).is_ok());
     build_window();
-    guest_assert!(spin_wait(|| READY.load(SeqCst) == 1), "the worker did not start");
+    guest_assert!(
+        spin_wait(|| READY.load(SeqCst) == 1),
+        "the worker did not start"
+    );
     guest_assert!(after_reads(1000).is_some(), "the worker does not read");
     user_mp::enter(0, sender, 0)
 }

@@ -138,6 +138,7 @@ done
 for l in $(grep -E '^ *(HVS|HYP|LOC|TLB|CAL):' /proc/interrupts); do echo "HVKVM-IRQ: $l"; done
 for l in $(dmesg | grep -E 'Hyper-V|hv_stimer|remote TLB') ; do echo "HVKVM-HV: $l"; done
 read -r cmdline </proc/cmdline
+IFS=' '
 for w in $cmdline; do
     case $w in
     hvkvm.tlbbench=*) [ -x /bin/tlb_shootdown ] && /bin/tlb_shootdown "${w#*=}" ;;

@@ -142,7 +142,12 @@ IFS=' '
 for w in $cmdline; do
     case $w in
     hvkvm.tlbbench=*) [ -x /bin/tlb_shootdown ] && /bin/tlb_shootdown "${w#*=}" ;;
-    hvkvm.idle=*) echo "HVKVM-IDLE: begin ${w#*=}"; sleep "${w#*=}"; echo "HVKVM-IDLE: end" ;;
+    hvkvm.idle=*)
+        echo "HVKVM-IDLE: begin ${w#*=}"; sleep "${w#*=}"; echo "HVKVM-IDLE: end"
+        IFS='
+'
+        for l in $(grep -E '^ *(HVS|LOC):' /proc/interrupts); do echo "HVKVM-IRQ-IDLE: $l"; done
+        IFS=' ' ;;
     esac
 done
 echo "HVKVM-INIT: powering off"

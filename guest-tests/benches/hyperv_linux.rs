@@ -8,7 +8,8 @@
 //! - `kvm`: plain KVM guest;
 //! - `hv`: Hyper-V, the host quirk's time dilation (10 on kvm_pvm hosts, else 1);
 //! - `hv-nodilation`: Hyper-V, dilation 1;
-//! - `hv-noflush`: Hyper-V with `-hv-tlbflush` (shootdowns by IPI; IPIs still by hypercall).
+//! - `hv-noflush`: Hyper-V with `-hv-tlbflush` (shootdowns by IPI; IPIs still by hypercall);
+//! - `hv-nodilation-noflush`: both.
 //!
 //! HVKVM_BENCH_IDLE_S (default 20) is the idle phase in host seconds (the guest sleeps that
 //! long divided by the dilation factor); HVKVM_BENCH_TLB (default 300) the shootdown
@@ -82,6 +83,7 @@ struct Result {
     total_s: f64,
     idle_cpu_pct: Option<f64>,
     tlb_cycles: Option<u64>,
+    stale: Option<String>,
     lines: Vec<String>,
 }
 
@@ -153,6 +155,7 @@ fn boot(
             .and_then(|s| s.split_whitespace().next())
             .and_then(|n| n.parse().ok())
     });
+    let stale = at("HVKVM-TLB-CHECK:").map(|(l, _, _)| l["HVKVM-TLB-CHECK: ".len()..].to_string());
     if let Some(report) = &outcome.hyperv {
         eprintln!("{}", report.render());
     }
@@ -163,6 +166,7 @@ fn boot(
         total_s: outcome.elapsed.as_secs_f64(),
         idle_cpu_pct: idle,
         tlb_cycles,
+        stale,
         lines: lines.into_iter().map(|(l, _, _)| l).collect(),
     }
 }
@@ -196,6 +200,12 @@ fn main() {
             "hv" => boot(&dir, "hv", Some("kvm=off"), None),
             "hv-nodilation" => boot(&dir, "hv-nodilation", Some("kvm=off"), Some(1)),
             "hv-noflush" => boot(&dir, "hv-noflush", Some("kvm=off,-hv-tlbflush"), None),
+            "hv-nodilation-noflush" => boot(
+                &dir,
+                "hv-nodilation-noflush",
+                Some("kvm=off,-hv-tlbflush"),
+                Some(1),
+            ),
             other => {
                 println!("unknown configuration '{other}'");
                 continue;
@@ -213,17 +223,18 @@ fn main() {
         host.kvm_module.as_deref().unwrap_or("unknown module"),
     );
     println!(
-        "  {:<16} {:>12} {:>12} {:>16} {:>20}  end",
-        "config", "/init at s", "total s", "idle host CPU %", "shootdown cyc/iter"
+        "  {:<22} {:>10} {:>8} {:>16} {:>20}  {:<28} end",
+        "config", "/init at s", "total s", "idle host CPU %", "shootdown cyc/iter", "remap check"
     );
     for r in &results {
         println!(
-            "  {:<16} {:>12} {:>12.0} {:>16} {:>20}  {}",
+            "  {:<22} {:>10} {:>8.0} {:>16} {:>20}  {:<28} {}",
             r.name,
             r.init_s.map_or("-".into(), |s| format!("{s:.0}")),
             r.total_s,
             r.idle_cpu_pct.map_or("-".into(), |p| format!("{p:.2}")),
             r.tlb_cycles.map_or("-".into(), |c| c.to_string()),
+            r.stale.as_deref().unwrap_or("-"),
             r.reason
         );
     }

@@ -53,7 +53,7 @@ struct Boot {
 }
 
 /// Kernel command line additions of the Hyper-V boot: the initramfs runs its TLB shootdown
-/// loop (so that the flush hypercall is used for certain).
+/// loop and remap check (so that the flush hypercall is used for certain, and checked).
 const HYPERV_CMDLINE: &str = " hvkvm.tlbbench=50";
 
 fn boot(dir: &Path, cpus: u32, hyperv: bool) -> Boot {
@@ -243,6 +243,13 @@ fn check_hyperv_guest(what: &str, b: &Boot) {
     .map(|c| succeeded(c))
     .sum();
     assert!(flushes > 0, "{what}: no TLB flush hypercall");
+    // The shootdown program's remap check: a thread on CPU 1 never reads through a
+    // translation that a remap on CPU 0 (and its flush hypercall) removed.
+    let check = lines(&b.serial, "TLB-CHECK");
+    assert!(
+        check.len() == 1 && check[0].ends_with(" 0 stale reads"),
+        "{what}: TLB remap check {check:?}"
+    );
     assert!(
         report
             .events

@@ -189,4 +189,7 @@ fn a_flush_hypercall_leaves_no_stale_translation_on_its_targets() {
     }
     let report = run.outcome.hyperv.as_ref().unwrap();
     assert!(report.events["remote TLB flushes performed"] >= 10);
+    for (name, n) in report.events.iter().filter(|(k, _)| k.contains("TLB")) {
+        eprintln!("{name}: {n}");
+    }
 }

@@ -243,9 +243,22 @@ impl UserBackend {
         }
         let flushes: u64 = self.flush.iter().map(FlushSlot::performed).sum();
         if flushes > 0 {
+            let (flush_ns, wait_ns) = self
+                .flush
+                .iter()
+                .map(FlushSlot::times_ns)
+                .fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1));
             report
                 .events
                 .insert("remote TLB flushes performed".into(), flushes);
+            report.events.insert(
+                "remote TLB flushes: µs in KVM_SET_SREGS".into(),
+                flush_ns / 1000,
+            );
+            report.events.insert(
+                "remote TLB flushes: µs senders waited".into(),
+                wait_ns / 1000,
+            );
         }
         {
             let p = self.partition();

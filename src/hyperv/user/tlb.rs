@@ -59,6 +59,10 @@ pub struct FlushSlot {
     waiters: AtomicU32,
     /// Flushes this VP performed (for the report).
     performed: AtomicU64,
+    /// Nanoseconds this VP spent flushing (the register writes and their ioctls).
+    flush_ns: AtomicU64,
+    /// Nanoseconds senders waited for this VP.
+    wait_ns: AtomicU64,
     lock: Mutex<()>,
     changed: Condvar,
 }
@@ -87,6 +91,7 @@ impl FlushSlot {
     /// Sender: waits until the target flushed for `ticket` or left `KVM_RUN` (or the VM
     /// stops, when no guest code runs again).
     pub fn wait(&self, vp: u32, ticket: Ticket, link: &dyn VpLink) {
+        let start = std::time::Instant::now();
         self.waiters.fetch_add(1, SeqCst);
         let mut guard = self.lock.lock().unwrap_or_else(|p| p.into_inner());
         while !self.answered(ticket) && !link.stopping() {
@@ -101,6 +106,8 @@ impl FlushSlot {
         }
         drop(guard);
         self.waiters.fetch_sub(1, SeqCst);
+        self.wait_ns
+            .fetch_add(start.elapsed().as_nanos() as u64, SeqCst);
     }
 
     fn notify(&self) {
@@ -116,7 +123,10 @@ impl FlushSlot {
         loop {
             let requested = self.requested.load(SeqCst);
             if requested != self.completed.load(SeqCst) {
+                let start = std::time::Instant::now();
                 flush()?;
+                self.flush_ns
+                    .fetch_add(start.elapsed().as_nanos() as u64, SeqCst);
                 self.performed.fetch_add(1, SeqCst);
                 self.completed.store(requested, SeqCst);
                 self.notify();
@@ -139,6 +149,11 @@ impl FlushSlot {
     /// Flushes this VP performed.
     pub fn performed(&self) -> u64 {
         self.performed.load(SeqCst)
+    }
+
+    /// Nanoseconds spent flushing, and senders spent waiting, for this VP.
+    pub fn times_ns(&self) -> (u64, u64) {
+        (self.flush_ns.load(SeqCst), self.wait_ns.load(SeqCst))
     }
 }
 

@@ -46,12 +46,43 @@ fn process_cpu() -> Duration {
 /// A console line with the host time since the start and the process CPU time at its arrival.
 type Marked = (String, Duration, Duration);
 
+/// Per-thread CPU time at the idle phase's two markers.
+type ThreadCpu = std::collections::BTreeMap<String, Duration>;
+
+/// CPU time of this process's threads by name (vcpu0, vcpu1, hv-stimers, ...), from
+/// /proc/self/task/*/stat.
+fn thread_cpu() -> std::collections::BTreeMap<String, Duration> {
+    let mut by_name = std::collections::BTreeMap::new();
+    for task in std::fs::read_dir("/proc/self/task")
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let stat = std::fs::read_to_string(task.path().join("stat")).unwrap_or_default();
+        let (Some(open), Some((head, rest))) = (stat.find('('), stat.rsplit_once(')')) else {
+            continue;
+        };
+        let name = head[open + 1..].to_string();
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let ticks = |i: usize| {
+            fields
+                .get(i)
+                .and_then(|f| f.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        *by_name.entry(name).or_insert(Duration::ZERO) +=
+            Duration::from_millis((ticks(11) + ticks(12)) * 10);
+    }
+    by_name
+}
+
 /// Console lines with the host time and process CPU time they arrived at.
 #[derive(Clone)]
 struct Markers {
     start: Instant,
     state: Arc<Mutex<(Vec<u8>, Vec<Marked>)>>,
     log: Arc<Mutex<std::fs::File>>,
+    idle_threads: Arc<Mutex<Vec<ThreadCpu>>>,
 }
 
 impl Write for Markers {
@@ -62,6 +93,9 @@ impl Write for Markers {
             if b == b'\n' {
                 let line = String::from_utf8_lossy(&s.0).trim_end().to_string();
                 s.0.clear();
+                if line.starts_with("HVKVM-IDLE:") {
+                    self.idle_threads.lock().unwrap().push(thread_cpu());
+                }
                 if line.starts_with("HVKVM-") {
                     s.1.push((line, self.start.elapsed(), process_cpu()));
                 }
@@ -84,6 +118,7 @@ struct Result {
     idle_cpu_pct: Option<f64>,
     tlb_cycles: Option<u64>,
     stale: Option<String>,
+    idle_by_thread: String,
     lines: Vec<String>,
 }
 
@@ -138,6 +173,7 @@ fn boot(
         start: Instant::now(),
         state: Arc::default(),
         log: Arc::new(Mutex::new(std::fs::File::create(&log).unwrap())),
+        idle_threads: Arc::default(),
     };
     config.serial = Box::new(markers.clone());
     let outcome = vm::run(config).unwrap_or_else(|e| panic!("{}", error_chain(&e)));
@@ -155,6 +191,17 @@ fn boot(
             .and_then(|s| s.split_whitespace().next())
             .and_then(|n| n.parse().ok())
     });
+    let idle_by_thread = match markers.idle_threads.lock().unwrap().as_slice() {
+        [before, after, ..] => after
+            .iter()
+            .map(|(name, t)| {
+                let t0 = before.get(name).copied().unwrap_or(Duration::ZERO);
+                format!("{name} {} ms", t.saturating_sub(t0).as_millis())
+            })
+            .collect::<Vec<_>>()
+            .join(", "),
+        _ => String::new(),
+    };
     let stale = at("HVKVM-TLB-CHECK:").map(|(l, _, _)| l["HVKVM-TLB-CHECK: ".len()..].to_string());
     if let Some(report) = &outcome.hyperv {
         eprintln!("{}", report.render());
@@ -167,6 +214,7 @@ fn boot(
         idle_cpu_pct: idle,
         tlb_cycles,
         stale,
+        idle_by_thread,
         lines: lines.into_iter().map(|(l, _, _)| l).collect(),
     }
 }
@@ -236,6 +284,12 @@ fn main() {
             r.tlb_cycles.map_or("-".into(), |c| c.to_string()),
             r.stale.as_deref().unwrap_or("-"),
             r.reason
+        );
+    }
+    for r in &results {
+        println!(
+            "  {}: host CPU by thread during the idle phase: {}",
+            r.name, r.idle_by_thread
         );
     }
 }

@@ -165,7 +165,8 @@ fn a_flush_hypercall_leaves_no_stale_translation_on_its_targets() {
         "an IPI to the worker instead of a flush (control)",
     ];
     for (case, name) in names.iter().enumerate() {
-        let [status, stale, fresh, reads, cycles, _] = sync_of(&run, 0, case as u64);
+        let [status, stale, fresh, reads, cycles, fs_bad] = sync_of(&run, 0, case as u64);
+        assert_eq!(fs_bad, 0, "{name}: the worker's FS base changed under it");
         eprintln!(
             "{name}: status {status}, stale before {stale}, fresh after {fresh}, {reads} worker \
              reads meanwhile, {cycles} TSC cycles"

@@ -161,7 +161,7 @@ fn user(flag: Enlightenment, host: &HostCapabilities, checked: bool) -> Result<S
         }
         Enlightenment::Tlbflush | Enlightenment::TlbflushExt => {
             "implemented by the user backend: each target VP leaves KVM_RUN and flushes its \
-             whole TLB through KVM_SET_SREGS before it runs guest code again"
+             whole TLB (an EFER write that resets KVM's MMU) before it runs guest code again"
         }
         _ => "implemented by the user backend",
     };

@@ -252,7 +252,7 @@ impl UserBackend {
                 .events
                 .insert("remote TLB flushes performed".into(), flushes);
             report.events.insert(
-                "remote TLB flushes: µs in KVM_SET_SREGS".into(),
+                "remote TLB flushes: µs resetting the MMU".into(),
                 flush_ns / 1000,
             );
             report.events.insert(
@@ -494,12 +494,14 @@ impl UserVp {
         };
         let vp = self.vp;
         slot.before_entry(|| {
-            tlb::flush_with_sregs(|| state.sregs(), |s| state.set_sregs(s)).map_err(|source| {
-                HvExitError::VcpuAccess {
-                    vp,
-                    what: "flush the TLB (KVM_GET_SREGS/KVM_SET_SREGS)",
-                    source,
-                }
+            tlb::flush_with_efer(
+                || state.msr(tlb::MSR_EFER),
+                |v| state.set_msr(tlb::MSR_EFER, v),
+            )
+            .map_err(|source| HvExitError::VcpuAccess {
+                vp,
+                what: "flush the TLB (EFER through KVM_GET_MSRS/KVM_SET_MSRS)",
+                source,
             })
         })
     }

@@ -2,23 +2,28 @@
 //! VP may still use a translation the caller removed.
 //!
 //! # The mechanism, and why it flushes
-//! KVM has no ioctl that flushes another vCPU's TLB. What it does have: `KVM_SET_SREGS` with a
-//! CR0/CR3/CR4/EFER value that differs from the current one sets `mmu_reset_needed`, and
-//! `__set_sregs` then calls `kvm_mmu_reset_context()` and, since Linux 6.5 ("KVM: x86: Make
-//! KVM_SET_SREGS flush the guest TLB"), requests `KVM_REQ_TLB_FLUSH_GUEST` too:
-//! - `kvm_mmu_reset_context()` unloads the MMU's roots; the next `KVM_RUN` reloads them in
-//!   `kvm_mmu_load()`, which syncs the shadow pages of the new root (`kvm_mmu_sync_roots`, with
-//!   shadow paging) and flushes the TLB of the root it installs (`flush_tlb_current`: INVEPT /
-//!   ASID flush with TDP, a full flush with shadow paging);
-//! - `KVM_REQ_TLB_FLUSH_GUEST` (6.5+) is `kvm_vcpu_flush_tlb_guest()`: sync every root and flush
-//!   every guest translation, exactly what the architecture does for a CR4.PGE toggle.
+//! KVM has no ioctl that flushes another vCPU's TLB. What it does have: a host-initiated write
+//! of EFER (KVM_SET_MSRS) that changes an MMU role bit (LME or NX) makes `set_efer()` call
+//! `kvm_mmu_reset_context()`, which unloads every root of the vCPU's MMU (the current one and
+//! the cached previous ones). The next `KVM_RUN` reloads a root in `kvm_mmu_load()`, which
+//! syncs the shadow pages reachable from it (`kvm_mmu_sync_roots`, with shadow paging) and
+//! flushes the TLB of the root it installs (`flush_tlb_current`: INVEPT single-context or an
+//! ASID flush with TDP, a full flush with shadow paging). That is a complete flush of the
+//! guest's linear translations before the vCPU runs guest code again. hvkvm writes EFER with NX
+//! flipped and then EFER as it was: two resets, the architectural state unchanged, and no
+//! guest code runs in between (roots are only loaded by `KVM_RUN`).
 //!
-//! Either alone is a complete flush of the guest's linear translations before the vCPU runs
-//! guest code again. A vCPU ioctl can only be issued while the vCPU is outside `KVM_RUN`
-//! (`vcpu->mutex`), so each target flushes itself, on its own thread, before it re-enters:
-//! [`FlushSlot::before_entry`] reads the registers, writes them back with CR3 bit 3 (PWT)
-//! flipped and then as they were (two resets, the state unchanged).
+//! A vCPU ioctl can only be issued while the vCPU is outside `KVM_RUN` (`vcpu->mutex`), so
+//! each target flushes itself, on its own thread, before it re-enters
+//! ([`FlushSlot::before_entry`]).
 //!
+//! Why not `KVM_SET_SREGS` with a changed CR3, which also resets the MMU (and since Linux 6.5
+//! requests `KVM_REQ_TLB_FLUSH_GUEST` too): it rewrites every segment register and more from a
+//! copy read just before, and on the kvm_pvm development hosts a Debian guest using the flush
+//! hypercall heavily (no time dilation, ~350 flushes during boot) then crashed in user space
+//! with a corrupted TLS base, twice in two boots; with the flush hypercall off it did not.
+//! EFER is one MSR that nothing else changes while the vCPU is outside `KVM_RUN`.
+
 //! # The handshake with the sender
 //! Per target VP: `requested` (a counter senders bump), `completed` (the request count the
 //! target last flushed for) and `in_guest` (the target is in, or about to enter, `KVM_RUN`).
@@ -44,8 +49,10 @@ use std::time::Duration;
 
 use super::link::VpLink;
 
-/// CR3 bit 3 (PWT): the bit flipped to make KVM reset the MMU.
-const CR3_FLIP: u64 = 1 << 3;
+/// The EFER MSR.
+pub const MSR_EFER: u32 = 0xc000_0080;
+/// EFER.NXE: the MMU role bit flipped to make KVM reset the MMU.
+const EFER_NX: u64 = 1 << 11;
 /// How long a sender waits before it kicks again (covers a kick that raced the target's
 /// registration as a signal target).
 const REKICK: Duration = Duration::from_millis(1);
@@ -158,16 +165,14 @@ impl FlushSlot {
 }
 
 /// The register writes that make KVM flush this vCPU's TLB (see the module documentation):
-/// CR3 with PWT flipped, then CR3 as it was.
-pub fn flush_with_sregs(
-    get: impl FnOnce() -> Result<kvm_bindings::kvm_sregs, kvm_ioctls::Error>,
-    mut set: impl FnMut(&kvm_bindings::kvm_sregs) -> Result<(), kvm_ioctls::Error>,
+/// EFER with NX flipped, then EFER as it was.
+pub fn flush_with_efer(
+    get: impl FnOnce() -> Result<u64, kvm_ioctls::Error>,
+    mut set: impl FnMut(u64) -> Result<(), kvm_ioctls::Error>,
 ) -> Result<(), kvm_ioctls::Error> {
-    let sregs = get()?;
-    let mut flipped = sregs;
-    flipped.cr3 ^= CR3_FLIP;
-    set(&flipped)?;
-    set(&sregs)
+    let efer = get()?;
+    set(efer ^ EFER_NX)?;
+    set(efer)
 }
 
 #[cfg(test)]
@@ -218,20 +223,16 @@ mod tests {
     }
 
     #[test]
-    fn flush_writes_cr3_flipped_then_restored() {
+    fn flush_writes_efer_with_nx_flipped_then_restored() {
         let mut writes = Vec::new();
-        let sregs = kvm_bindings::kvm_sregs {
-            cr3: 0x9000,
-            ..Default::default()
-        };
-        flush_with_sregs(
-            || Ok(sregs),
-            |s| {
-                writes.push(s.cr3);
+        flush_with_efer(
+            || Ok(0xd01),
+            |v| {
+                writes.push(v);
                 Ok(())
             },
         )
         .unwrap();
-        assert_eq!(writes, [0x9008, 0x9000]);
+        assert_eq!(writes, [0x501, 0xd01]);
     }
 }

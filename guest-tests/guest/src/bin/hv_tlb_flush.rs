@@ -15,7 +15,9 @@
 //!
 //! One SYNC per case (stage = case): (status, worker saw the old page after the PTE write
 //! (before the flush), worker saw the new page after the flush, worker reads in between,
-//! TSC cycles of the flush call including the CPL3→CPL0→CPL3 round trip, 0). Cases:
+//! TSC cycles of the flush call including the CPL3→CPL0→CPL3 round trip, worker reads whose
+//! FS-relative check value was wrong so far: the worker's FS base must survive its flushes).
+//! Cases:
 //! 0 no flush (control); 1 FlushVirtualAddressSpace slow, mask BIT(1); 2 the same XMM-fast;
 //! 3 FlushVirtualAddressList slow, 1 rep (the test page); 4 FlushVirtualAddressSpaceEx slow,
 //! bank 0; 5 FlushVirtualAddressListEx slow, bank 0, 1 rep; 6 FlushVirtualAddressSpace with
@@ -115,8 +117,21 @@ fn slow(control: u64, words: &[u64]) -> u64 {
     r.map_or(u64::MAX, |rax| u64::from(rax.status()))
 }
 
+/// The service that gives the worker its FS base (it cannot WRMSR at CPL3).
+const SET_FS_BASE: u64 = 1000;
+const IA32_FS_BASE: u32 = 0xc000_0100;
+/// What the worker's FS base points at: it checks this value through FS on every read, so a
+/// VMM that clobbers the segment state of a vCPU while flushing it is caught.
+static FS_MARK: AtomicU64 = AtomicU64::new(0x5e6_f5ba_5e);
+static FS_BAD: AtomicU64 = AtomicU64::new(0);
+
 /// CPL0 service: flush case `case`; returns the status (0 for the control case).
 fn flush(case: u64) -> u64 {
+    if case == SET_FS_BASE {
+        // SAFETY: FS_BASE only changes where this vCPU's FS-relative accesses go.
+        unsafe { hvkvm_guest::x86::wrmsr(IA32_FS_BASE, FS_MARK.as_ptr() as u64) };
+        return 0;
+    }
     let space = CR3.load(SeqCst) & ADDR;
     let worker = 1u64 << 1;
     match case {
@@ -156,10 +171,17 @@ fn flush(case: u64) -> u64 {
 /// The worker: reads the window forever at CPL3.
 extern "sysv64" fn worker(_: u64) -> ! {
     let mut seq = 0u64;
+    intr::service_call(SET_FS_BASE);
     READY.store(1, SeqCst);
     loop {
         // SAFETY: the window is mapped (user, present) to PAGE_A or PAGE_B.
         let mark = unsafe { (WINDOW as *const u64).read_volatile() };
+        let fs: u64;
+        // SAFETY: FS points at FS_MARK, in the user-accessible image.
+        unsafe { core::arch::asm!("mov {}, fs:[0]", out(reg) fs, options(nostack, readonly)) };
+        if fs != FS_MARK.load(SeqCst) {
+            FS_BAD.fetch_add(1, SeqCst);
+        }
         seq += 1;
         SNAP.store(seq << 32 | (mark & 0xffff_ffff), SeqCst);
     }
@@ -208,7 +230,7 @@ extern "sysv64" fn sender(_: u64) -> ! {
         let after = after_reads(2);
         let (seq1, _) = snap();
         let fresh = after == Some(other.1);
-        guest_sync!(case, status, stale, fresh, seq1 - seq0, cycles, 0);
+        guest_sync!(case, status, stale, fresh, seq1 - seq0, cycles, FS_BAD.load(SeqCst));
         if matches!(case, 0 | 10 | 11) {
             // The worker was not flushed: bring it in sync before the next case.
             intr::service_call(1);

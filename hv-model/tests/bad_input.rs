@@ -234,3 +234,25 @@ fn host_json_errors_say_what_was_expected() {
     let err = HostCapabilities::from_json("{", "p.json").unwrap_err();
     assert!(common::chain(&err).contains("p.json is not a valid host description"));
 }
+
+#[test]
+fn input_without_any_hyperv_setting_is_refused_in_every_format() {
+    for (format, text) in [
+        (Format::Qemu, "qemu-system-x86_64 -m 2048 -cpu host -smp 2"),
+        (Format::Proxmox, "ostype: l26\ncores: 2\nmemory: 2048\n"),
+        (
+            Format::Libvirt,
+            "<domain><features><hyperv/></features></domain>",
+        ),
+        (
+            Format::Kubevirt,
+            "spec:\n  domain:\n    features:\n      hyperv: {}\n",
+        ),
+    ] {
+        let err = import(format, text).unwrap_err();
+        let msg = common::chain(&err);
+        assert!(msg.contains("no Hyper-V settings"), "{format}: {msg}");
+    }
+    // Explicitly turning a flag off is a setting.
+    assert!(import(Format::Qemu, "-cpu host,hv-relaxed=off").is_ok());
+}

@@ -82,17 +82,10 @@ pub struct RunArgs {
 /// Errors of `hvkvm run`.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
-    /// An input file could not be read.
-    #[error("cannot read {what} '{path}'")]
-    Read {
-        /// Which input.
-        what: &'static str,
-        /// Its path.
-        path: PathBuf,
-        /// The I/O error.
-        #[source]
-        source: std::io::Error,
-    },
+    /// An input file could not be read (the error names the file, and the limit if it was
+    /// too large).
+    #[error(transparent)]
+    Input(#[from] input_file::InputError),
     /// The serial output file could not be created.
     #[error("cannot create the serial output file '{path}'")]
     SerialFile {
@@ -142,12 +135,43 @@ pub fn parse_seconds(s: &str) -> Result<f64, String> {
     }
 }
 
-fn read(what: &'static str, path: &Path) -> Result<Vec<u8>, RunError> {
-    fs::read(path).map_err(|source| RunError::Read {
-        what,
-        path: path.to_owned(),
-        source,
-    })
+/// The role of a file that is copied into guest RAM: at most `max_bytes`, which is the guest
+/// RAM (`--memory`) or what is left of it.
+fn ram_role(name: &'static str, max_bytes: u64, limit: String) -> input_file::Role {
+    input_file::Role::new(
+        name,
+        max_bytes,
+        limit,
+        "it must fit in guest RAM: raise --memory, or check that this is the right file",
+    )
+}
+
+/// Reads the kernel and initrd; together they must fit in guest RAM.
+fn read_linux_inputs(
+    kernel: &Path,
+    initrd: Option<&Path>,
+    memory_mib: u64,
+) -> Result<(Vec<u8>, Option<Vec<u8>>), RunError> {
+    let ram = memory_mib << 20;
+    let kernel = input_file::read(
+        kernel,
+        &ram_role(
+            "kernel",
+            ram,
+            format!("the guest RAM (--memory {memory_mib})"),
+        ),
+    )?;
+    let initrd = initrd
+        .map(|path| {
+            let left = ram - kernel.len() as u64;
+            let limit = format!(
+                "is left of the guest RAM (--memory {memory_mib}) after the kernel ({})",
+                input_file::human(kernel.len() as u64)
+            );
+            input_file::read(path, &ram_role("initrd", left, limit))
+        })
+        .transpose()?;
+    Ok((kernel, initrd))
 }
 
 /// Kernel command-line additions a host's quirks need (hiding CPU features the CPL0
@@ -179,19 +203,17 @@ pub fn config(args: &RunArgs) -> Result<VmConfig, RunError> {
         if args.cpus == 1 && !cmdline.split_whitespace().any(|w| w == "nosmp") {
             cmdline.push_str(" nosmp");
         }
+        let (kernel, initrd) = read_linux_inputs(kernel, args.initrd.as_deref(), args.memory)?;
         BootSource::Linux(LinuxImage {
-            kernel: read("kernel", kernel)?,
-            initrd: args
-                .initrd
-                .as_deref()
-                .map(|p| read("initrd", p))
-                .transpose()?,
+            kernel,
+            initrd,
             cmdline,
         })
     } else {
         let path = args.payload.as_deref().unwrap_or(Path::new(""));
+        let limit = format!("the guest RAM (--memory {})", args.memory);
         BootSource::Payload {
-            image: read("payload", path)?,
+            image: input_file::read(path, &ram_role("payload", args.memory << 20, limit))?,
             name: path.display().to_string(),
         }
     };

@@ -210,6 +210,12 @@ pub fn payload_area(ram_top: u64, cpus: u32) -> Result<Range<u64>, PayloadError>
     Ok(PAYLOAD_MIN_ADDR..stack_base)
 }
 
+/// Checks `image` against the payload contract for `cpus` vCPUs and `ram_size` bytes of RAM
+/// without loading it: what [`load`] would refuse, refused before a VM exists.
+pub fn check(image: &[u8], ram_size: u64, cpus: u32) -> Result<(), PayloadError> {
+    parse(image, payload_area(layout::low_ram_top(ram_size), cpus)?).map(drop)
+}
+
 /// Loads `image` into `mem` and returns the entry state of `cpus` vCPUs.
 pub fn load(
     mem: &GuestMemory,

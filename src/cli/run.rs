@@ -49,7 +49,7 @@ pub struct RunArgs {
     #[arg(long, value_name = "FILE")]
     pub serial_file: Option<PathBuf>,
     /// Stop the VM after this many seconds (exit status 124).
-    #[arg(long, value_name = "SECONDS", value_parser = parse_seconds)]
+    #[arg(long, value_name = "SECONDS", value_parser = parse_seconds, allow_negative_numbers = true)]
     pub timeout: Option<f64>,
     /// Workarounds for hosts that cannot run ordinary guests unaided (kvm_pvm): auto, on, off.
     #[arg(long, default_value = "auto", value_name = "MODE")]
@@ -86,6 +86,15 @@ pub enum RunError {
     /// too large).
     #[error(transparent)]
     Input(#[from] input_file::InputError),
+    /// The payload breaks the payload contract (checked before creating the VM).
+    #[error("cannot load the payload '{}'", path.display())]
+    Payload {
+        /// Its path.
+        path: PathBuf,
+        /// What is wrong with it.
+        #[source]
+        source: crate::boot::payload::PayloadError,
+    },
     /// The serial output file could not be created.
     #[error("cannot create the serial output file '{path}'")]
     SerialFile {
@@ -146,6 +155,17 @@ fn ram_role(name: &'static str, max_bytes: u64, limit: String) -> input_file::Ro
     )
 }
 
+/// What `hvkvm run` boots, read and checked.
+enum Inputs {
+    /// Kernel and initrd.
+    Linux {
+        kernel: Vec<u8>,
+        initrd: Option<Vec<u8>>,
+    },
+    /// ELF payload and its name.
+    Payload(Vec<u8>, String),
+}
+
 /// Reads the kernel and initrd; together they must fit in guest RAM.
 fn read_linux_inputs(
     kernel: &Path,
@@ -186,39 +206,51 @@ kfunc_init,cubictcp_register,load_system_certificate_list",
     )
 }
 
-/// Builds the VM configuration from the arguments.
+/// Builds the VM configuration from the arguments. Input files, the payload's ELF layout and
+/// the `--hv` selection are checked before the host is probed, so bad input is refused at
+/// once, on any host.
 pub fn config(args: &RunArgs) -> Result<VmConfig, RunError> {
-    let host = HostProbe::probe()?;
-    let boot = if let Some(kernel) = &args.kernel {
-        let quirks = HostQuirks::resolve(args.host_quirks, host.is_pvm());
-        let mut cmdline = args
-            .cmdline
-            .clone()
-            .unwrap_or_else(|| DEFAULT_CMDLINE.to_string());
-        if let Some(extra) = quirk_cmdline(quirks) {
-            // First, so that the user's own parameters (later on the line) win.
-            log::info!("host quirks: adding to the kernel command line: {extra}");
-            cmdline = format!("{extra} {cmdline}");
-        }
-        if args.cpus == 1 && !cmdline.split_whitespace().any(|w| w == "nosmp") {
-            cmdline.push_str(" nosmp");
-        }
+    let inputs = if let Some(kernel) = &args.kernel {
         let (kernel, initrd) = read_linux_inputs(kernel, args.initrd.as_deref(), args.memory)?;
-        BootSource::Linux(LinuxImage {
-            kernel,
-            initrd,
-            cmdline,
-        })
+        Inputs::Linux { kernel, initrd }
     } else {
         let path = args.payload.as_deref().unwrap_or(Path::new(""));
         let limit = format!("the guest RAM (--memory {})", args.memory);
-        BootSource::Payload {
-            image: input_file::read(path, &ram_role("payload", args.memory << 20, limit))?,
-            name: path.display().to_string(),
+        let image = input_file::read(path, &ram_role("payload", args.memory << 20, limit))?;
+        crate::boot::payload::check(&image, args.memory << 20, args.cpus).map_err(|source| {
+            RunError::Payload {
+                path: path.to_owned(),
+                source,
+            }
+        })?;
+        Inputs::Payload(image, path.display().to_string())
+    };
+    let request = args.hv.request().map_err(RunError::HvSelection)?;
+    let host = HostProbe::probe()?;
+    let boot = match inputs {
+        Inputs::Linux { kernel, initrd } => {
+            let quirks = HostQuirks::resolve(args.host_quirks, host.is_pvm());
+            let mut cmdline = args
+                .cmdline
+                .clone()
+                .unwrap_or_else(|| DEFAULT_CMDLINE.to_string());
+            if let Some(extra) = quirk_cmdline(quirks) {
+                // First, so that the user's own parameters (later on the line) win.
+                log::info!("host quirks: adding to the kernel command line: {extra}");
+                cmdline = format!("{extra} {cmdline}");
+            }
+            if args.cpus == 1 && !cmdline.split_whitespace().any(|w| w == "nosmp") {
+                cmdline.push_str(" nosmp");
+            }
+            BootSource::Linux(LinuxImage {
+                kernel,
+                initrd,
+                cmdline,
+            })
         }
+        Inputs::Payload(image, name) => BootSource::Payload { image, name },
     };
     let mut config = VmConfig::new(boot);
-    let request = args.hv.request().map_err(RunError::HvSelection)?;
     if let Some(resolution) = crate::hyperv::resolve_for_vm(&request, &host, args.backend)? {
         for d in &resolution.decisions {
             let state = if d.on { "on" } else { "off" };

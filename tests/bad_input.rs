@@ -311,6 +311,26 @@ const ROWS: &[Row] = &[
         ],
         &["cannot create the serial output file '{d}/no/such/dir/serial.txt'"],
     ),
+    // ---- bench ----
+    row(
+        &["bench", "time-read", "--iterations", "0"],
+        &["0 is not in 1..=100000000"],
+    ),
+    row(
+        &["bench", "time-read", "--iterations", "many"],
+        &["invalid value 'many' for '--iterations <N>'"],
+    ),
+    row(
+        &["bench", "time-read", "--plot", "{d}/no/such/dir/plot.svg"],
+        &[
+            "cannot create the plot file '{d}/no/such/dir/plot.svg'",
+            "writable path",
+        ],
+    ),
+    row(
+        &["bench", "frobnicate"],
+        &["unrecognized subcommand 'frobnicate'"],
+    ),
     // ---- hv import: files, in every format ----
     row(
         &["hv", "import", "--format", "qemu", "{d}/absent.txt"],

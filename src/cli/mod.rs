@@ -1,7 +1,9 @@
-//! The command line: `hvkvm run`, `hvkvm demo`, `hvkvm probe` (and `hvkvm hv …`).
+//! The command line: `hvkvm run`, `hvkvm demo`, `hvkvm probe`, `hvkvm bench …` (and
+//! `hvkvm hv …`).
 
 pub use hv_model::cli::error_chain;
 
+pub mod bench;
 pub mod demo;
 pub mod probe;
 pub mod run;
@@ -17,7 +19,8 @@ Examples:
   hvkvm probe                                  what this host's KVM can do
   hvkvm hv explain --profile windows           which Hyper-V enlightenments, and why
   hvkvm run --payload test.elf --cpus 2        run an ELF test payload
-  hvkvm run --kernel vmlinuz --initrd initrd.cpio --cpus 2 --timeout 600")]
+  hvkvm run --kernel vmlinuz --initrd initrd.cpio --cpus 2 --timeout 600
+  hvkvm bench time-read --plot time.svg        TSC page vs TIME_REF_COUNT, as a plot")]
 pub struct Cli {
     /// More log output (-v info, -vv debug, -vvv trace). HVKVM_LOG=level works too.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
@@ -36,6 +39,9 @@ pub enum Command {
     Demo(demo::DemoArgs),
     /// Report what this host's KVM supports and which Hyper-V backends can work here.
     Probe(probe::ProbeArgs),
+    /// Benchmarks that boot guests and report latency distributions (--json, --plot FILE.svg).
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
     /// Hyper-V enlightenments: explain a selection, export/import QEMU, libvirt, KubeVirt and
     /// Proxmox configurations, compute a fleet baseline.
     #[command(subcommand)]
@@ -57,6 +63,9 @@ pub enum CliError {
     /// `hv`.
     #[error(transparent)]
     Hv(#[from] hv_model::cli::CliError),
+    /// `bench`.
+    #[error(transparent)]
+    Bench(#[from] bench::BenchCliError),
 }
 
 /// Runs the parsed command; returns the process exit status.
@@ -65,6 +74,7 @@ pub fn execute(cli: Cli) -> Result<i32, CliError> {
         Command::Run(args) => Ok(run::execute(args)?),
         Command::Demo(args) => Ok(demo::execute(args)?),
         Command::Probe(args) => probe::execute(args),
+        Command::Bench(command) => Ok(bench::execute(command)?),
         Command::Hv(command) => {
             hv_model::cli::run(&command, &mut std::io::stdout().lock())?;
             Ok(0)

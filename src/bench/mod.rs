@@ -18,7 +18,72 @@ use serde::Serialize;
 pub use histogram::Histogram;
 pub use progress::Progress;
 
+use std::time::Duration;
+
+use crate::cpu::CpuidEntry;
+use crate::hyperv::{cpuid_entries, resolve_for_vm, BackendChoice, CrashAction};
 use crate::kvm::HostProbe;
+use crate::vm::{self, BootSource, StopReason, VmConfig, VmOutcome};
+
+/// A VM for a benchmark payload: 64 MiB, one vCPU, serial output dropped, the Hyper-V user
+/// backend with `hv_list` (as `hvkvm run --backend user --hv LIST`), and the payload
+/// parameter leaf 0x400000F0 = `params` (0x400000F1..F3 defined as zeros: an undefined leaf
+/// above the hypervisor range's maximum may read as another leaf).
+pub fn guest_config(
+    host: &HostProbe,
+    payload: &'static str,
+    image: &[u8],
+    hv_list: &'static str,
+    params: [u32; 4],
+    timeout: Duration,
+) -> Result<VmConfig, BenchError> {
+    let mut config = VmConfig::new(BootSource::Payload {
+        image: image.to_vec(),
+        name: payload.to_string(),
+    });
+    config.memory_mib = 64;
+    config.timeout = Some(timeout);
+    config.serial = Box::new(std::io::sink());
+    let request = hv_model::parse_hv_list(hv_list).map_err(|e| BenchError::HyperV {
+        what: hv_list,
+        source: crate::hyperv::HyperVError::Model(e),
+    })?;
+    let resolution = resolve_for_vm(&request, host, BackendChoice::User)
+        .map_err(|source| BenchError::HyperV {
+            what: hv_list,
+            source,
+        })?
+        .ok_or(BenchError::NoHyperV(hv_list))?;
+    config.hypervisor_leaves = Some(cpuid_entries(&resolution));
+    config.user_backend =
+        crate::hyperv::UserBackendConfig::from_resolution(&resolution, CrashAction::Log);
+    if config.user_backend.is_none() {
+        return Err(BenchError::NoHyperV(hv_list));
+    }
+    for (i, regs) in [params, [0; 4], [0; 4], [0; 4]].iter().enumerate() {
+        config.cpuid_overrides.push(CpuidEntry {
+            function: 0x4000_00f0 + i as u32,
+            index: 0,
+            eax: regs[0],
+            ebx: regs[1],
+            ecx: regs[2],
+            edx: regs[3],
+        });
+    }
+    Ok(config)
+}
+
+/// Runs a benchmark VM; anything but the guest's DONE is an error.
+pub fn run_to_done(payload: &'static str, config: VmConfig) -> Result<VmOutcome, BenchError> {
+    let outcome = vm::run(config).map_err(|source| BenchError::Vm { payload, source })?;
+    if outcome.reason != StopReason::GuestDone {
+        return Err(BenchError::GuestFailed {
+            payload,
+            reason: outcome.reason.to_string(),
+        });
+    }
+    Ok(outcome)
+}
 
 /// Why a benchmark could not run or report.
 #[derive(Debug, thiserror::Error)]

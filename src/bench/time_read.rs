@@ -16,11 +16,8 @@ use std::time::Duration;
 
 use super::histogram::{self, Histogram};
 use super::{BenchError, Figure, HostInfo, Progress, Report, Series};
-use crate::cpu::CpuidEntry;
-use crate::hyperv::UserBackendConfig;
-use crate::hyperv::{cpuid_entries, resolve_for_vm, BackendChoice, CrashAction};
 use crate::kvm::HostProbe;
-use crate::vm::{self, BootSource, StopReason, SyncEvent, VmConfig, VmOutcome};
+use crate::vm::{SyncEvent, VmOutcome};
 
 /// The payload, built from guest-tests/guest/src/bin/bench_time_dist.rs by build.rs.
 pub static PAYLOAD_ELF: &[u8] = include_bytes!(env!("HVKVM_BENCH_TIME_DIST_ELF"));
@@ -71,52 +68,16 @@ fn bad(detail: impl Into<String>) -> BenchError {
 }
 
 fn run_guest(host: &HostProbe, n: u64) -> Result<VmOutcome, BenchError> {
-    let mut config = VmConfig::new(BootSource::Payload {
-        image: PAYLOAD_ELF.to_vec(),
-        name: PAYLOAD.to_string(),
-    });
-    config.memory_mib = 64;
-    config.timeout = Some(RUN_TIMEOUT);
-    config.serial = Box::new(std::io::sink());
-    let request = hv_model::parse_hv_list(HV_LIST).map_err(|e| BenchError::HyperV {
-        what: HV_LIST,
-        source: crate::hyperv::HyperVError::Model(e),
-    })?;
-    let resolution = resolve_for_vm(&request, host, BackendChoice::User)
-        .map_err(|source| BenchError::HyperV {
-            what: HV_LIST,
-            source,
-        })?
-        .ok_or(BenchError::NoHyperV(HV_LIST))?;
-    config.hypervisor_leaves = Some(cpuid_entries(&resolution));
-    config.user_backend = UserBackendConfig::from_resolution(&resolution, CrashAction::Log);
-    if config.user_backend.is_none() {
-        return Err(BenchError::NoHyperV(HV_LIST));
-    }
-    // Payload parameters: 0x400000F0 EAX = MSR reads, EBX = page reads (F1..F3 defined as zeros:
-    // an undefined leaf above the hypervisor range's maximum may read as another leaf).
     let n = u32::try_from(n).unwrap_or(u32::MAX);
-    for (i, regs) in [[n, n, 0, 0], [0; 4], [0; 4], [0; 4]].iter().enumerate() {
-        config.cpuid_overrides.push(CpuidEntry {
-            function: 0x4000_00f0 + i as u32,
-            index: 0,
-            eax: regs[0],
-            ebx: regs[1],
-            ecx: regs[2],
-            edx: regs[3],
-        });
-    }
-    let outcome = vm::run(config).map_err(|source| BenchError::Vm {
-        payload: PAYLOAD,
-        source,
-    })?;
-    if outcome.reason != StopReason::GuestDone {
-        return Err(BenchError::GuestFailed {
-            payload: PAYLOAD,
-            reason: outcome.reason.to_string(),
-        });
-    }
-    Ok(outcome)
+    let config = super::guest_config(
+        host,
+        PAYLOAD,
+        PAYLOAD_ELF,
+        HV_LIST,
+        [n, n, 0, 0],
+        RUN_TIMEOUT,
+    )?;
+    super::run_to_done(PAYLOAD, config)
 }
 
 /// The three histograms and exact sums of one or more guest runs.

@@ -17,7 +17,14 @@ fn time_read_reports_three_distributions_as_json_and_a_plot() {
     }
     let plot = std::env::temp_dir().join(format!("hvkvm-bench-test-{}.svg", std::process::id()));
     let out = Command::new(HVKVM)
-        .args(["bench", "time-read", "--iterations", "3000", "--json", "--plot"])
+        .args([
+            "bench",
+            "time-read",
+            "--iterations",
+            "3000",
+            "--json",
+            "--plot",
+        ])
         .arg(&plot)
         .output()
         .expect("run hvkvm");
@@ -59,5 +66,8 @@ fn time_read_reports_three_distributions_as_json_and_a_plot() {
         .expect("run hvkvm");
     let text = String::from_utf8_lossy(&table.stdout);
     assert!(table.status.success());
-    assert!(text.contains("median") && text.contains("MSR read / TSC page read"), "{text}");
+    assert!(
+        text.contains("median") && text.contains("MSR read / TSC page read"),
+        "{text}"
+    );
 }

@@ -235,7 +235,7 @@ pub fn load(
             .map_err(write_err)?;
         // Zero the rest of the segment a chunk at a time: a large p_memsz must not cost a host
         // buffer of its size on top of the guest RAM it fills.
-        const ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
+        static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
         let mut at = seg.paddr + seg.file.len() as u64;
         let end = seg.paddr + seg.memsz;
         while at < end {

@@ -256,3 +256,26 @@ fn input_without_any_hyperv_setting_is_refused_in_every_format() {
     // Explicitly turning a flag off is a setting.
     assert!(import(Format::Qemu, "-cpu host,hv-relaxed=off").is_ok());
 }
+
+/// Found by fuzz/config_import: a vendor id with a leading space imported from a Proxmox `cpu:`
+/// line, exported as QEMU `hv-vendor-id= ovmz`, came back as "ovmz" (the QEMU list trims).
+/// Spaces at either end are refused wherever a vendor id enters, so every format round-trips.
+#[test]
+fn vendor_ids_with_spaces_at_either_end_are_refused_in_every_format() {
+    for (format, text) in [
+        (Format::Proxmox, "ostype: win11\ncpu: host,hv-vendor-id= ovmz\n"),
+        (
+            Format::Libvirt,
+            "<domain><features><hyperv><vendor_id state='on' value='ovmz '/></hyperv></features></domain>",
+        ),
+        (
+            Format::Kubevirt,
+            "spec:\n  domain:\n    features:\n      hyperv:\n        vendorid:\n          vendorid: \" ovmz\"\n",
+        ),
+    ] {
+        let err = import(format, text).unwrap_err();
+        let msg = common::chain(&err);
+        assert!(msg.contains("starts or ends with a space"), "{format}: {msg}");
+    }
+    assert!(parse_hv_list("hv-vendor-id=Microsoft Hv").is_ok(), "inner spaces are fine");
+}

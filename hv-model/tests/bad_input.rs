@@ -279,3 +279,21 @@ fn vendor_ids_with_spaces_at_either_end_are_refused_in_every_format() {
     }
     assert!(parse_hv_list("hv-vendor-id=Microsoft Hv").is_ok(), "inner spaces are fine");
 }
+
+/// Found by fuzz/config_import: `hv-vendor-id='''c'y` exported as a QEMU flag list came back as
+/// "cy" (a bare list was split like a shell command line). Quotes and backslashes in a vendor id
+/// now survive QEMU and Proxmox export and import.
+#[test]
+fn vendor_ids_with_quotes_round_trip_through_qemu_and_proxmox() {
+    for vendor in ["'''c'y", "a\"b", "x\\y", "it's ok"] {
+        let config = parse_hv_list(&format!("hv-relaxed,hv-vendor-id={vendor}"))
+            .unwrap()
+            .overrides;
+        for format in [Format::Qemu, Format::Proxmox] {
+            let text = hv_model::export(format, &config).text;
+            let back = import(format, &text)
+                .unwrap_or_else(|e| panic!("{format} {text:?}: {}", common::chain(&e)));
+            assert_eq!(back.request.overrides, config, "{format}: {text:?}");
+        }
+    }
+}

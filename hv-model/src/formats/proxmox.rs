@@ -201,8 +201,9 @@ fn parse_cpu_line(value: &str) -> Result<CpuLine<'_>, FormatError> {
 /// Writes `args: -cpu host,...` (replace `host` with the CPU model you use).
 pub fn export(config: &HvConfig) -> Exported {
     let value = format!("host,{}", config.to_hv_list());
-    // Proxmox splits args: like a shell; quote the value when the vendor id has spaces.
-    let value = if value.contains(' ') {
+    // Proxmox splits args: like a shell; quote the value when the vendor id has characters a
+    // shell would interpret (spaces, quotes, backslashes).
+    let value = if value.contains([' ', '\'', '"', '\\']) {
         format!("'{}'", value.replace('\'', "'\\''"))
     } else {
         value

@@ -33,8 +33,8 @@
 //! 0xFFFF_FFFF_FFFF_F000); the first 64 bytes of the input page are refreshed with random words.
 //! Fast calls: random RDX and R8.
 //!
-//! Phase 3, random MSR accesses (EDX of them): an index from the swept set (four in five) or any
-//! 0x4000_xxxx index, then a read (one in three) or a write of a random value, ram_top | 1, the
+//! Phase 3, random MSR accesses (EDX of them): an index the TLFS defines (three in five), one
+//! from the swept set (one in five) or any 0x4000_xxxx index, then a read (one in three) or a write of a random value, ram_top | 1, the
 //! dedicated page | 1, a random value with bit 0 set, or 0, under the same exclusions and GPA
 //! filter as phase 1. These may disable the hypercall page or the other overlays; phase 3 runs
 //! after phase 2 and the report does not depend on their state.
@@ -295,18 +295,32 @@ fn main(boot: BootInfo) -> ! {
         }
     }
 
-    // Phase 3: random MSR accesses.
+    // Phase 3: random MSR accesses, mostly to MSRs the TLFS defines (the rest of the range
+    // only ever gives #GP).
     let swept = (HV_LAST - HV_BASE + 1) as u64;
+    let mut defined = [0u32; (HV_LAST - HV_BASE + 1) as usize];
+    let mut n_defined = 0;
+    for msr in HV_BASE..=HV_LAST {
+        if is_defined(msr) {
+            if let Some(slot) = defined.get_mut(n_defined) {
+                *slot = msr;
+                n_defined += 1;
+            }
+        }
+    }
+    let defined = &defined[..n_defined];
     for _ in 0..random_msrs {
         let r = rng.next();
-        let msr = if r % 5 != 0 {
-            let i = (r >> 8) % (swept + EXTRA_MSRS.len() as u64);
-            match i.checked_sub(swept) {
-                None => HV_BASE + i as u32,
-                Some(extra) => EXTRA_MSRS.get(extra as usize).copied().unwrap_or(HV_BASE),
+        let msr = match r % 5 {
+            0..=2 => rng.pick(defined),
+            3 => {
+                let i = (r >> 8) % (swept + EXTRA_MSRS.len() as u64);
+                match i.checked_sub(swept) {
+                    None => HV_BASE + i as u32,
+                    Some(extra) => EXTRA_MSRS.get(extra as usize).copied().unwrap_or(HV_BASE),
+                }
             }
-        } else {
-            HV_BASE | ((r >> 8) as u32 & 0xFFFF)
+            _ => HV_BASE | ((r >> 8) as u32 & 0xFFFF),
         };
         if msr == GUEST_IDLE {
             continue;

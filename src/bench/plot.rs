@@ -26,6 +26,18 @@ pub fn write_cdf(report: &Report, path: &Path) -> Result<(), BenchError> {
     draw(report, path).map_err(plot_err)
 }
 
+/// 1500 → "1.5k", 2000000 → "2M": axis labels a reader takes in at a glance.
+fn si(v: f64) -> String {
+    let (value, unit) = match v.abs() {
+        a if a >= 1e9 => (v / 1e9, "G"),
+        a if a >= 1e6 => (v / 1e6, "M"),
+        a if a >= 1e3 => (v / 1e3, "k"),
+        _ => (v, ""),
+    };
+    let text = format!("{value:.1}");
+    format!("{}{unit}", text.trim_end_matches(".0"))
+}
+
 type DrawResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
 
 fn draw(report: &Report, path: &Path) -> DrawResult {
@@ -69,7 +81,7 @@ fn draw(report: &Report, path: &Path) -> DrawResult {
         .configure_mesh()
         .x_desc(format!("{} per operation (log scale)", report.unit))
         .y_desc("fraction of operations ≤ x")
-        .x_label_formatter(&|v| format!("{v:.0}"))
+        .x_label_formatter(&|v| si(*v))
         .y_label_formatter(&|v| format!("{:.0}%", v * 100.0))
         .label_style(("sans-serif", 13))
         .draw()?;
@@ -113,6 +125,14 @@ mod tests {
         assert!(svg.starts_with("<svg"), "{}", &svg[..svg.len().min(80)]);
         assert!(svg.contains("fast path") && svg.contains("slow path"));
         assert!(svg.contains("<polyline"), "no curves drawn");
+    }
+
+    #[test]
+    fn axis_labels_use_si_prefixes() {
+        assert_eq!(si(10.0), "10");
+        assert_eq!(si(1500.0), "1.5k");
+        assert_eq!(si(100_000.0), "100k");
+        assert_eq!(si(10_000_000.0), "10M");
     }
 
     #[test]

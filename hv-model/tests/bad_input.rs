@@ -277,7 +277,10 @@ fn vendor_ids_with_spaces_at_either_end_are_refused_in_every_format() {
         let msg = common::chain(&err);
         assert!(msg.contains("starts or ends with a space"), "{format}: {msg}");
     }
-    assert!(parse_hv_list("hv-vendor-id=Microsoft Hv").is_ok(), "inner spaces are fine");
+    assert!(
+        parse_hv_list("hv-vendor-id=Microsoft Hv").is_ok(),
+        "inner spaces are fine"
+    );
 }
 
 /// Found by fuzz/config_import: `hv-vendor-id='''c'y` exported as a QEMU flag list came back as

@@ -10,7 +10,6 @@ use serde::Serialize;
 
 use crate::backend::Backend;
 use crate::baseline::{baseline, BaselineError, FleetHost};
-use crate::config::HvRequest;
 use crate::cpuid::cpuid_leaves;
 use crate::error::ModelError;
 use crate::formats::{self, Format, FormatError};
@@ -18,6 +17,7 @@ use crate::host::{HostCapabilities, HostLoadError};
 use crate::parse::parse_hv_list;
 use crate::profiles::Profile;
 use crate::render;
+use crate::request::HvRequest;
 use crate::resolve::{resolve, HostChecks, Irqchip, Resolution, ResolveOptions};
 
 /// `--hv LIST` and `--profile P`, shared by `hvkvm run` and the `hvkvm hv` subcommands.

@@ -2,11 +2,11 @@
 
 use std::fmt::Write as _;
 
+use crate::backend::USER_BACKEND_IMPLEMENTS;
 use crate::baseline::Baseline;
 use crate::cpuid::CpuidLeaf;
 use crate::flags::{FlagKind, FLAGS};
 use crate::resolve::Resolution;
-use crate::USER_BACKEND_IMPLEMENTS;
 
 const SECTIONS: [(FlagKind, &str); 4] = [
     (FlagKind::Enlightenment, "Hyper-V enlightenments"),

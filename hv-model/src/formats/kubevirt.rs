@@ -7,9 +7,10 @@ use std::fmt::Write as _;
 
 use serde_norway::{Mapping, Value};
 
-use crate::config::{HvConfig, HvRequest};
+use crate::config::HvConfig;
 use crate::flags::{Enlightenment as E, Enlightenment, FlagKind};
 use crate::formats::{DropList, Exported, FormatError, Imported};
+use crate::request::HvRequest;
 
 /// `FeatureHyperv` fields and their flags. Fields with sub-features are handled apart.
 const HYPERV_FIELDS: &[(&str, Enlightenment)] = &[

@@ -7,10 +7,11 @@ use std::fmt::Write as _;
 
 use roxmltree::{Document, Node};
 
-use crate::config::{parse_number, HvConfig, HvRequest};
+use crate::config::{parse_number, HvConfig};
 use crate::flags::{Enlightenment as E, Enlightenment, FlagKind};
 use crate::formats::{DropList, Exported, FormatError, Imported};
 use crate::profiles::Profile;
+use crate::request::HvRequest;
 
 /// `<hyperv>` children and their flags (QEMU flag ↔ libvirt element, reference §5).
 const HYPERV_ELEMENTS: &[(&str, Enlightenment)] = &[

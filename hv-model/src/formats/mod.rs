@@ -7,9 +7,10 @@ use std::fmt;
 
 use serde::Serialize;
 
-use crate::config::{HvConfig, HvRequest};
+use crate::config::HvConfig;
 use crate::error::ModelError;
 use crate::flags::Enlightenment;
+use crate::request::HvRequest;
 
 pub mod kubevirt;
 pub mod libvirt;

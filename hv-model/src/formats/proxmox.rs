@@ -7,10 +7,11 @@
 //! Import models all three; export writes `args: -cpu host,...` because only that can carry
 //! every flag.
 
-use crate::config::{HvConfig, HvRequest};
+use crate::config::HvConfig;
 use crate::flags::Enlightenment as E;
 use crate::formats::qemu::{cpu_value, import_cpu_value, shell_words};
 use crate::formats::{Exported, FormatError, Imported};
+use crate::request::HvRequest;
 
 /// Reads the main section of a Proxmox VM config.
 pub fn import(text: &str) -> Result<Imported, FormatError> {

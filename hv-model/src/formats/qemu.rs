@@ -2,10 +2,11 @@
 //! Import accepts a bare flag list, a `-cpu` value with a CPU model, or a whole command line
 //! (the last `-cpu` wins, as in QEMU); non-Hyper-V CPU options are ignored with a note.
 
-use crate::config::{HvConfig, HvRequest};
+use crate::config::HvConfig;
 use crate::error::ModelError;
 use crate::formats::{Exported, FormatError, Imported};
 use crate::parse::{parse_item, split_items, Item};
+use crate::request::HvRequest;
 
 /// Reads a QEMU `-cpu` value or command line.
 pub fn import(text: &str) -> Result<Imported, FormatError> {

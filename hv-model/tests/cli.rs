@@ -437,7 +437,10 @@ fn libvirt_and_kubevirt_exports_follow_their_releases() {
         .lines()
         .filter(|l| !l.trim_start().starts_with("<!--"))
         .collect();
-    assert!(elements.contains("<hyperv>") && !elements.contains("mode="), "{xml}");
+    assert!(
+        elements.contains("<hyperv>") && !elements.contains("mode="),
+        "{xml}"
+    );
     assert!(!elements.contains("<avic"), "{xml}");
     let (yaml, err) = exec2(&[
         "export",

@@ -52,12 +52,36 @@ pub const SUB_ELEMENTS: &[(Enlightenment, &str, Enlightenment, Version)] = &[
     (E::Tlbflush, "extended", E::TlbflushExt, v(11, 0)),
 ];
 
-/// `<kvm>` children libvirt knows, with their libvirt release; `hidden` (1.2.8) is inverted
-/// (`hidden on` = `kvm=off`).
-pub const KVM_ELEMENTS: &[(&str, Enlightenment, Version)] = &[
-    ("hint-dedicated", E::KvmHintDedicated, v(5, 7)),
-    ("poll-control", E::KvmPollControl, v(6, 10)),
-    ("pv-ipi", E::KvmPvIpi, v(7, 10)),
+/// Which states of a `<kvm>` child libvirt passes to QEMU. Seen with `virsh domxml-to-native`
+/// on libvirt 9.0: it writes `kvm-hint-dedicated=on` and `kvm-poll-control=on` but never
+/// `=off`, and `kvm-pv-ipi=off` but never `=on`. A state libvirt does not pass is left to the
+/// CPU model (with host-passthrough, KVM features are on where KVM has them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KvmWrites {
+    /// Only "on" reaches QEMU, and QEMU's default is off: "off" is still exact.
+    OnlyOnDefaultOff,
+    /// Only "on" reaches QEMU: "off" cannot be pinned.
+    OnlyOn,
+    /// Only "off" reaches QEMU: "on" cannot be pinned.
+    OnlyOff,
+}
+
+/// `<kvm>` children libvirt knows, with their libvirt release and what libvirt passes on;
+/// `hidden` (1.2.8) is inverted (`hidden on` = `kvm=off`).
+pub const KVM_ELEMENTS: &[(&str, Enlightenment, Version, KvmWrites)] = &[
+    (
+        "hint-dedicated",
+        E::KvmHintDedicated,
+        v(5, 7),
+        KvmWrites::OnlyOnDefaultOff,
+    ),
+    (
+        "poll-control",
+        E::KvmPollControl,
+        v(6, 10),
+        KvmWrites::OnlyOn,
+    ),
+    ("pv-ipi", E::KvmPvIpi, v(7, 10), KvmWrites::OnlyOff),
 ];
 
 /// Reads libvirt XML.
@@ -226,7 +250,7 @@ fn import_kvm(
         let on = switch(el, "state", "on")?;
         if name == "hidden" {
             set(config, E::Kvm, !on, el)?;
-        } else if let Some(&(_, flag, _)) = KVM_ELEMENTS.iter().find(|(n, _, _)| *n == name) {
+        } else if let Some(&(_, flag, _, _)) = KVM_ELEMENTS.iter().find(|(n, _, _, _)| *n == name) {
             set(config, flag, on, el)?;
         } else {
             notes.push(format!(
@@ -299,8 +323,24 @@ fn for_version(config: &HvConfig, version: Version, drops: &mut DropList) -> HvC
             .map_or("?", |(n, _, _)| *n);
         too_new(flag, format!("<{parent}><{name}> element"), since, true);
     }
-    for &(name, flag, since) in KVM_ELEMENTS {
+    for &(name, flag, since, _) in KVM_ELEMENTS {
         too_new(flag, format!("<kvm><{name}> element"), since, false);
+    }
+    for &(name, flag, _, writes) in KVM_ELEMENTS {
+        let qemu = flag.name();
+        let reason = match (kept.state(flag), writes) {
+            (Some(false), KvmWrites::OnlyOn) => format!(
+                "libvirt passes <kvm><{name}> to QEMU only when on, so {qemu}=off cannot be \
+                 pinned: the CPU model decides (with host-passthrough it is on where KVM has it)"
+            ),
+            (Some(true), KvmWrites::OnlyOff) => format!(
+                "libvirt passes <kvm><{name}> to QEMU only when off, so {qemu}=on cannot be \
+                 pinned: the CPU model decides (with host-passthrough it is on where KVM has it)"
+            ),
+            _ => continue,
+        };
+        kept.forget(flag);
+        drops.add(flag, &reason);
     }
     if config.state(E::Passthrough) == Some(true) && version < MODE_SINCE {
         kept.forget(E::Passthrough);
@@ -355,7 +395,7 @@ pub fn export(config: &HvConfig, version: Version) -> Exported {
     if let Some(on) = config.state(E::Kvm) {
         let _ = writeln!(kvm, "      <hidden state='{}'/>", state(!on));
     }
-    for &(name, flag, _) in KVM_ELEMENTS {
+    for &(name, flag, _, _) in KVM_ELEMENTS {
         if let Some(on) = config.state(flag) {
             let _ = writeln!(kvm, "      <{name} state='{}'/>", state(on));
         }
@@ -370,7 +410,7 @@ pub fn export(config: &HvConfig, version: Version) -> Exported {
                 "libvirt has no element for hv-version-id-*"
             }
             f if f.kind() == FlagKind::KvmParavirt
-                && !KVM_ELEMENTS.iter().any(|(_, k, _)| *k == f) =>
+                && !KVM_ELEMENTS.iter().any(|(_, k, _, _)| *k == f) =>
             {
                 "libvirt has no <kvm> element; the CPU model decides it"
             }
@@ -401,7 +441,9 @@ pub fn export(config: &HvConfig, version: Version) -> Exported {
     out.push_str("  </features>\n");
     let time = config.state(E::Time);
     if time.is_some() || config.tsc_frequency_hz.is_some() {
-        out.push_str("  <clock>\n");
+        // libvirt's schema requires an offset; keep your domain's own (Windows guests usually
+        // run with localtime), only the timers below are hvkvm's.
+        out.push_str("  <clock offset='utc'>\n");
         if let Some(on) = time {
             let _ = writeln!(
                 out,

@@ -321,3 +321,61 @@ fn libvirt_vendor_is_escaped() {
         "a&b<'\">"
     );
 }
+
+/// What libvirt writes (hv-model/tests/real-tools/make-fixtures.sh): its own rendering of a
+/// domain (`virsh dumpxml`) and the QEMU command line it builds from it (`domxml-to-native`).
+/// Both must import, and to the same guest: resolved on the same host they give the same
+/// explicit set.
+#[test]
+fn imports_what_libvirt_writes() {
+    let host = HostCapabilities::example_intel();
+    for name in ["windows-vbs", "linux-kvm", "passthrough"] {
+        let xml = fixture(&format!("libvirt-{name}.dumpxml.xml"));
+        let argv = fixture(&format!("libvirt-{name}.qemu-argv.txt"));
+        let from_xml = import(Format::Libvirt, &xml)
+            .unwrap_or_else(|e| panic!("{name} dumpxml: {}", common::chain(&e)));
+        let from_argv = import(Format::Qemu, &argv)
+            .unwrap_or_else(|e| panic!("{name} qemu-argv: {}", common::chain(&e)));
+        let resolved = |req: &HvRequest| {
+            resolve(req, &host, Backend::Kernel, &ResolveOptions::default())
+                .unwrap_or_else(|e| panic!("{name}: {e}"))
+                .config
+        };
+        assert_eq!(
+            resolved(&from_xml.request),
+            resolved(&from_argv.request),
+            "{name}: libvirt's XML and its QEMU command line differ for hvkvm"
+        );
+        assert!(
+            from_argv.notes.iter().any(|n| n.contains("migratable=on")),
+            "{name}: {:?}",
+            from_argv.notes
+        );
+    }
+    let vbs = import(Format::Libvirt, &fixture("libvirt-windows-vbs.dumpxml.xml")).unwrap();
+    let c = &vbs.request.overrides;
+    on(
+        c,
+        &[
+            E::Evmcs,
+            E::Avic,
+            E::StimerDirect,
+            E::Crash,
+            E::Time,
+            E::Reenlightenment,
+        ],
+    );
+    assert_eq!(c.vendor_id().unwrap().as_str(), "KVM Hv");
+    assert_eq!(c.state(E::Kvm), Some(false));
+    let argv = import(Format::Qemu, &fixture("libvirt-windows-vbs.qemu-argv.txt")).unwrap();
+    assert_eq!(
+        argv.request.overrides.vendor_id().unwrap().as_str(),
+        "KVM Hv"
+    );
+    let linux = import(Format::Libvirt, &fixture("libvirt-linux-kvm.dumpxml.xml")).unwrap();
+    let c = &linux.request.overrides;
+    assert_eq!(c.state(E::KvmHintDedicated), Some(true));
+    assert_eq!(c.state(E::KvmPvIpi), Some(false));
+    let pt = import(Format::Qemu, &fixture("libvirt-passthrough.qemu-argv.txt")).unwrap();
+    assert_eq!(pt.request.overrides.state(E::Passthrough), Some(true));
+}

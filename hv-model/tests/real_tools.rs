@@ -525,3 +525,99 @@ fn argv_items_compare_across_spellings() {
     );
     let _ = common::newest();
 }
+
+/// Other Debian releases from tests/real-tools/debian-releases.sh, when
+/// `HVKVM_DEBIAN_RELEASES` names its output directory (optional: the installed tools above are
+/// the required checks).
+fn debian_releases(check: &str) -> Option<std::path::PathBuf> {
+    match std::env::var_os("HVKVM_DEBIAN_RELEASES") {
+        Some(dir) => Some(std::path::PathBuf::from(dir)),
+        None => {
+            eprintln!(
+                "SKIP {check}: set HVKVM_DEBIAN_RELEASES to the output of \
+                 tests/real-tools/debian-releases.sh to check other QEMU and libvirt releases"
+            );
+            None
+        }
+    }
+}
+
+#[test]
+fn other_qemu_releases_accept_their_exports() {
+    let Some(dir) = debian_releases("other_qemu_releases_accept_their_exports") else {
+        return;
+    };
+    let mut checked = 0;
+    let mut failures = Vec::new();
+    for entry in std::fs::read_dir(dir.join("bin")).expect("bin/ of debian-releases.sh") {
+        let qemu = entry.unwrap().path();
+        let banner = tools::run(&qemu, &["--version"]).unwrap();
+        let version = tools::version_in(&String::from_utf8_lossy(&banner.stdout)).unwrap();
+        for (name, r) in resolutions() {
+            let eq = equivalent(&r, "max", version);
+            if let Err(why) = qemu_applies(&qemu, &eq.cpu) {
+                failures.push(format!("{name} on QEMU {version}: -cpu {}: {why}", eq.cpu));
+            }
+        }
+        checked += 1;
+    }
+    assert!(checked > 0, "no QEMU in {dir:?}/bin");
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn other_libvirt_schemas_accept_their_exports() {
+    let Some(dir) = debian_releases("other_libvirt_schemas_accept_their_exports") else {
+        return;
+    };
+    let xmllint = match tools::tool("xmllint", "libxml2-utils") {
+        Ok(x) => x,
+        Err(why) => return tools::skip("other_libvirt_schemas_accept_their_exports", &why),
+    };
+    let scratch = tools::scratch("libvirt-releases");
+    let mut checked = 0;
+    let mut failures = Vec::new();
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        let Some(version) = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_prefix("libvirt-"))
+            .and_then(|v| v.parse::<Version>().ok())
+        else {
+            continue;
+        };
+        let rng = path.join("usr/share/libvirt/schemas/domain.rng");
+        let targets = Targets {
+            libvirt: version,
+            ..Targets::default()
+        };
+        for (name, r) in resolutions() {
+            let file = scratch.join("domain.xml");
+            std::fs::write(
+                &file,
+                full_domain(&export(Format::Libvirt, &r.config, &targets).text),
+            )
+            .unwrap();
+            let out = tools::run(
+                &xmllint,
+                &[
+                    "--noout",
+                    "--relaxng",
+                    rng.to_str().unwrap(),
+                    file.to_str().unwrap(),
+                ],
+            )
+            .unwrap();
+            if !out.status.success() {
+                failures.push(format!(
+                    "{name} for libvirt {version}: {}",
+                    tools::tail(&String::from_utf8_lossy(&out.stderr), 3)
+                ));
+            }
+        }
+        checked += 1;
+    }
+    assert!(checked > 0, "no libvirt-X.Y/ in {dir:?}");
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}

@@ -1,6 +1,9 @@
 //! Starting points a user can pick with `--profile` and adjust with `--hv`. Every flag a profile
 //! turns on is on "where possible": if the host or backend cannot provide it, it is off with
 //! the reason, instead of failing (explicit `--hv` flags fail instead).
+//!
+//! Layer 5: depends on [`crate::backend`], [`crate::config`], [`crate::error`],
+//! [`crate::flags`], [`crate::host`], [`crate::options`], [`crate::tlfs`].
 
 use std::fmt;
 
@@ -11,7 +14,7 @@ use crate::config::{Coresharing, FlagValue, HvConfig};
 use crate::error::ModelError;
 use crate::flags::{Enlightenment as E, Enlightenment, FlagKind, FLAGS};
 use crate::host::HostCapabilities;
-use crate::resolve::{HostChecks, ResolveOptions};
+use crate::options::{HostChecks, Irqchip, ResolveOptions};
 use crate::tlfs::{self, Reg};
 
 /// A named starting set of enlightenments.
@@ -231,7 +234,7 @@ fn host_profile(
     for d in FLAGS {
         let never = matches!(d.flag, E::Syndbg | E::Passthrough | E::Kvm | E::KvmHintDedicated)
             // Depends on the VM's irqchip, not on the host.
-            || (d.flag == E::KvmMsiExtDestId && opts.irqchip != crate::resolve::Irqchip::Split);
+            || (d.flag == E::KvmMsiExtDestId && opts.irqchip != Irqchip::Split);
         if never || d.kind == FlagKind::Identity || d.value != crate::flags::ValueKind::Switch {
             continue;
         }

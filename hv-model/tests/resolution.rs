@@ -334,7 +334,7 @@ fn legacy_probe_without_hv_cpuid_uses_capabilities() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("cannot tell"), "{err}");
-    host.kvm_caps.insert("KVM_CAP_HYPERV_SYNIC2".into(), 0);
+    host.kvm_caps.set(hv_model::tlfs::KVM_CAP_HYPERV_SYNIC2, 0);
     let err = resolve_on(&host, "hv-vpindex,hv-synic")
         .unwrap_err()
         .to_string();

@@ -201,10 +201,10 @@ fn initial_slot(flag: Enlightenment, request: &HvRequest, profile_cfg: &HvConfig
         };
     }
     if let (Some(on), Some(p)) = (profile_cfg.state(flag), request.profile) {
-        let reason = if on {
-            format!("profile {p}")
-        } else {
-            format!("profile {p} turns it off")
+        let reason = match (on, p.why_off(flag)) {
+            (true, _) => format!("profile {p}"),
+            (false, Some(why)) => format!("profile {p} turns it off: {why}"),
+            (false, None) => format!("profile {p} turns it off"),
         };
         return Slot {
             on,

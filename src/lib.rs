@@ -26,5 +26,6 @@ pub mod hyperv;
 pub mod kvm;
 pub mod memory;
 pub(crate) mod ratelimit;
+pub mod snapshot;
 pub mod vcpu;
 pub mod vm;

@@ -20,6 +20,10 @@ pub mod test_exit;
 
 pub use bus::{IoBus, PioDevice, PioOutcome};
 
+use std::sync::{Arc, Mutex};
+
+use serde::{Deserialize, Serialize};
+
 /// Something a guest asked the platform to do to the whole VM.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GuestRequest {
@@ -49,3 +53,42 @@ pub const PM1A_CNT_PORT: u16 = 0x604;
 pub const ACPI_SCI_IRQ: u16 = 9;
 /// The guest-test ucall port.
 pub const UCALL_PORT: u16 = 0x1000;
+
+/// The saved state of the platform devices (for snapshots; the i8042 and the test-exit and
+/// POST ports have none).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlatformState {
+    /// COM1.
+    pub serial: serial::SerialState,
+    /// The CMOS RTC's index and NVRAM.
+    pub cmos: cmos::CmosState,
+    /// The ACPI PM1a registers.
+    pub pm: acpi_pm::PmState,
+}
+
+/// Typed handles on the platform devices that have state (the I/O bus holds the same
+/// devices as trait objects).
+#[derive(Debug, Clone)]
+pub struct Platform {
+    /// COM1.
+    pub serial: Arc<Mutex<serial::SerialPort>>,
+    /// The CMOS RTC.
+    pub cmos: Arc<Mutex<cmos::Cmos>>,
+    /// ACPI PM1a.
+    pub pm: Arc<Mutex<acpi_pm::AcpiPm>>,
+}
+
+impl Platform {
+    /// The devices' state now (call it while the VM is paused).
+    pub fn save(&self) -> PlatformState {
+        fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+            m.lock().unwrap_or_else(|p| p.into_inner())
+        }
+        PlatformState {
+            serial: lock(&self.serial).state(),
+            cmos: lock(&self.cmos).state(),
+            pm: lock(&self.pm).state(),
+        }
+    }
+}

@@ -16,6 +16,7 @@ pub mod clock;
 pub mod features;
 pub mod hypercall;
 pub mod partition;
+pub mod snapshot;
 pub mod usage;
 pub mod vp;
 

@@ -271,6 +271,11 @@ impl VmControl {
         }
     }
 
+    /// How many ucall SYNCs were recorded (and not yet taken by [`VmControl::take_reports`]).
+    pub fn sync_count(&self) -> usize {
+        self.lock().syncs.len()
+    }
+
     /// Makes every ucall SYNC pause the VM (the vCPU that made it completes the ucall first).
     pub fn set_pause_on_sync(&self, on: bool) {
         self.pause_on_sync.store(on, Ordering::Relaxed);

@@ -62,6 +62,11 @@ impl VmHandle {
         self.core.control.wait_paused(PAUSE_WAIT)
     }
 
+    /// How many ucall SYNCs the guest made so far.
+    pub fn sync_count(&self) -> usize {
+        self.core.control.sync_count()
+    }
+
     /// Resumes a paused VM.
     pub fn resume(&self) {
         self.core.control.resume();

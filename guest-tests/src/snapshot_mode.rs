@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use hvkvm::devices::serial::CaptureBuffer;
 use hvkvm::snapshot::{SnapshotKind, SnapshotReader};
+use hvkvm::vcpu::stats::VcpuStatsSnapshot;
 use hvkvm::vm::{RestoreParams, RunEvent, StopReason, Vm, VmConfig, VmOutcome};
 
 use crate::error_chain;
@@ -52,12 +53,14 @@ pub fn run(config: VmConfig, serial: CaptureBuffer, name: &str) -> SnapshotRun {
     let timeout = config.timeout.unwrap_or(crate::DEFAULT_TIMEOUT);
     let deadline = Instant::now() + timeout;
     let dir = temp_dir(name);
-    let vm = Vm::new(config).unwrap_or_else(|e| panic!("cannot build '{name}': {}", error_chain(&e)));
+    let vm =
+        Vm::new(config).unwrap_or_else(|e| panic!("cannot build '{name}': {}", error_chain(&e)));
     vm.control().set_pause_on_sync(true);
     let mut running = vm
         .start()
         .unwrap_or_else(|e| panic!("cannot start '{name}': {}", error_chain(&e)));
     let (mut syncs, mut prints) = (Vec::new(), Vec::new());
+    let mut stats: Vec<VcpuStatsSnapshot> = Vec::new();
     let mut restores = 0;
     loop {
         let event = running.wait_event(Some(deadline.saturating_duration_since(Instant::now())));
@@ -69,6 +72,8 @@ pub fn run(config: VmConfig, serial: CaptureBuffer, name: &str) -> SnapshotRun {
             prints.append(&mut outcome.prints);
             outcome.syncs = syncs;
             outcome.prints = prints;
+            add_stats(&mut stats, &outcome.vcpu_stats);
+            outcome.vcpu_stats = stats;
             let _ = std::fs::remove_dir_all(&dir);
             return SnapshotRun { outcome, restores };
         }
@@ -81,9 +86,14 @@ pub fn run(config: VmConfig, serial: CaptureBuffer, name: &str) -> SnapshotRun {
             message: "replaced by its restored snapshot".into(),
         });
         let mut old = running.finish();
-        assert!(old.stuck_vcpus.is_empty(), "'{name}': vCPUs {:?} stuck", old.stuck_vcpus);
+        assert!(
+            old.stuck_vcpus.is_empty(),
+            "'{name}': vCPUs {:?} stuck",
+            old.stuck_vcpus
+        );
         syncs.append(&mut old.syncs);
         prints.append(&mut old.prints);
+        add_stats(&mut stats, &old.vcpu_stats);
         let reader = SnapshotReader::open(&dir)
             .unwrap_or_else(|e| panic!("'{name}': open snapshot: {}", error_chain(&e)));
         let mut params = RestoreParams::new(Box::new(serial.clone()));
@@ -101,5 +111,23 @@ pub fn run(config: VmConfig, serial: CaptureBuffer, name: &str) -> SnapshotRun {
             .start()
             .unwrap_or_else(|e| panic!("'{name}': start restored VM: {}", error_chain(&e)));
         restores += 1;
+    }
+}
+
+/// Adds one generation's exit counters to the totals (the final RIP is the last one's).
+fn add_stats(total: &mut Vec<VcpuStatsSnapshot>, generation: &[VcpuStatsSnapshot]) {
+    if total.len() < generation.len() {
+        total.resize(generation.len(), VcpuStatsSnapshot::default());
+    }
+    for (t, g) in total.iter_mut().zip(generation) {
+        t.exits += g.exits;
+        t.io += g.io;
+        t.mmio += g.mmio;
+        t.msr += g.msr;
+        t.msr_gp += g.msr_gp;
+        t.interrupted += g.interrupted;
+        t.emulation_assists += g.emulation_assists;
+        t.debug_exits += g.debug_exits;
+        t.final_rip = g.final_rip;
     }
 }

@@ -29,7 +29,9 @@ fn cpuid_leaves_survive_restores() {
         ecx: 0x3333,
         edx: 0x4444,
     };
-    let (run, restores) = GuestTest::new("cpuid_leaf").cpuid(leaf).run_with_snapshots();
+    let (run, restores) = GuestTest::new("cpuid_leaf")
+        .cpuid(leaf)
+        .run_with_snapshots();
     run.expect_done();
     assert_eq!(restores, 2);
     assert_eq!(run.sync(2).values[..4], [0x1111, 0x2222, 0x3333, 0x4444]);
@@ -103,9 +105,16 @@ fn a_guest_snapshotted_mid_run_finishes_with_intact_memory() {
     assert_eq!(outcome.reason, hvkvm::vm::StopReason::GuestDone, "{out}");
     let [finished, max_step, reads, page_checks, ..] = outcome.syncs[0].values;
     assert_eq!(finished, 2);
-    assert!(reads > 0 && page_checks > 0, "{:?}", outcome.syncs[0].values);
+    assert!(
+        reads > 0 && page_checks > 0,
+        "{:?}",
+        outcome.syncs[0].values
+    );
     // No jump: the largest step between two reads is well under a second.
-    assert!(max_step < 5_000_000, "reference time jumped by {max_step} x 100 ns");
+    assert!(
+        max_step < 5_000_000,
+        "reference time jumped by {max_step} x 100 ns"
+    );
     assert!(out.contains("soak done"), "{out}");
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -122,7 +122,11 @@ impl SerialPort {
     }
 
     /// A UART continuing `state` (re-raising its interrupt if one was pending).
-    pub fn from_state(state: &SerialState, irq: IrqFdTrigger, sink: SerialSink) -> Result<Self, String> {
+    pub fn from_state(
+        state: &SerialState,
+        irq: IrqFdTrigger,
+        sink: SerialSink,
+    ) -> Result<Self, String> {
         let [baud_divisor_low, baud_divisor_high, interrupt_enable, interrupt_identification, line_control, line_status, modem_control, modem_status, scratch] =
             state.registers;
         let s = vm_superio::serial::SerialState {

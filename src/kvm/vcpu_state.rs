@@ -336,12 +336,7 @@ fn get_xsave(fd: &VcpuFd, caps: &StateCaps) -> Result<Vec<u8>, kvm_ioctls::Error
     }
 }
 
-fn set_xsave(
-    fd: &VcpuFd,
-    vcpu: u32,
-    bytes: &[u8],
-    caps: &StateCaps,
-) -> Result<(), VcpuStateError> {
+fn set_xsave(fd: &VcpuFd, vcpu: u32, bytes: &[u8], caps: &StateCaps) -> Result<(), VcpuStateError> {
     if bytes.len() != caps.xsave_size {
         return Err(VcpuStateError::XsaveSize {
             vcpu,
@@ -353,11 +348,12 @@ fn set_xsave(
     match caps.xsave_size {
         0 => Ok(()),
         XSAVE_CLASSIC_SIZE => {
-            let xsave = kvm_xsave::read_from_bytes(bytes).map_err(|_| VcpuStateError::XsaveSize {
-                vcpu,
-                saved: bytes.len(),
-                host: XSAVE_CLASSIC_SIZE,
-            })?;
+            let xsave =
+                kvm_xsave::read_from_bytes(bytes).map_err(|_| VcpuStateError::XsaveSize {
+                    vcpu,
+                    saved: bytes.len(),
+                    host: XSAVE_CLASSIC_SIZE,
+                })?;
             // SAFETY: the host's XSAVE size is the classic 4096 bytes (KVM_CAP_XSAVE2 said no
             // more), which is exactly the `kvm_xsave` KVM reads here.
             unsafe { fd.set_xsave(&xsave) }.map_err(e)

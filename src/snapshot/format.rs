@@ -191,7 +191,10 @@ impl Manifest {
                 c.cpus
             )));
         }
-        if c.cpuid.iter().any(|t| t.len() > kvm_bindings::KVM_MAX_CPUID_ENTRIES) {
+        if c.cpuid
+            .iter()
+            .any(|t| t.len() > kvm_bindings::KVM_MAX_CPUID_ENTRIES)
+        {
             return Err(bad("a CPUID table is larger than KVM allows".into()));
         }
         let mut roles = vec!["vm".to_string(), "ram".to_string()];

@@ -71,7 +71,11 @@ impl SnapshotWriter {
         })
     }
 
-    fn new_file(&mut self, role: &str, ext: &str) -> Result<(String, PathBuf, File), SnapshotError> {
+    fn new_file(
+        &mut self,
+        role: &str,
+        ext: &str,
+    ) -> Result<(String, PathBuf, File), SnapshotError> {
         let name = format!("{}-{role}.{ext}", self.generation);
         debug_assert!(valid_name(&name));
         let path = self.dir.join(&name);
@@ -127,8 +131,13 @@ impl SnapshotWriter {
             file: MANIFEST.into(),
             problem: format!("cannot encode: {e}"),
         })?;
-        let header = format!("{MAGIC} v{VERSION} sha256={}\n", hex(&Sha256::digest(&body)));
-        let tmp = self.dir.join(format!(".{}-{MANIFEST}.tmp", self.generation));
+        let header = format!(
+            "{MAGIC} v{VERSION} sha256={}\n",
+            hex(&Sha256::digest(&body))
+        );
+        let tmp = self
+            .dir
+            .join(format!(".{}-{MANIFEST}.tmp", self.generation));
         let final_path = self.dir.join(MANIFEST);
         {
             let mut f = File::create(&tmp).map_err(SnapshotError::io("create", &tmp))?;
@@ -291,10 +300,12 @@ impl SnapshotReader {
     }
 
     fn entry(&self, role: &str) -> Result<&FileEntry, SnapshotError> {
-        self.manifest.file(role).ok_or_else(|| SnapshotError::Invalid {
-            file: MANIFEST.into(),
-            problem: format!("no '{role}' file is listed"),
-        })
+        self.manifest
+            .file(role)
+            .ok_or_else(|| SnapshotError::Invalid {
+                file: MANIFEST.into(),
+                problem: format!("no '{role}' file is listed"),
+            })
     }
 
     /// Opens the file of `entry`, checking it is a regular file of the listed size.
@@ -307,7 +318,9 @@ impl SnapshotReader {
             },
             _ => SnapshotError::io("open", &path)(e),
         })?;
-        let meta = file.metadata().map_err(SnapshotError::io("inspect", &path))?;
+        let meta = file
+            .metadata()
+            .map_err(SnapshotError::io("inspect", &path))?;
         if !meta.is_file() {
             return Err(SnapshotError::Damaged {
                 file: entry.name.clone(),
@@ -362,8 +375,10 @@ impl SnapshotReader {
                 ),
             });
         }
-        let digest = ram_file::load(mem, &file)
-            .map_err(SnapshotError::io("read guest RAM from", self.dir.join(&entry.name)))?;
+        let digest = ram_file::load(mem, &file).map_err(SnapshotError::io(
+            "read guest RAM from",
+            self.dir.join(&entry.name),
+        ))?;
         if hex(&digest.sha256) != entry.sha256 {
             return Err(SnapshotError::Damaged {
                 file: entry.name.clone(),
@@ -420,7 +435,8 @@ mod tests {
         crate::memory::Bytes::write_obj(&mem, tag, crate::memory::GuestAddress(0x3000)).unwrap();
         let mut w = SnapshotWriter::create(d).unwrap();
         w.add_json("vm", &serde_json::json!({"tag": tag})).unwrap();
-        w.add_json("vcpu-0", &serde_json::json!({"tag": tag})).unwrap();
+        w.add_json("vcpu-0", &serde_json::json!({"tag": tag}))
+            .unwrap();
         w.add_ram(&mem).unwrap();
         w.commit(manifest(1)).unwrap();
     }
@@ -436,8 +452,8 @@ mod tests {
         assert_eq!(fs::read_dir(&d).unwrap().count(), 4, "manifest + 3 files");
         let mem = crate::memory::allocate(16).unwrap();
         r.load_ram(&mem).unwrap();
-        let tag: u64 = crate::memory::Bytes::read_obj(&mem, crate::memory::GuestAddress(0x3000))
-            .unwrap();
+        let tag: u64 =
+            crate::memory::Bytes::read_obj(&mem, crate::memory::GuestAddress(0x3000)).unwrap();
         assert_eq!(tag, 2);
         let _ = fs::remove_dir_all(&d);
     }
@@ -457,7 +473,10 @@ mod tests {
         let (v, _): (serde_json::Value, _) = r.read_json("vm").unwrap();
         assert_eq!(v["tag"], 1);
         write(&d, 3);
-        assert!(!d.join("abc123-vm.json").exists(), "leftovers go at the next commit");
+        assert!(
+            !d.join("abc123-vm.json").exists(),
+            "leftovers go at the next commit"
+        );
         let _ = fs::remove_dir_all(&d);
     }
 

@@ -55,6 +55,8 @@ struct Shared {
     started_threads: usize,
     /// vCPU threads parked by a pause.
     parked_threads: usize,
+    /// The VM's vCPU count, once known: a pause is complete only when that many are parked.
+    vcpus: usize,
     /// One slot per vCPU for work its thread runs while parked.
     jobs: Vec<Option<VcpuJob>>,
 }
@@ -66,7 +68,10 @@ impl std::fmt::Debug for Shared {
             .field("reason", &self.reason)
             .field("started_threads", &self.started_threads)
             .field("parked_threads", &self.parked_threads)
-            .field("jobs_waiting", &self.jobs.iter().filter(|j| j.is_some()).count())
+            .field(
+                "jobs_waiting",
+                &self.jobs.iter().filter(|j| j.is_some()).count(),
+            )
             .finish_non_exhaustive()
     }
 }
@@ -95,6 +100,7 @@ impl Default for VmControl {
                 prints: Vec::new(),
                 started_threads: 0,
                 parked_threads: 0,
+                vcpus: 0,
                 jobs: Vec::new(),
             }),
             fast_state: AtomicU8::new(RunState::Running as u8),
@@ -224,9 +230,9 @@ impl VmControl {
         if s.state != RunState::Paused {
             return Err(JobError::NotPaused);
         }
-        let started = s.started_threads;
-        if s.jobs.len() < started {
-            s.jobs.resize_with(started, || None);
+        let known = s.started_threads.max(s.vcpus);
+        if s.jobs.len() < known {
+            s.jobs.resize_with(known, || None);
         }
         let slot = s
             .jobs
@@ -241,6 +247,14 @@ impl VmControl {
         Ok(())
     }
 
+    /// Sets the VM's vCPU count (before its threads start): pauses then wait for every vCPU,
+    /// including threads that have not started yet, and each vCPU has a job slot.
+    pub fn set_vcpu_count(&self, vcpus: u32) {
+        let mut s = self.lock();
+        s.vcpus = vcpus as usize;
+        s.jobs.resize_with(vcpus as usize, || None);
+    }
+
     /// Called once by each vCPU thread as it starts.
     pub fn thread_started(&self) {
         self.lock().started_threads += 1;
@@ -250,7 +264,7 @@ impl VmControl {
     pub fn wait_paused(&self, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
         let mut s = self.lock();
-        while s.parked_threads < s.started_threads && s.state == RunState::Paused {
+        while s.parked_threads < s.started_threads.max(s.vcpus) && s.state == RunState::Paused {
             let Some(left) = deadline.checked_duration_since(Instant::now()) else {
                 return false;
             };
@@ -260,7 +274,7 @@ impl VmControl {
                 .unwrap_or_else(|p| p.into_inner())
                 .0;
         }
-        s.parked_threads == s.started_threads
+        s.parked_threads == s.started_threads.max(s.vcpus)
     }
 
     /// Records a ucall SYNC (and pauses the VM when asked to pause at every SYNC).
@@ -425,7 +439,10 @@ mod tests {
         assert!(c.wait_paused(Duration::from_secs(5)));
         c.post_job(0, Box::new(|_, _| {})).unwrap();
         assert_eq!(rx.recv_timeout(Duration::from_secs(5)), Ok(1));
-        assert!(c.wait_paused(Duration::from_secs(5)), "still parked after the job");
+        assert!(
+            c.wait_paused(Duration::from_secs(5)),
+            "still parked after the job"
+        );
         assert_eq!(c.post_job(3, Box::new(|_, _| {})), Err(JobError::NoVcpu(3)));
         c.post_job(0, Box::new(|_, _| {})).unwrap();
         assert_eq!(rx.recv_timeout(Duration::from_secs(5)), Ok(2));

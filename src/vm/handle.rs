@@ -156,9 +156,7 @@ impl RunningVm {
     /// Waits until the VM is paused or stopping, up to `limit` and never past the VM's own
     /// timeout.
     pub fn wait_event(&self, limit: Option<Duration>) -> RunEvent {
-        let left = self
-            .timeout
-            .map(|t| t.saturating_sub(self.start.elapsed()));
+        let left = self.timeout.map(|t| t.saturating_sub(self.start.elapsed()));
         let wait = match (limit, left) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),

@@ -213,7 +213,8 @@ impl Vm {
         let trigger =
             devices::serial::IrqFdTrigger(serial_irq.try_clone().map_err(VmError::EventFd)?);
         let saved_devices = restore.as_ref().map(|r| r.devices());
-        let extra_ports: Vec<[u16; 2]> = config.extra_pio.iter().map(|(b, l, _)| [*b, *l]).collect();
+        let extra_ports: Vec<[u16; 2]> =
+            config.extra_pio.iter().map(|(b, l, _)| [*b, *l]).collect();
         let extra_msrs: Vec<[u32; 2]> = config
             .msr_handlers
             .iter()
@@ -264,7 +265,11 @@ impl Vm {
         let host_tsc_khz = fds[0].get_tsc_khz().ok().or(host.tsc_khz);
         // The kernel backend's capabilities come before any MSR is written.
         let mut hyperv: Option<HvBackend> = None;
-        if let Some(hv) = config.hyperv.as_ref().filter(|h| h.backend == hv_model::Backend::Kernel) {
+        if let Some(hv) = config
+            .hyperv
+            .as_ref()
+            .filter(|h| h.backend == hv_model::Backend::Kernel)
+        {
             let backend = HvBackend::new(BackendParams {
                 config: hv,
                 cpuid: &tables[0],
@@ -296,7 +301,11 @@ impl Vm {
                 ))?
             }
         };
-        if let Some(hv) = config.hyperv.as_ref().filter(|h| h.backend == hv_model::Backend::User) {
+        if let Some(hv) = config
+            .hyperv
+            .as_ref()
+            .filter(|h| h.backend == hv_model::Backend::User)
+        {
             let (guest_tsc, _) = guest_tsc(&fds[0], &host)?;
             let params = BackendParams {
                 config: hv,
@@ -313,6 +322,7 @@ impl Vm {
         }
 
         let control = Arc::new(VmControl::default());
+        control.set_vcpu_count(config.cpus);
         let mut vcpus = Vec::new();
         let mut stats = Vec::new();
         for (index, mut fd) in (0u32..).zip(fds) {
@@ -354,7 +364,11 @@ impl Vm {
             nested: config.nested,
             cpuid: tables
                 .iter()
-                .map(|t| t.iter().map(crate::snapshot::format::CpuidRow::from).collect())
+                .map(|t| {
+                    t.iter()
+                        .map(crate::snapshot::format::CpuidRow::from)
+                        .collect()
+                })
                 .collect(),
             hyperv: config.hyperv.as_ref().map(snapshot::saved_hyperv),
             extra_ports,
@@ -591,7 +605,9 @@ fn build_io_bus(
             serial: Arc::new(Mutex::new(
                 SerialPort::from_state(&s.serial, trigger, serial).map_err(device("UART"))?,
             )),
-            cmos: Arc::new(Mutex::new(Cmos::from_state(&s.cmos).map_err(device("CMOS"))?)),
+            cmos: Arc::new(Mutex::new(
+                Cmos::from_state(&s.cmos).map_err(device("CMOS"))?,
+            )),
             pm: Arc::new(Mutex::new(AcpiPm::from_state(&s.pm))),
         },
     };

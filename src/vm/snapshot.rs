@@ -133,14 +133,18 @@ impl RestoreParams {
 
 /// This host, as a snapshot records it.
 pub(crate) fn host_identity(host: &HostProbe) -> HostIdentity {
-    let machine_id = ["/etc/machine-id", "/var/lib/dbus/machine-id", "/proc/sys/kernel/hostname"]
-        .iter()
-        .find_map(|p| {
-            let id = std::fs::read_to_string(p).ok()?;
-            let id = id.trim();
-            (!id.is_empty() && id.len() <= 256).then(|| id.to_string())
-        })
-        .unwrap_or_else(|| "unknown".into());
+    let machine_id = [
+        "/etc/machine-id",
+        "/var/lib/dbus/machine-id",
+        "/proc/sys/kernel/hostname",
+    ]
+    .iter()
+    .find_map(|p| {
+        let id = std::fs::read_to_string(p).ok()?;
+        let id = id.trim();
+        (!id.is_empty() && id.len() <= 256).then(|| id.to_string())
+    })
+    .unwrap_or_else(|| "unknown".into());
     HostIdentity {
         machine_id,
         cpu_model: host.cpu_model.clone(),
@@ -351,7 +355,11 @@ fn decode_vcpu(f: &VcpuFile, file: &str, index: u32) -> Result<VcpuArchState, Sn
         regs: f.regs.decode(file, "regs")?,
         sregs: f.sregs.decode(file, "sregs")?,
         xsave: f.xsave.bytes(file, "xsave")?,
-        xcrs: f.xcrs.as_ref().map(|h| h.decode(file, "xcrs")).transpose()?,
+        xcrs: f
+            .xcrs
+            .as_ref()
+            .map(|h| h.decode(file, "xcrs"))
+            .transpose()?,
         debugregs: f.debugregs.decode(file, "debugregs")?,
         events: f.events.decode(file, "events")?,
         mp_state: f.mp_state,
@@ -449,9 +457,10 @@ pub(crate) fn prepare(
 ) -> Result<(VmConfig, Restore<'_>), SnapshotError> {
     let m = reader.manifest();
     if m.kind == SnapshotKind::SameHost {
-        let here = host_identity(&HostProbe::probe().map_err(|e| {
-            SnapshotError::Migration(format!("cannot probe this host: {e}"))
-        })?);
+        let here = host_identity(
+            &HostProbe::probe()
+                .map_err(|e| SnapshotError::Migration(format!("cannot probe this host: {e}")))?,
+        );
         if here.machine_id != m.host.machine_id {
             return Err(SnapshotError::Migration(format!(
                 "this is a same-host snapshot of machine '{}', and this is machine '{}'; take \
@@ -478,9 +487,7 @@ pub(crate) fn prepare(
         vcpus.push(decode_vcpu(&file, &name, index)?);
     }
     let (vm_file, vm_name): (VmFile, String) = reader.read_json("vm")?;
-    if vm_file.irqchips.len() != IRQCHIP_COUNT as usize
-        || vm_file.pit.is_some() != m.config.pit
-    {
+    if vm_file.irqchips.len() != IRQCHIP_COUNT as usize || vm_file.pit.is_some() != m.config.pit {
         return Err(SnapshotError::Invalid {
             file: vm_name,
             problem: "the interrupt controllers or the PIT do not match the configuration".into(),
@@ -492,7 +499,9 @@ pub(crate) fn prepare(
         .as_ref()
         .map(|h| hv_config(h, &m.migration_blockers))
         .transpose()?;
-    if hyperv.as_ref().is_some_and(|h| h.backend == hv_model::Backend::User)
+    if hyperv
+        .as_ref()
+        .is_some_and(|h| h.backend == hv_model::Backend::User)
         != vm_file.hyperv_user.is_some()
     {
         return Err(SnapshotError::Invalid {
@@ -563,7 +572,11 @@ impl Restore<'_> {
     }
 
     /// Applies the TSC rule for this host.
-    pub(crate) fn plan_tsc(&mut self, host_khz: Option<u32>, tsc_control: bool) -> Result<(), SnapshotError> {
+    pub(crate) fn plan_tsc(
+        &mut self,
+        host_khz: Option<u32>,
+        tsc_control: bool,
+    ) -> Result<(), SnapshotError> {
         let offered = self.saved().cpuid.first().is_some_and(|t| {
             t.iter().any(|r| {
                 r.0[0] == hyperv_tlfs::cpuid::LEAF_FEATURES
@@ -678,7 +691,9 @@ impl Restore<'_> {
         if self.plan == TscPlan::Reenlighten {
             let notify = match self.notify {
                 Some(n) => Some(n),
-                None => crate::hyperv::user::snapshot::reenlightenment(self.reenlightenment_control()),
+                None => {
+                    crate::hyperv::user::snapshot::reenlightenment(self.reenlightenment_control())
+                }
             };
             if self.vm_file.hyperv_user.is_none() {
                 // Kernel backend: KVM keeps its TSC page frozen while the guest has TSC
@@ -704,7 +719,8 @@ impl Restore<'_> {
                         data: u32::from(n.vector),
                         ..Default::default()
                     };
-                    vm.signal_msi(msi).map_err(kvm("KVM_SIGNAL_MSI (reenlightenment)"))?;
+                    vm.signal_msi(msi)
+                        .map_err(kvm("KVM_SIGNAL_MSI (reenlightenment)"))?;
                     log::info!(
                         "restore: reenlightenment interrupt {:#x} sent to VP {}",
                         n.vector,
@@ -747,7 +763,10 @@ mod tests {
         };
         let e = plan_tsc(&other).unwrap_err();
         assert!(e.contains("not offered hv-reenlightenment"), "{e}");
-        assert!(e.contains("2000000 kHz") && e.contains("3000000 kHz"), "{e}");
+        assert!(
+            e.contains("2000000 kHz") && e.contains("3000000 kHz"),
+            "{e}"
+        );
         let scaled = TscFacts {
             tsc_control: true,
             ..other

@@ -9,7 +9,7 @@
 //! - the partition MSRs, the TSC page's sequence and the crash reports;
 //! - per VP: the VP assist page MSR.
 //!
-//! Usage counters are not saved: a restored VM's report counts from the restore.
+//! The usage report so far is saved too: a restored guest's report covers its whole life.
 //!
 //! # The hook for more state (SynIC, synthetic timers, …)
 //! Per-VP state belongs in [`VpSnapshot`], partition state in [`PartitionState`]: add a field
@@ -103,6 +103,10 @@ pub struct UserBackendState {
     pub partition: PartitionState,
     /// Per-VP state, by VP index.
     pub vps: Vec<VpSnapshot>,
+    /// What the guest used up to the snapshot (its usage report then), so the report of the
+    /// restored guest covers its whole life.
+    #[serde(default)]
+    pub usage: Option<crate::hyperv::report::UsageReport>,
 }
 
 /// How the restored guest's TSC relates to the saved one.
@@ -151,13 +155,17 @@ pub enum RestoreError {
 impl UserBackend {
     /// The backend's state now. Call it while the VM is paused.
     pub fn save(&self) -> UserBackendState {
+        // Each lock in its own statement: a guard in a struct-literal field would live to the
+        // end of the literal and deadlock with the next field's lock.
+        let usage = self.report();
+        let partition = self.partition().state();
         UserBackendState {
             tsc_hz: self.tsc_hz,
             clock: self.clock.map(|c| ClockState {
                 scale: c.scale,
                 offset: c.offset,
             }),
-            partition: self.partition().state(),
+            partition,
             vps: self
                 .vps
                 .iter()
@@ -168,6 +176,7 @@ impl UserBackend {
                     }
                 })
                 .collect(),
+            usage: Some(usage),
         }
     }
 
@@ -251,6 +260,7 @@ impl UserBackend {
                     })
                 })
                 .collect(),
+            history: state.usage.clone(),
         };
         Ok((backend, notify))
     }
@@ -340,7 +350,11 @@ mod tests {
         assert_eq!(notify, None);
         assert_eq!(r.reference_time(saved_at), before);
         assert!(r.reference_time(saved_at + 1) >= before);
-        assert_eq!(page_time(&mem, saved_at), Some(before), "page and MSR agree");
+        assert_eq!(
+            page_time(&mem, saved_at),
+            Some(before),
+            "page and MSR agree"
+        );
         let mut rvp = Arc::new(r).vp_handle(1);
         assert_eq!(rvp.read(VP_ASSIST_PAGE), Ok(0x7000 | 1));
         assert_eq!(rvp.read(REFERENCE_TSC), Ok(0x6000 | 1));
@@ -354,8 +368,11 @@ mod tests {
         let b = Arc::new(UserBackend::new(params(&cpuid, &mem, KHZ, 0)));
         let mut vp = b.vp_handle(0);
         vp.write(REFERENCE_TSC, 0x6000 | 1).unwrap();
-        vp.write(REENLIGHTENMENT_CONTROL, (1 << 32) | REENLIGHTENMENT_ENABLED | 0xec)
-            .unwrap();
+        vp.write(
+            REENLIGHTENMENT_CONTROL,
+            (1 << 32) | REENLIGHTENMENT_ENABLED | 0xec,
+        )
+        .unwrap();
         vp.write(TSC_EMULATION_CONTROL, 1).unwrap();
         let at = 7_000_000_000u64;
         let before = b.reference_time(at);
@@ -385,7 +402,11 @@ mod tests {
         assert_eq!(vp.read(TSC_FREQUENCY), Ok(3_000_000_000));
         vp.write(TSC_EMULATION_STATUS, 0).unwrap();
         let t = at + 123_456_789;
-        assert_eq!(page_time(&mem, t), Some(r.reference_time(t)), "published again");
+        assert_eq!(
+            page_time(&mem, t),
+            Some(r.reference_time(t)),
+            "published again"
+        );
     }
 
     #[test]

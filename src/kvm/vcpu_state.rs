@@ -240,7 +240,8 @@ pub fn restore(
         fd.set_tsc_khz(khz).map_err(e("KVM_SET_TSC_KHZ"))?;
     }
     fd.set_sregs(&state.sregs).map_err(e("KVM_SET_SREGS"))?;
-    let (early, late): (Vec<(u32, u64)>, Vec<(u32, u64)>) = state
+    type MsrList = Vec<(u32, u64)>;
+    let (early, late): (MsrList, MsrList) = state
         .msrs
         .iter()
         .map(|&(i, v)| match (i, tsc) {

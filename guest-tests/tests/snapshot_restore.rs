@@ -118,3 +118,135 @@ fn a_guest_snapshotted_mid_run_finishes_with_intact_memory() {
     assert!(out.contains("soak done"), "{out}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Restored where the TSC runs at another rate, without TSC scaling: the guest that enabled
+/// reenlightenment gets its interrupt, TSC_EMULATION_STATUS, the new TSC_FREQUENCY and an
+/// invalid TSC page until it acknowledges; reference time never jumps. This host has no TSC
+/// scaling, so the snapshot is rewritten to say the guest ran 25% faster than this host does.
+#[test]
+fn reenlightenment_after_a_restore_at_another_tsc_rate() {
+    use hvkvm::snapshot::format::Manifest;
+    use hvkvm::snapshot::{SnapshotReader, SnapshotWriter};
+    use hvkvm::vm::{RestoreParams, RunEvent, StopReason, Vm};
+    require_kvm!();
+    let (config, serial) = GuestTest::new("hv_reenlightenment")
+        .hyperv(
+            "hv-time,hv-frequencies,hv-reenlightenment",
+            CrashAction::Log,
+        )
+        .into_config();
+    let vm = Vm::new(config).unwrap();
+    vm.control().set_pause_on_sync(true);
+    let running = vm.start().unwrap();
+    assert_eq!(running.wait_event(None), RunEvent::Paused);
+    let base = std::env::temp_dir().join(format!("hvkvm-reenl-{}", std::process::id()));
+    let (a, b) = (base.join("a"), base.join("b"));
+    let h = running.handle();
+    assert!(h.pause());
+    h.snapshot(&a, hvkvm::snapshot::SnapshotKind::SameHost)
+        .unwrap();
+    h.stop(StopReason::PowerOff);
+    let first = running.finish();
+    let [hz_before, time_before, seq_before, ..] = first.syncs[0].values;
+    assert_ne!(seq_before, 0);
+
+    // The snapshot as if taken on a host whose TSC ran 25% faster.
+    let reader = SnapshotReader::open(&a).unwrap();
+    let mut manifest: Manifest = reader.manifest().clone();
+    let fake_khz = manifest.guest_tsc_khz / 4 * 5;
+    manifest.guest_tsc_khz = fake_khz;
+    let mem = hvkvm::memory::allocate(manifest.config.memory_mib).unwrap();
+    reader.load_ram(&mem).unwrap();
+    let mut w = SnapshotWriter::create(&b).unwrap();
+    let (vcpu0, _): (serde_json::Value, _) = reader.read_json("vcpu-0").unwrap();
+    w.add_json("vcpu-0", &vcpu0).unwrap();
+    let (mut vm_file, _): (serde_json::Value, _) = reader.read_json("vm").unwrap();
+    vm_file["hyperv_user"]["tsc_hz"] = serde_json::json!(u64::from(fake_khz) * 1000);
+    w.add_json("vm", &vm_file).unwrap();
+    w.add_ram(&mem).unwrap();
+    w.commit(manifest).unwrap();
+
+    let reader = SnapshotReader::open(&b).unwrap();
+    let mut p = RestoreParams::new(Box::new(serial.clone()));
+    p.timeout = Some(std::time::Duration::from_secs(30));
+    let outcome = Vm::restore(&reader, p)
+        .unwrap_or_else(|e| panic!("{}", guest_tests::error_chain(&e)))
+        .run()
+        .unwrap();
+    assert_eq!(
+        outcome.reason,
+        StopReason::GuestDone,
+        "{}",
+        serial.contents()
+    );
+    let s2 = outcome.syncs.iter().find(|s| s.stage == 2).unwrap().values;
+    let [pending, status, hz_after, seq_invalid, time_after, _] = s2;
+    assert_eq!(
+        pending, 1,
+        "the reenlightenment interrupt is pending at vector 0xEC"
+    );
+    assert_eq!(status, 1, "TSC_EMULATION_STATUS.InProgress");
+    assert_eq!(
+        hz_after, hz_before,
+        "TSC_FREQUENCY is this host's (real) rate"
+    );
+    assert_eq!(
+        seq_invalid, 0,
+        "the TSC page is invalid until the guest acknowledges"
+    );
+    assert!(time_after >= time_before, "reference time went backwards");
+    assert!(
+        time_after - time_before < 10_000_000,
+        "reference time jumped"
+    );
+    let s3 = outcome.syncs.iter().find(|s| s.stage == 3).unwrap().values;
+    let [seq, page, before, after, ..] = s3;
+    assert_ne!(seq, 0, "republished after the acknowledgement");
+    assert!(page + 10_000 >= before && page <= after + 10_000, "{s3:?}");
+    let _ = std::fs::remove_dir_all(&base);
+}
+
+/// Without scaling or reenlightenment, a restore at another TSC rate is refused.
+#[test]
+fn a_restore_at_another_tsc_rate_without_reenlightenment_is_refused() {
+    use hvkvm::snapshot::{SnapshotReader, SnapshotWriter};
+    use hvkvm::vm::{RestoreParams, Vm};
+    require_kvm!();
+    let (config, _serial) = GuestTest::new("hv_tsc_page")
+        .hyperv("hv-time,hv-frequencies", CrashAction::Log)
+        .into_config();
+    let vm = Vm::new(config).unwrap();
+    vm.control().set_pause_on_sync(true);
+    let running = vm.start().unwrap();
+    let base = std::env::temp_dir().join(format!("hvkvm-tscrule-{}", std::process::id()));
+    let (a, b) = (base.join("a"), base.join("b"));
+    running.wait_event(None);
+    let h = running.handle();
+    assert!(h.pause());
+    h.snapshot(&a, hvkvm::snapshot::SnapshotKind::SameHost)
+        .unwrap();
+    h.stop(hvkvm::vm::StopReason::PowerOff);
+    running.finish();
+    let reader = SnapshotReader::open(&a).unwrap();
+    let mut manifest = reader.manifest().clone();
+    manifest.guest_tsc_khz = manifest.guest_tsc_khz / 4 * 5;
+    let mem = hvkvm::memory::allocate(manifest.config.memory_mib).unwrap();
+    reader.load_ram(&mem).unwrap();
+    let mut w = SnapshotWriter::create(&b).unwrap();
+    for role in ["vcpu-0", "vm"] {
+        let (v, _): (serde_json::Value, _) = reader.read_json(role).unwrap();
+        w.add_json(role, &v).unwrap();
+    }
+    w.add_ram(&mem).unwrap();
+    w.commit(manifest).unwrap();
+    let reader = SnapshotReader::open(&b).unwrap();
+    let e = Vm::restore(&reader, RestoreParams::new(Box::new(std::io::sink())))
+        .map(|_| ())
+        .unwrap_err();
+    let e = guest_tests::error_chain(&e);
+    assert!(
+        e.contains("not offered hv-reenlightenment") && e.contains("TSC scaling"),
+        "{e}"
+    );
+    let _ = std::fs::remove_dir_all(&base);
+}

@@ -250,3 +250,61 @@ fn a_restore_at_another_tsc_rate_without_reenlightenment_is_refused() {
     );
     let _ = std::fs::remove_dir_all(&base);
 }
+
+/// A snapshot for migration is refused while the guest has a migration blocker, naming it and
+/// saying that a same-host snapshot is allowed; a same-host snapshot is refused on another
+/// host.
+#[test]
+fn migration_blockers_and_same_host_snapshots() {
+    use hvkvm::snapshot::{SnapshotKind, SnapshotReader, SnapshotWriter};
+    use hvkvm::vm::{RestoreParams, StopReason, Vm};
+    require_kvm!();
+    let (config, _serial) = GuestTest::new("hv_tsc_page")
+        .hyperv("hv-time,hv-no-nonarch-coresharing=auto", CrashAction::Log)
+        .into_config();
+    let vm = Vm::new(config).unwrap();
+    vm.control().set_pause_on_sync(true);
+    let running = vm.start().unwrap();
+    running.wait_event(None);
+    let h = running.handle();
+    assert!(h.pause());
+    let base = std::env::temp_dir().join(format!("hvkvm-blockers-{}", std::process::id()));
+    let (a, b) = (base.join("a"), base.join("b"));
+    let e = h
+        .snapshot(&a, SnapshotKind::Migration)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("no-nonarch-coresharing") && e.contains("same-host snapshot"),
+        "{e}"
+    );
+    assert!(!a.join("manifest.json").exists(), "nothing written");
+    assert!(!h.info().migration_blockers.is_empty());
+    h.snapshot(&a, SnapshotKind::SameHost).unwrap();
+    h.stop(StopReason::PowerOff);
+    running.finish();
+
+    // The same snapshot, as if taken on another machine.
+    let reader = SnapshotReader::open(&a).unwrap();
+    let mut manifest = reader.manifest().clone();
+    manifest.host.machine_id = "another-machine".into();
+    let mem = hvkvm::memory::allocate(manifest.config.memory_mib).unwrap();
+    reader.load_ram(&mem).unwrap();
+    let mut w = SnapshotWriter::create(&b).unwrap();
+    for role in ["vcpu-0", "vm"] {
+        let (v, _): (serde_json::Value, _) = reader.read_json(role).unwrap();
+        w.add_json(role, &v).unwrap();
+    }
+    w.add_ram(&mem).unwrap();
+    w.commit(manifest).unwrap();
+    let reader = SnapshotReader::open(&b).unwrap();
+    let e = Vm::restore(&reader, RestoreParams::new(Box::new(std::io::sink())))
+        .map(|_| ())
+        .unwrap_err();
+    let e = guest_tests::error_chain(&e);
+    assert!(
+        e.contains("same-host snapshot") && e.contains("--for-migration"),
+        "{e}"
+    );
+    let _ = std::fs::remove_dir_all(&base);
+}

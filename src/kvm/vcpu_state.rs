@@ -185,6 +185,20 @@ fn ioctl(vcpu: u32, what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> Vcp
     move |source| VcpuStateError::Ioctl { vcpu, what, source }
 }
 
+/// Finishes the I/O or MMIO instruction of the vCPU's last exit: KVM completes it (and moves
+/// RIP past it) only at the next KVM_RUN, and that pending part is not in any state user space
+/// can read (api.rst, KVM_RUN). KVM_RUN with `immediate_exit` set completes it without running
+/// any guest instruction. Without this a restored vCPU would execute its last `out` again.
+pub fn complete_pending_io(fd: &mut VcpuFd) -> Result<(), kvm_ioctls::Error> {
+    fd.set_kvm_immediate_exit(1);
+    let result = fd.run().map(|_| ());
+    fd.set_kvm_immediate_exit(0);
+    match result {
+        Err(e) if e.errno() == libc::EINTR => Ok(()),
+        other => other,
+    }
+}
+
 /// Reads vCPU `index`'s state. Call it on the vCPU's thread while the vCPU is out of KVM_RUN
 /// and the whole VM is paused (pending events are only stable then).
 pub fn capture(fd: &VcpuFd, index: u32, caps: &StateCaps) -> Result<VcpuArchState, VcpuStateError> {

@@ -1,6 +1,7 @@
 //! Taking a paused VM's snapshot and building a VM from one, with the migration rules.
 //!
-//! Taking ([`take`]): the VM must be paused. Each vCPU thread reads its own vCPU's state
+//! Taking ([`take`]): the VM must be paused. Each vCPU thread completes the I/O of its last
+//! exit (`kvm::vcpu_state::complete_pending_io`) and reads its own vCPU's state
 //! (`kvm::vcpu_state::capture`) as a job posted through the pause protocol
 //! (`VmControl::post_job`), so no vCPU fd ever leaves its thread and the exit path gains no
 //! lock. Then the VM-wide state (PIC, IOAPIC, PIT, KVM clock), the devices, the user Hyper-V
@@ -213,7 +214,14 @@ pub(crate) fn take(
             .post_job(
                 index,
                 Box::new(move |fd: &mut VcpuFd, _| {
-                    let _ = tx.send(vcpu_state::capture(fd, index, &caps));
+                    let state = vcpu_state::complete_pending_io(fd)
+                        .map_err(|source| vcpu_state::VcpuStateError::Ioctl {
+                            vcpu: index,
+                            what: "KVM_RUN (immediate exit, to complete the last I/O)",
+                            source,
+                        })
+                        .and_then(|()| vcpu_state::capture(fd, index, &caps));
+                    let _ = tx.send(state);
                 }),
             )
             .map_err(|e| SnapshotError::Vcpu {
@@ -406,6 +414,13 @@ fn within_tolerance(a: u32, b: u32) -> bool {
 /// The migration rule for the TSC rate (module doc).
 pub fn plan_tsc(f: &TscFacts) -> Result<TscPlan, String> {
     let saved = f.saved_khz;
+    if saved == 0 {
+        // The saving host could not tell its TSC rate: there is nothing to keep or compare.
+        return match f.requested_khz {
+            Some(k) if f.tsc_control => Ok(TscPlan::Scale(k)),
+            _ => Ok(TscPlan::Same),
+        };
+    }
     let target = f.requested_khz.unwrap_or(saved);
     if !within_tolerance(target, saved) {
         return Err(format!(
@@ -801,5 +816,14 @@ mod tests {
             ..scaled
         };
         assert_eq!(plan_tsc(&explicit), Ok(TscPlan::Scale(2_000_000)));
+        let unknown = TscFacts {
+            saved_khz: 0,
+            ..other
+        };
+        assert_eq!(
+            plan_tsc(&unknown),
+            Ok(TscPlan::Same),
+            "no rate recorded: nothing to keep"
+        );
     }
 }

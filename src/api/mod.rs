@@ -124,6 +124,18 @@ pub enum ApiError {
         #[source]
         source: std::io::Error,
     },
+    /// Nobody serves the socket.
+    #[error(
+        "cannot connect to '{path}': is an hvkvm running with --api-socket {path}? (its socket \
+         exists only while its VM runs)"
+    )]
+    Connect {
+        /// Which socket.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
     /// The server's answer was not one.
     #[error("the answer from '{path}' is not an hvkvm API answer: {problem}")]
     BadAnswer {
@@ -453,7 +465,10 @@ fn execute(request: Request, vm: &VmHandle) -> Response {
 
 /// Sends one request and returns the answer (`hvkvm ctl`).
 pub fn call(path: &Path, request: &Request, timeout: Duration) -> Result<Response, ApiError> {
-    let mut stream = UnixStream::connect(path).map_err(io_err("connect to", path))?;
+    let mut stream = UnixStream::connect(path).map_err(|source| ApiError::Connect {
+        path: path.into(),
+        source,
+    })?;
     stream
         .set_read_timeout(Some(timeout))
         .map_err(io_err("configure", path))?;

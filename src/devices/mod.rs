@@ -92,3 +92,58 @@ impl Platform {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vmm_sys_util::eventfd::EventFd;
+
+    fn trigger() -> serial::IrqFdTrigger {
+        serial::IrqFdTrigger(EventFd::new(libc::EFD_NONBLOCK).unwrap())
+    }
+
+    #[test]
+    fn device_state_round_trips_and_bad_state_is_refused() {
+        let platform = Platform {
+            serial: Arc::new(Mutex::new(serial::SerialPort::new(
+                trigger(),
+                Box::new(std::io::sink()),
+            ))),
+            cmos: Arc::new(Mutex::new(cmos::Cmos::default())),
+            pm: Arc::new(Mutex::new(acpi_pm::AcpiPm::default())),
+        };
+        // Guest writes: UART scratch and line control, a CMOS NVRAM byte, PM1a enable.
+        platform.serial.lock().unwrap().write(7, &[0x5a]);
+        platform.serial.lock().unwrap().write(3, &[0x03]);
+        platform.cmos.lock().unwrap().write(0, &[0x40]);
+        platform.cmos.lock().unwrap().write(1, &[0x99]);
+        platform.pm.lock().unwrap().write(2, &[0x20, 0x01]);
+        let state = platform.save();
+        let json = serde_json::to_string(&state).unwrap();
+        let back: PlatformState = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, state);
+        let mut uart =
+            serial::SerialPort::from_state(&back.serial, trigger(), Box::new(std::io::sink()))
+                .unwrap();
+        let mut b = [0u8];
+        uart.read(7, &mut b);
+        assert_eq!(b, [0x5a]);
+        let mut cmos = cmos::Cmos::from_state(&back.cmos).unwrap();
+        let mut b = [0u8];
+        cmos.read(1, &mut b);
+        assert_eq!(b, [0x99], "index and NVRAM restored");
+        let mut pm = acpi_pm::AcpiPm::from_state(&back.pm);
+        let mut b = [0u8; 2];
+        pm.read(2, &mut b);
+        assert_eq!(u16::from_le_bytes(b), 0x120);
+        let mut bad = back.clone();
+        bad.cmos.nvram.pop();
+        assert!(cmos::Cmos::from_state(&bad.cmos).is_err());
+        bad.serial.in_buffer = vec![0; 4096];
+        assert!(
+            serial::SerialPort::from_state(&bad.serial, trigger(), Box::new(std::io::sink()))
+                .is_err(),
+            "an over-full FIFO is refused"
+        );
+    }
+}

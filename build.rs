@@ -1,11 +1,21 @@
 //! Builds the built-in demo guest from source (no prebuilt binaries in the repository) and
-//! tells `cli::demo` where its ELF is.
+//! tells `cli::demo` where its ELF is; also the `snapshot_soak` guest, which the snapshot CLI
+//! tests (tests/snapshot_cli.rs) run, and `snapshot_fill`, the snapshot benchmark's guest.
 
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
-    let dir = guest_build::build_guest_payloads(Some(&["demo"])).unwrap_or_else(|e| panic!("{e}"));
+    let dir = guest_build::build_guest_payloads(Some(&["demo", "snapshot_soak", "snapshot_fill"]))
+        .unwrap_or_else(|e| panic!("{e}"));
     println!(
         "cargo:rustc-env=HVKVM_DEMO_ELF={}",
         dir.join("demo").display()
+    );
+    println!(
+        "cargo:rustc-env=HVKVM_SNAPSHOT_SOAK_ELF={}",
+        dir.join("snapshot_soak").display()
+    );
+    println!(
+        "cargo:rustc-env=HVKVM_SNAPSHOT_FILL_ELF={}",
+        dir.join("snapshot_fill").display()
     );
 }

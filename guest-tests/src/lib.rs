@@ -16,6 +16,8 @@ use hvkvm::devices::serial::CaptureBuffer;
 use hvkvm::vcpu::msr::MsrHandler;
 use hvkvm::vm::{self, BootSource, StopReason, SyncEvent, VmConfig, VmOutcome};
 
+pub mod snapshot_mode;
+
 /// Directory holding the compiled guest payloads, set by `build.rs`.
 pub const GUEST_DIR: &str = env!("HVKVM_GUEST_DIR");
 
@@ -168,8 +170,11 @@ impl GuestTest {
         (self.config, self.serial)
     }
 
-    /// Runs the VM to its end.
+    /// Runs the VM to its end (in the snapshot harness mode when `HVKVM_TEST_SNAPSHOT=1`).
     pub fn run(self) -> TestRun {
+        if snapshot_mode::requested() {
+            return self.run_with_snapshots().0;
+        }
         let outcome = vm::run(self.config)
             .unwrap_or_else(|e| panic!("cannot run guest '{}': {}", self.name, error_chain(&e)));
         assert!(
@@ -183,6 +188,28 @@ impl GuestTest {
             serial: self.serial.contents(),
             name: self.name,
         }
+    }
+}
+
+impl GuestTest {
+    /// Runs the VM with a pause, snapshot, kill and restore at every ucall SYNC
+    /// ([`snapshot_mode`]); returns the run and the number of restores.
+    pub fn run_with_snapshots(self) -> (TestRun, u32) {
+        let run = snapshot_mode::run(self.config, self.serial.clone(), &self.name);
+        assert!(
+            run.outcome.stuck_vcpus.is_empty(),
+            "vCPUs {:?} of '{}' did not stop",
+            run.outcome.stuck_vcpus,
+            self.name
+        );
+        (
+            TestRun {
+                outcome: run.outcome,
+                serial: self.serial.contents(),
+                name: self.name,
+            },
+            run.restores,
+        )
     }
 }
 

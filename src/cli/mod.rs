@@ -2,8 +2,10 @@
 
 pub use hv_model::cli::error_chain;
 
+pub mod ctl;
 pub mod demo;
 pub mod probe;
+pub mod restore;
 pub mod run;
 
 use clap::{Parser, Subcommand};
@@ -17,7 +19,9 @@ Examples:
   hvkvm probe                                  what this host's KVM can do
   hvkvm hv explain --profile windows           which Hyper-V enlightenments, and why
   hvkvm run --payload test.elf --cpus 2        run an ELF test payload
-  hvkvm run --kernel vmlinuz --initrd initrd.cpio --cpus 2 --timeout 600")]
+  hvkvm run --kernel vmlinuz --initrd initrd.cpio --cpus 2 --timeout 600
+  hvkvm run --payload test.elf --api-socket /tmp/vm.sock   then: hvkvm ctl --api-socket
+        /tmp/vm.sock pause; … snapshot /tmp/snap; later: hvkvm restore /tmp/snap")]
 pub struct Cli {
     /// More log output (-v info, -vv debug, -vvv trace). HVKVM_LOG=level works too.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
@@ -36,6 +40,11 @@ pub enum Command {
     Demo(demo::DemoArgs),
     /// Report what this host's KVM supports and which Hyper-V backends can work here.
     Probe(probe::ProbeArgs),
+    /// Control a running hvkvm through its --api-socket: pause, resume, info, report,
+    /// snapshot DIR.
+    Ctl(ctl::CtlArgs),
+    /// Resume a snapshot (written by `hvkvm ctl … snapshot DIR`) in this process.
+    Restore(restore::RestoreArgs),
     /// Hyper-V enlightenments: explain a selection, export/import QEMU, libvirt, KubeVirt and
     /// Proxmox configurations, compute a fleet baseline.
     #[command(subcommand)]
@@ -51,6 +60,9 @@ pub enum CliError {
     /// `probe`.
     #[error(transparent)]
     Probe(#[from] crate::kvm::ProbeError),
+    /// `ctl`.
+    #[error(transparent)]
+    Ctl(#[from] ctl::CtlError),
     /// Writing output.
     #[error("cannot write output")]
     Output(#[from] std::io::Error),
@@ -65,6 +77,8 @@ pub fn execute(cli: Cli) -> Result<i32, CliError> {
         Command::Run(args) => Ok(run::execute(args)?),
         Command::Demo(args) => Ok(demo::execute(args)?),
         Command::Probe(args) => probe::execute(args),
+        Command::Ctl(args) => Ok(ctl::execute(args)?),
+        Command::Restore(args) => Ok(restore::execute(args)?),
         Command::Hv(command) => {
             hv_model::cli::run(&command, &mut std::io::stdout().lock())?;
             Ok(0)

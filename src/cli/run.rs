@@ -82,6 +82,10 @@ pub struct RunArgs {
     /// Write the Hyper-V usage report as JSON to FILE when the VM ends.
     #[arg(long, value_name = "FILE")]
     pub hv_report_json: Option<PathBuf>,
+    /// Serve a control socket at PATH (mode 0600) while the VM runs: `hvkvm ctl --api-socket
+    /// PATH pause|resume|info|report|snapshot DIR`.
+    #[arg(long, value_name = "PATH")]
+    pub api_socket: Option<PathBuf>,
 }
 
 /// Errors of `hvkvm run`.
@@ -131,6 +135,9 @@ pub enum RunError {
     /// Probing the host failed.
     #[error(transparent)]
     Probe(#[from] crate::kvm::ProbeError),
+    /// The control socket could not be set up.
+    #[error(transparent)]
+    Api(#[from] crate::api::ApiError),
     /// Writing the outcome JSON.
     #[error("cannot write the outcome to '{path}'")]
     OutcomeJson {
@@ -271,16 +278,31 @@ pub fn execute(args: RunArgs) -> Result<i32, RunError> {
         .timeout
         .map(|t| Instant::now() + Duration::from_secs_f64(t));
     let mut boot = 1u32;
+    let server = args
+        .api_socket
+        .as_deref()
+        .map(crate::api::ApiServer::start)
+        .transpose()?;
     let outcome = loop {
         let mut config = config(&args)?;
         if let Some(deadline) = deadline {
             let left = deadline.saturating_duration_since(Instant::now());
             config.timeout = Some(left.max(Duration::from_millis(1)));
         }
-        let outcome = vm::run(config).map_err(|source| RunError::Vm {
+        let vm_err = |source| RunError::Vm {
             name: name.clone(),
             source,
-        })?;
+        };
+        let running = vm::Vm::new(config)
+            .and_then(vm::Vm::start)
+            .map_err(vm_err)?;
+        if let Some(s) = &server {
+            s.set_target(Some(running.handle()));
+        }
+        let outcome = running.finish();
+        if let Some(s) = &server {
+            s.set_target(None);
+        }
         if outcome.reason != vm::StopReason::Reset || args.no_reboot {
             break outcome;
         }
@@ -290,6 +312,7 @@ pub fn execute(args: RunArgs) -> Result<i32, RunError> {
             "hvkvm: the guest reset; rebooting (boot {boot}; --no-reboot ends the VM instead)"
         );
     };
+    drop(server);
     report(&outcome);
     if let Some(hv) = &outcome.hyperv {
         if args.hv_report {

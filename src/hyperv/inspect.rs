@@ -11,7 +11,7 @@ use crate::memory::{Bytes, GuestAddress, GuestMemory};
 const PAGE: usize = 4096;
 
 /// A VP assist page as the VMM sees it.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, Eq)]
 pub struct AssistPageView {
     /// The VP.
     pub vp: u32,
@@ -24,7 +24,7 @@ pub struct AssistPageView {
 }
 
 /// An enlightened VMCS, decoded.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, Eq)]
 pub struct EvmcsView {
     /// Its GPA.
     pub gpa: u64,

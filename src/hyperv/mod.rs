@@ -64,6 +64,9 @@ pub struct HvConfig {
     pub enforce_cpuid: bool,
     /// Crash policy.
     pub on_crash: CrashAction,
+    /// Why the guest cannot move to another host, from the model (`flag: reason`); a
+    /// snapshot for migration is refused while there is any.
+    pub migration_blockers: Vec<String>,
 }
 
 impl HvConfig {
@@ -84,6 +87,11 @@ impl HvConfig {
                 .collect(),
             enforce_cpuid: resolution.is_on(hv_model::Enlightenment::EnforceCpuid),
             on_crash,
+            migration_blockers: resolution
+                .migration_blockers
+                .iter()
+                .map(|b| format!("{}: {}", b.flag.name(), b.reason))
+                .collect(),
         })
     }
 
@@ -95,6 +103,7 @@ impl HvConfig {
             offered: Vec::new(),
             enforce_cpuid: true,
             on_crash: CrashAction::Log,
+            migration_blockers: Vec::new(),
         }
     }
 }

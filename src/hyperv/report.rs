@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 pub use super::user::usage::MsrUse;
 
@@ -11,7 +11,7 @@ pub use super::user::usage::MsrUse;
 const MAX_REFUSALS: usize = 64;
 
 /// The usage report of one VM.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UsageReport {
     /// Which backend served the guest: "user" (hvkvm) or "kernel" (KVM).
     pub backend: String,
@@ -49,7 +49,7 @@ pub struct UsageReport {
 }
 
 /// GUEST_OS_ID, decoded (TLFS "Reporting the Guest OS Identity").
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct GuestOsId {
     /// The raw value.
     pub raw: u64,
@@ -107,6 +107,28 @@ impl GuestOsId {
 }
 
 impl UsageReport {
+    /// Adds the counts of `earlier`, the report of the same guest before a snapshot it was
+    /// restored from, so a restored guest's report covers its whole life. State (pages, OS
+    /// id, crash reports, which the snapshot restores) stays this report's.
+    pub fn add_earlier(&mut self, earlier: &UsageReport) {
+        for (name, u) in &earlier.msrs {
+            let e = self.msrs.entry(name.clone()).or_default();
+            e.reads += u.reads;
+            e.writes += u.writes;
+            e.faults += u.faults;
+        }
+        for (call, statuses) in &earlier.hypercalls {
+            let e = self.hypercalls.entry(call.clone()).or_default();
+            for (status, n) in statuses {
+                *e.entry(status.clone()).or_default() += n;
+            }
+        }
+        self.hypercall_ud += earlier.hypercall_ud;
+        self.synic_exits += earlier.synic_exits;
+        self.syndbg_exits += earlier.syndbg_exits;
+        self.add_refusals(earlier.refused.iter(), earlier.refused_dropped);
+    }
+
     /// Adds refusals (kept verbatim up to a bound, the rest counted), each once.
     pub fn add_refusals<T: std::fmt::Display>(
         &mut self,

@@ -29,7 +29,8 @@ pub fn run(mut fd: VcpuFd, mut handler: ExitHandler, control: Arc<VmControl>) {
 fn run_until_stopped(fd: &mut VcpuFd, handler: &mut ExitHandler, control: &VmControl) {
     let vcpu = handler.vcpu;
     loop {
-        if control.wait_runnable() == RunState::Stopping {
+        let state = control.wait_runnable(vcpu, &mut |job| job(&mut *fd, &mut *handler));
+        if state == RunState::Stopping {
             return;
         }
         let dispatch = match fd.run() {

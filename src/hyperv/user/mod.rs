@@ -16,6 +16,7 @@ pub mod clock;
 pub mod features;
 pub mod hypercall;
 pub mod partition;
+pub mod snapshot;
 pub mod usage;
 pub mod vp;
 
@@ -63,6 +64,8 @@ pub struct UserBackend {
     offered_names: Vec<String>,
     partition: Mutex<Partition>,
     vps: Box<[Mutex<VpState>]>,
+    /// What the guest used before the snapshot this backend was restored from.
+    history: Option<UsageReport>,
 }
 
 /// What the user backend is built from.
@@ -100,6 +103,7 @@ impl UserBackend {
             offered_names: p.offered_names,
             partition: Mutex::new(Partition::default()),
             vps: (0..p.vps).map(|_| Mutex::new(VpState::default())).collect(),
+            history: None,
         }
     }
 
@@ -160,6 +164,9 @@ impl UserBackend {
                     .extend(super::inspect::assist_page(&self.mem, vp, gpa));
             }
             add_vp_usage(&mut report, &state.usage);
+        }
+        if let Some(earlier) = &self.history {
+            report.add_earlier(earlier);
         }
         report
     }

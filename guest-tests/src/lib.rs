@@ -5,10 +5,15 @@
 //! ucall SYNC values, serial output. A failed guest assertion panics with the guest's
 //! file:line and message.
 //!
-//! The test tables live in [`suites`], and [`harness::run_local`] runs them on this machine's
-//! KVM with one test line per case (the `tests/` targets).
+//! The test tables live in [`suites`], so that the same cases run on this machine's KVM
+//! ([`harness::run_local`], the `tests/` targets) and inside the emulated Intel VMX host
+//! ([`intel_host`], `tests/intel_host.rs`, the `hvkvm-suites` runner inside it).
 
 pub mod harness;
+pub mod host_cores;
+pub mod intel_host;
+pub mod l1;
+pub mod report;
 pub mod suites;
 
 use std::ops::RangeInclusive;

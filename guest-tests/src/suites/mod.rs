@@ -9,6 +9,7 @@
 pub mod evmcs;
 pub mod foundation;
 pub mod hyperv_user;
+pub mod intel_only;
 
 use std::fmt;
 
@@ -72,5 +73,6 @@ pub fn all() -> Vec<Case> {
     let mut cases = foundation::cases();
     cases.extend(evmcs::cases());
     cases.extend(hyperv_user::cases());
+    cases.extend(intel_only::cases());
     cases
 }

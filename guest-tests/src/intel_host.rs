@@ -1,0 +1,425 @@
+//! The emulated Intel VMX host as a test host.
+//!
+//! A session is one run of `scripts/intel-host.sh` (Bochs booting Debian's kernel with
+//! `kvm-intel nested=1`) whose command is `hvkvm-suites run --host intel-host …`: every case
+//! runs in that one boot (a boot costs ~40 s), and each reports itself on the emulated host's
+//! console ([`crate::report`]). [`Session`] follows that console and hands each case's result
+//! to the test waiting for it, so every case is its own test line (`tests/intel_host.rs`).
+//!
+//! A session is either started by the test itself or, in CI, by scripts/test.sh in the
+//! background before the local tests (`HVKVM_INTEL_HOST_SESSION=DIR`), so that it runs while
+//! they do; the test then only follows it. The session's files are in its directory: the
+//! console `serial.log`, the script's own messages `script.log`, `pid` while the script runs,
+//! and `exit-status` once it has ended.
+
+use std::collections::{HashMap, VecDeque};
+use std::fmt::Write as _;
+use std::fs::File;
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crate::report::{self, CaseReport, Line};
+
+/// The host's name in test names and reports.
+pub const HOST: &str = "intel-host";
+
+/// Follow a session started elsewhere (by scripts/test.sh) in this directory.
+pub const SESSION_ENV: &str = "HVKVM_INTEL_HOST_SESSION";
+
+/// `1`: a missing prerequisite is a failure, not a skip (set by scripts/test.sh).
+pub const REQUIRE_ENV: &str = "HVKVM_REQUIRE_INTEL_HOST";
+
+/// The session's wall-clock limit in seconds, boot included.
+pub const TIMEOUT_ENV: &str = "HVKVM_INTEL_HOST_TIMEOUT";
+
+const DEFAULT_TIMEOUT_S: u64 = 1500;
+
+/// How many console lines a failure message shows.
+const SHOWN_LINES: usize = 25;
+
+/// The repository root (scripts/intel-host.sh lives there).
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("guest-tests lies inside the repository")
+        .to_path_buf()
+}
+
+/// Whether a missing prerequisite must fail the tests (`HVKVM_REQUIRE_INTEL_HOST=1`).
+pub fn required() -> bool {
+    std::env::var(REQUIRE_ENV).as_deref() == Ok("1")
+}
+
+/// The session's wall-clock limit (`HVKVM_INTEL_HOST_TIMEOUT`, default 1500 s).
+pub fn timeout() -> Duration {
+    let secs = std::env::var(TIMEOUT_ENV)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(DEFAULT_TIMEOUT_S);
+    Duration::from_secs(secs)
+}
+
+/// Why the emulated Intel host cannot run here, if it cannot: the packages
+/// scripts/intel-host.sh would install are missing. (The script itself installs them; a test
+/// does not install packages behind the user's back.)
+pub fn unavailable() -> Option<String> {
+    let on_path = |cmd: &str| {
+        std::env::var_os("PATH")
+            .map(|p| std::env::split_paths(&p).any(|d| d.join(cmd).is_file()))
+            .unwrap_or(false)
+    };
+    let mut missing: Vec<&str> = ["bochs", "xorriso", "script", "flock"]
+        .into_iter()
+        .filter(|c| !on_path(c))
+        .collect();
+    for file in [
+        "/usr/share/bochs/BIOS-bochs-latest",
+        "/usr/lib/ISOLINUX/isolinux.bin",
+        "/usr/lib/syslinux/modules/bios/ldlinux.c32",
+        "/bin/busybox",
+    ] {
+        if !Path::new(file).is_file() {
+            missing.push(file);
+        }
+    }
+    let kernel = std::fs::read_dir("/boot").ok().is_some_and(|dir| {
+        dir.flatten().any(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            name.starts_with("vmlinuz-") && name.ends_with("-cloud-amd64")
+        })
+    });
+    if !kernel {
+        missing.push("/boot/vmlinuz-*-cloud-amd64");
+    }
+    (!missing.is_empty()).then(|| {
+        format!(
+            "the emulated Intel host needs {}: run scripts/intel-host.sh once (it installs \
+             bochs, bochsbios, bochs-term, isolinux, syslinux-common, xorriso, busybox-static \
+             and linux-image-cloud-amd64), or scripts/test.sh",
+            missing.join(", ")
+        )
+    })
+}
+
+/// A case's result as the session saw it.
+#[derive(Debug, Clone)]
+struct Seen {
+    report: CaseReport,
+    /// Wall time between its start line and its result line, as the poller saw them.
+    wall: Duration,
+    /// The console lines it printed.
+    lines: Vec<String>,
+}
+
+/// How the session ended.
+#[derive(Debug, Clone)]
+enum End {
+    /// intel-host.sh exited with this status.
+    Exited(i32),
+    /// intel-host.sh is gone without an exit status (killed), or never started.
+    Vanished(String),
+    /// It ran past the session's limit and this process stopped waiting.
+    GaveUp,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    results: HashMap<String, Seen>,
+    order: Vec<String>,
+    current: Option<(String, Instant, Vec<String>)>,
+    recent: VecDeque<String>,
+    first_case_at: Option<Instant>,
+    end: Option<End>,
+}
+
+/// A session being followed.
+#[derive(Debug)]
+pub struct Session {
+    dir: PathBuf,
+    state: Arc<Mutex<State>>,
+    started: Instant,
+    child: Mutex<Option<Child>>,
+}
+
+impl Session {
+    /// Starts scripts/intel-host.sh in `dir` with `hvkvm-suites run --host intel-host` and
+    /// `runner_args` (filters) as its command.
+    pub fn start(dir: &Path, runner_args: &[String]) -> io::Result<Session> {
+        std::fs::create_dir_all(dir)?;
+        for stale in ["exit-status", "serial.log", "pid"] {
+            let _ = std::fs::remove_file(dir.join(stale));
+        }
+        let log = File::create(dir.join("script.log"))?;
+        let child = Command::new("bash")
+            .arg(repo_root().join("scripts/intel-host.sh"))
+            .args(["--quiet", "--out"])
+            .arg(dir)
+            .arg("--timeout")
+            .arg(timeout().as_secs().to_string())
+            .args(["--", "hvkvm-suites", "run", "--host", HOST])
+            .args(runner_args)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()?;
+        let session = Session::follow(dir);
+        *session.child.lock().unwrap() = Some(child);
+        Ok(session)
+    }
+
+    /// Follows a session that someone else started in `dir`.
+    pub fn follow(dir: &Path) -> Session {
+        let state = Arc::new(Mutex::new(State::default()));
+        let started = Instant::now();
+        let poller = Poller {
+            dir: dir.to_path_buf(),
+            state: state.clone(),
+            offset: 0,
+            partial: String::new(),
+            started,
+        };
+        thread::spawn(move || poller.run());
+        Session {
+            dir: dir.to_path_buf(),
+            state,
+            started,
+            child: Mutex::new(None),
+        }
+    }
+
+    /// Waits for case `name` (without the host prefix); `Err` is the failure message: the
+    /// host, the case, why, and the Intel host's console lines that explain it.
+    pub fn wait_for(&self, name: &str) -> Result<(), String> {
+        loop {
+            {
+                let state = self.state.lock().unwrap();
+                if let Some(seen) = state.results.get(name) {
+                    if seen.report.passed {
+                        return Ok(());
+                    }
+                    let why = seen.report.message.as_deref().unwrap_or("no message");
+                    return Err(format!(
+                        "{HOST}: `{name}` failed inside the emulated Intel host: {why}\n{}",
+                        self.shown("its console output", &seen.lines)
+                    ));
+                }
+                if let Some(end) = &state.end {
+                    let running = state
+                        .current
+                        .as_ref()
+                        .map(|(c, ..)| format!(", while `{c}` was running"))
+                        .unwrap_or_default();
+                    let recent: Vec<String> = state.recent.iter().cloned().collect();
+                    return Err(format!(
+                        "{HOST}: `{name}` got no result: {}{running}\n{}{}",
+                        self.describe(end),
+                        self.shown("the last lines of its console", &recent),
+                        self.script_tail()
+                    ));
+                }
+            }
+            thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    fn describe(&self, end: &End) -> String {
+        match end {
+            End::Exited(124) => format!(
+                "the emulated Intel host ran past its {} s limit ({TIMEOUT_ENV})",
+                timeout().as_secs()
+            ),
+            End::Exited(status) => format!("the emulated Intel host ended (status {status})"),
+            End::Vanished(why) => why.clone(),
+            End::GaveUp => format!(
+                "no end of the session after {} s: stopped waiting",
+                self.started.elapsed().as_secs()
+            ),
+        }
+    }
+
+    fn shown(&self, what: &str, lines: &[String]) -> String {
+        let mut out = format!(
+            "--- {what} ({}) ---\n",
+            self.dir.join("serial.log").display()
+        );
+        let skip = lines.len().saturating_sub(SHOWN_LINES);
+        for line in &lines[skip..] {
+            let _ = writeln!(out, "    | {line}");
+        }
+        out
+    }
+
+    fn script_tail(&self) -> String {
+        let text = std::fs::read_to_string(self.dir.join("script.log")).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        if lines.is_empty() {
+            return String::new();
+        }
+        let mut out = format!(
+            "--- scripts/intel-host.sh said ({}) ---\n",
+            self.dir.join("script.log").display()
+        );
+        for line in &lines[lines.len().saturating_sub(10)..] {
+            let _ = writeln!(out, "    | {line}");
+        }
+        out
+    }
+
+    /// A table of the cases seen: wall time each, and the time before the first case (the
+    /// Bochs boot, when this process started the session).
+    pub fn timings(&self) -> String {
+        let state = self.state.lock().unwrap();
+        let mut out = format!("{HOST} session in {}:\n", self.dir.display());
+        if let Some(first) = state.first_case_at {
+            let _ = writeln!(
+                out,
+                "  first case started {:.0} s after this process began following the session",
+                first.duration_since(self.started).as_secs_f64()
+            );
+        }
+        for name in &state.order {
+            let seen = &state.results[name];
+            let _ = writeln!(
+                out,
+                "  {:>6.1} s wall  {:>7} ms guest  {}  {name}",
+                seen.wall.as_secs_f64(),
+                seen.report.millis,
+                if seen.report.passed { "ok  " } else { "FAIL" }
+            );
+        }
+        if let Some(end) = &state.end {
+            let _ = writeln!(
+                out,
+                "  ended after {:.0} s: {}",
+                self.started.elapsed().as_secs_f64(),
+                self.describe(end)
+            );
+        }
+        out
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.lock().unwrap().take() {
+            // The script ends itself (report, timeout); a test that stops following early must
+            // not leave Bochs behind: the script's trap stops it on SIGTERM.
+            if child.try_wait().ok().flatten().is_none() {
+                let _ = Command::new("kill").arg(child.id().to_string()).status();
+            }
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Reads the console log as it grows and records starts, results and the end.
+struct Poller {
+    dir: PathBuf,
+    state: Arc<Mutex<State>>,
+    offset: u64,
+    partial: String,
+    started: Instant,
+}
+
+impl Poller {
+    fn run(mut self) {
+        // A session started elsewhere may not have written its pid yet.
+        let grace = Duration::from_secs(60);
+        let limit = timeout() + Duration::from_secs(600);
+        loop {
+            let status = std::fs::read_to_string(self.dir.join("exit-status")).ok();
+            self.read_new_lines();
+            let end = if let Some(s) = status {
+                Some(End::Exited(s.trim().parse().unwrap_or(-1)))
+            } else if !self.script_alive() && self.started.elapsed() > grace {
+                Some(End::Vanished(format!(
+                    "scripts/intel-host.sh is not running and left no exit-status in {}",
+                    self.dir.display()
+                )))
+            } else if self.started.elapsed() > limit {
+                Some(End::GaveUp)
+            } else {
+                None
+            };
+            if let Some(end) = end {
+                self.read_new_lines();
+                self.state.lock().unwrap().end = Some(end);
+                return;
+            }
+            thread::sleep(Duration::from_millis(250));
+        }
+    }
+
+    fn script_alive(&self) -> bool {
+        std::fs::read_to_string(self.dir.join("pid"))
+            .ok()
+            .and_then(|p| p.trim().parse::<u32>().ok())
+            .is_some_and(|pid| Path::new(&format!("/proc/{pid}")).exists())
+    }
+
+    fn read_new_lines(&mut self) {
+        let Ok(mut file) = File::open(self.dir.join("serial.log")) else {
+            return;
+        };
+        let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+        if len < self.offset {
+            // The log was started afresh (a new session in the same directory).
+            self.offset = 0;
+            self.partial.clear();
+        }
+        let mut bytes = Vec::new();
+        if io::Seek::seek(&mut file, io::SeekFrom::Start(self.offset)).is_err()
+            || file.read_to_end(&mut bytes).is_err()
+        {
+            return;
+        }
+        self.offset += bytes.len() as u64;
+        self.partial.push_str(&String::from_utf8_lossy(&bytes));
+        let now = Instant::now();
+        let mut state = self.state.lock().unwrap();
+        while let Some(nl) = self.partial.find('\n') {
+            let line: String = self.partial.drain(..=nl).collect();
+            let line = line.trim_end_matches(['\n', '\r']).to_string();
+            record(&mut state, line, now);
+        }
+    }
+}
+
+fn record(state: &mut State, line: String, now: Instant) {
+    match report::parse(&line) {
+        Some(Line::Start(name)) => {
+            state.first_case_at.get_or_insert(now);
+            state.current = Some((name, now, Vec::new()));
+        }
+        Some(Line::Result(report)) => {
+            let (wall, lines) = match state.current.take() {
+                Some((name, at, lines)) if name == report.name => (now - at, lines),
+                _ => (Duration::ZERO, Vec::new()),
+            };
+            state.order.push(report.name.clone());
+            state.results.insert(
+                report.name.clone(),
+                Seen {
+                    report,
+                    wall,
+                    lines,
+                },
+            );
+        }
+        None => {
+            if let Some((_, _, lines)) = state.current.as_mut() {
+                if lines.len() < 2000 {
+                    lines.push(line.clone());
+                }
+            }
+        }
+    }
+    state.recent.push_back(line);
+    if state.recent.len() > SHOWN_LINES {
+        state.recent.pop_front();
+    }
+}

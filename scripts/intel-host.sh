@@ -60,6 +60,7 @@ mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
 rm -f "$OUT/exit-status" "$OUT/serial.log" "$OUT/bochs.log"
 echo $$ >"$OUT/pid"
+mkdir -p "$ROOT/target/intel-host"
 RUN=$(mktemp -d "$ROOT/target/intel-host/run.XXXXXX")
 BOCHS_PID=
 TAIL_PID=

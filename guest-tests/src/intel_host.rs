@@ -18,6 +18,7 @@ use std::fs::File;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -134,6 +135,9 @@ struct State {
     recent: VecDeque<String>,
     first_case_at: Option<Instant>,
     end: Option<End>,
+    /// The session had ended before it was followed: its lines all arrived at once, so the
+    /// wall times between them mean nothing.
+    ended_before_followed: bool,
 }
 
 /// A session being followed.
@@ -143,6 +147,7 @@ pub struct Session {
     state: Arc<Mutex<State>>,
     started: Instant,
     child: Mutex<Option<Child>>,
+    console_shown: AtomicBool,
 }
 
 impl Session {
@@ -188,6 +193,7 @@ impl Session {
             state,
             started,
             child: Mutex::new(None),
+            console_shown: AtomicBool::new(false),
         }
     }
 
@@ -213,10 +219,18 @@ impl Session {
                         .as_ref()
                         .map(|(c, ..)| format!(", while `{c}` was running"))
                         .unwrap_or_default();
+                    let head = format!(
+                        "{HOST}: `{name}` got no result: {}{running}",
+                        self.describe(end)
+                    );
+                    // The console once, with the first case that has no result; the others
+                    // point there (a dead session would otherwise print it for every case).
+                    if self.console_shown.swap(true, Ordering::Relaxed) {
+                        return Err(format!("{head} (console shown above)"));
+                    }
                     let recent: Vec<String> = state.recent.iter().cloned().collect();
                     return Err(format!(
-                        "{HOST}: `{name}` got no result: {}{running}\n{}{}",
-                        self.describe(end),
+                        "{head}\n{}{}",
                         self.shown("the last lines of its console", &recent),
                         self.script_tail()
                     ));
@@ -229,7 +243,8 @@ impl Session {
     fn describe(&self, end: &End) -> String {
         match end {
             End::Exited(124) => format!(
-                "the emulated Intel host ran past its {} s limit ({TIMEOUT_ENV})",
+                "the emulated Intel host ran past its wall-clock limit (intel-host.sh \
+                 --timeout; {TIMEOUT_ENV}, {} s here)",
                 timeout().as_secs()
             ),
             End::Exited(status) => format!("the emulated Intel host ended (status {status})"),
@@ -246,6 +261,9 @@ impl Session {
             "--- {what} ({}) ---\n",
             self.dir.join("serial.log").display()
         );
+        if lines.is_empty() {
+            out.push_str("    (none)\n");
+        }
         let skip = lines.len().saturating_sub(SHOWN_LINES);
         for line in &lines[skip..] {
             let _ = writeln!(out, "    | {line}");
@@ -274,7 +292,9 @@ impl Session {
     pub fn timings(&self) -> String {
         let state = self.state.lock().unwrap();
         let mut out = format!("{HOST} session in {}:\n", self.dir.display());
-        if let Some(first) = state.first_case_at {
+        if state.ended_before_followed {
+            out.push_str("  (it had ended before this process followed it: no wall times)\n");
+        } else if let Some(first) = state.first_case_at {
             let _ = writeln!(
                 out,
                 "  first case started {:.0} s after this process began following the session",
@@ -283,10 +303,14 @@ impl Session {
         }
         for name in &state.order {
             let seen = &state.results[name];
+            let wall = if state.ended_before_followed {
+                "     - s wall".to_string()
+            } else {
+                format!("{:>6.1} s wall", seen.wall.as_secs_f64())
+            };
             let _ = writeln!(
                 out,
-                "  {:>6.1} s wall  {:>7} ms guest  {}  {name}",
-                seen.wall.as_secs_f64(),
+                "  {wall}  {:>7} ms guest  {}  {name}",
                 seen.report.millis,
                 if seen.report.passed { "ok  " } else { "FAIL" }
             );
@@ -327,9 +351,11 @@ struct Poller {
 
 impl Poller {
     fn run(mut self) {
-        // A session started elsewhere may not have written its pid yet.
+        // A session started elsewhere may not have written its pid yet; one that waits for the
+        // host-cores lock (a 2-vCPU Linux boot holds it for minutes) has not started its clock.
         let grace = Duration::from_secs(60);
-        let limit = timeout() + Duration::from_secs(600);
+        let limit = timeout() + Duration::from_secs(1800);
+        let mut first_poll = true;
         loop {
             let status = std::fs::read_to_string(self.dir.join("exit-status")).ok();
             self.read_new_lines();
@@ -347,9 +373,12 @@ impl Poller {
             };
             if let Some(end) = end {
                 self.read_new_lines();
-                self.state.lock().unwrap().end = Some(end);
+                let mut state = self.state.lock().unwrap();
+                state.end = Some(end);
+                state.ended_before_followed = first_poll;
                 return;
             }
+            first_poll = false;
             thread::sleep(Duration::from_millis(250));
         }
     }

@@ -43,7 +43,11 @@ fn main() -> ExitCode {
         let trials = names.iter().map(|n| {
             let reason = reason.clone();
             if required {
-                Trial::test(full(n), move || Err(Failed::from(reason)))
+                Trial::test(full(n), move || {
+                    Err(Failed::from(format!(
+                        "{HOST}: {reason} (HVKVM_REQUIRE_INTEL_HOST=1 makes this a failure)"
+                    )))
+                })
             } else {
                 Trial::ignorable_test(full(n), move || {
                     Ok(Completion::ignored_with(format!("SKIP: {reason}")))

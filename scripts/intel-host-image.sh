@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Functions of scripts/intel-host.sh that build the emulated Intel host's boot image.
 # Sourced, not run. Everything cacheable lives in target/intel-host/image/.
 #

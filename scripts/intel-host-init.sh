@@ -13,14 +13,14 @@ case " $(cat /proc/cmdline) " in *" hvkvm.role=l1 "*) role=L1 ;; esac
 echo "HVKVM-$role: /init started"
 
 mods=/lib/modules/$(uname -r)/kernel
-if ! { insmod $mods/virt/lib/irqbypass.ko && insmod $mods/arch/x86/kvm/kvm.ko &&
-    insmod $mods/arch/x86/kvm/kvm-intel.ko nested=1; }; then
+if ! { insmod "$mods/virt/lib/irqbypass.ko" && insmod "$mods/arch/x86/kvm/kvm.ko" &&
+    insmod "$mods/arch/x86/kvm/kvm-intel.ko" nested=1; }; then
     echo "HVKVM-$role: loading kvm-intel failed (is VMX visible? grep -c vmx /proc/cpuinfo:" \
         "$(grep -c vmx /proc/cpuinfo))"
 fi
 
 echo "HVKVM-$role: kvm loaded, running /hvkvm/command"
-cd /tmp
+cd /tmp || true
 if [ -x /hvkvm/command ]; then
     /hvkvm/command
     status=$?

@@ -44,6 +44,7 @@ cmdline="console=ttyS0 loglevel=4 noxsave nokaslr panic=-1 reboot=k pci=off audi
 cmdline="$cmdline cryptomgr.notests mitigations=off hvkvm.role=l1"
 [ "$cpus" = 1 ] && cmdline="$cmdline nosmp"
 set +e
+# shellcheck disable=SC3040 # busybox ash has pipefail: hvkvm's status survives the pipe
 set -o pipefail
 # --no-reboot: a panic (panic=-1) or a reset ends hvkvm instead of booting L1 again.
 # shellcheck disable=SC2086 # $args holds separate hvkvm run options
@@ -51,6 +52,7 @@ hvkvm run --kernel /opt/hvkvm/l1/vmlinuz --initrd "$dir/initrd.cpio" --cmdline "
     --cpu host --cpus "$cpus" --memory "$memory" --timeout "$timeout" --no-reboot $args 2>&1 |
     tee "$dir/console" | sed 's/^/L1| /'
 rc=$?
+# shellcheck disable=SC3040
 set +o pipefail
 status=$(sed -n 's/^HVKVM-L1-EXIT: \([0-9]*\).*/\1/p' "$dir/console" | tail -n 1)
 [ -n "$console" ] && cp "$dir/console" "$console"

@@ -10,8 +10,9 @@
 #   --out DIR         keep this run's files in DIR: serial.log (the guest's console), bochs.log,
 #                     exit-status (written last), pid (this script's PID while it runs)
 #                     (default: target/intel-host/last)
-#   --timeout SECS    wall-clock limit for the whole run, boot included (default 900); the
+#   --timeout SECS    wall-clock limit from Bochs' start, boot included (default 900); the
 #                     emulated host's own clocks run slower than wall time, so it is kept here
+#                     (waiting for the host-cores lock, below, does not count)
 #   --memory MIB      RAM of the emulated host, at most 2048 (default 2048)
 #   --quiet           do not copy the serial log to stdout while it runs
 #   --no-install      fail, naming the packages, instead of installing them
@@ -65,9 +66,10 @@ RUN=$(mktemp -d "$ROOT/target/intel-host/run.XXXXXX")
 BOCHS_PID=
 TAIL_PID=
 status=125
+# shellcheck disable=SC2317 # run by the EXIT trap
 finish() {
-    [[ -n $BOCHS_PID ]] && kill "$BOCHS_PID" 2>/dev/null || true
-    [[ -n $TAIL_PID ]] && kill "$TAIL_PID" 2>/dev/null || true
+    if [[ -n $BOCHS_PID ]]; then kill "$BOCHS_PID" 2>/dev/null || true; fi
+    if [[ -n $TAIL_PID ]]; then kill "$TAIL_PID" 2>/dev/null || true; fi
     rm -rf "$RUN"
     # exit-status before pid goes: a follower that sees neither takes the script for dead.
     echo "$status" >"$OUT/exit-status"
@@ -124,7 +126,11 @@ while :; do
         outcome=reported
         break
     fi
-    if grep -a -q 'Kernel panic - not syncing' "$OUT/serial.log"; then outcome=panic; break; fi
+    # L0's own panic only: an L1 guest's console lines start with "L1| ".
+    if grep -a -q '^\[[ 0-9.]*\] Kernel panic - not syncing' "$OUT/serial.log"; then
+        outcome=panic
+        break
+    fi
     if ! kill -0 "$BOCHS_PID" 2>/dev/null; then outcome=ended; break; fi
     if ((SECONDS - start >= TIMEOUT)); then outcome=timeout; break; fi
     sleep 0.5

@@ -4,6 +4,17 @@
 //! script) in a fresh VM with a timeout, and checks what the VM reported: its stop reason,
 //! ucall SYNC values, serial output. A failed guest assertion panics with the guest's
 //! file:line and message.
+//!
+//! The test tables live in [`suites`], so that the same cases run on this machine's KVM
+//! ([`harness::run_local`], the `tests/` targets) and inside the emulated Intel VMX host
+//! ([`intel_host`], `tests/intel_host.rs`, the `hvkvm-suites` runner inside it).
+
+pub mod harness;
+pub mod host_cores;
+pub mod intel_host;
+pub mod l1;
+pub mod report;
+pub mod suites;
 
 use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
@@ -25,8 +36,20 @@ pub const GUEST_DIR: &str = env!("HVKVM_GUEST_DIR");
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The ELF file of the guest payload `name` (the file stem of `guest/src/bin/<name>.rs`).
+///
+/// `HVKVM_GUEST_DIR` in the environment replaces [`GUEST_DIR`]: inside the emulated Intel host
+/// the payloads are not where this crate was built.
 pub fn guest_binary(name: &str) -> PathBuf {
-    Path::new(GUEST_DIR).join(name)
+    match std::env::var_os("HVKVM_GUEST_DIR") {
+        Some(dir) => PathBuf::from(dir).join(name),
+        None => Path::new(GUEST_DIR).join(name),
+    }
+}
+
+/// Whether a missing /dev/kvm is a failure rather than a skip (`HVKVM_REQUIRE_KVM=1`, set by
+/// scripts/test.sh, so that CI cannot pass by skipping every guest test).
+pub fn kvm_required() -> bool {
+    std::env::var("HVKVM_REQUIRE_KVM").as_deref() == Ok("1")
 }
 
 /// Returns why KVM tests cannot run here, if they cannot.
@@ -41,11 +64,15 @@ pub fn kvm_unavailable() -> Option<String> {
     }
 }
 
-/// Skips the calling test (printing `SKIP: <reason>`) when /dev/kvm is not usable.
+/// Skips the calling test (printing `SKIP: <reason>`) when /dev/kvm is not usable, or fails it
+/// under `HVKVM_REQUIRE_KVM=1`.
 #[macro_export]
 macro_rules! require_kvm {
     () => {
         if let Some(reason) = $crate::kvm_unavailable() {
+            if $crate::kvm_required() {
+                panic!("{reason} (HVKVM_REQUIRE_KVM=1 makes this a failure)");
+            }
             eprintln!("SKIP: {reason}");
             return;
         }

@@ -17,6 +17,7 @@
 //! - [`hyperv`] connects a VM to the `hv-model` crate, which decides the enlightenments; their
 //!   user-space emulation (the user backend) grows there.
 
+pub mod bench;
 pub mod boot;
 pub mod cli;
 pub mod cpu;

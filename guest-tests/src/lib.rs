@@ -16,6 +16,8 @@ use hvkvm::devices::serial::CaptureBuffer;
 use hvkvm::vcpu::msr::MsrHandler;
 use hvkvm::vm::{self, BootSource, StopReason, SyncEvent, VmConfig, VmOutcome};
 
+pub mod nested;
+
 /// Directory holding the compiled guest payloads, set by `build.rs`.
 pub const GUEST_DIR: &str = env!("HVKVM_GUEST_DIR");
 
@@ -23,8 +25,14 @@ pub const GUEST_DIR: &str = env!("HVKVM_GUEST_DIR");
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The ELF file of the guest payload `name` (the file stem of `guest/src/bin/<name>.rs`).
+///
+/// `HVKVM_GUEST_DIR` in the environment replaces [`GUEST_DIR`]: inside the emulated Intel host
+/// the payloads are not where this crate was built.
 pub fn guest_binary(name: &str) -> PathBuf {
-    Path::new(GUEST_DIR).join(name)
+    match std::env::var_os("HVKVM_GUEST_DIR") {
+        Some(dir) => PathBuf::from(dir).join(name),
+        None => Path::new(GUEST_DIR).join(name),
+    }
 }
 
 /// Returns why KVM tests cannot run here, if they cannot.
@@ -160,6 +168,12 @@ impl GuestTest {
                 edx: regs[3],
             });
         }
+        self
+    }
+
+    /// Changes the VM configuration directly (CPU model, nested VMX, a Hyper-V backend, ...).
+    pub fn configure(mut self, f: impl FnOnce(&mut VmConfig)) -> Self {
+        f(&mut self.config);
         self
     }
 

@@ -2,6 +2,7 @@
 
 pub use hv_model::cli::error_chain;
 
+pub mod bench;
 pub mod demo;
 pub mod probe;
 pub mod run;
@@ -36,6 +37,10 @@ pub enum Command {
     Demo(demo::DemoArgs),
     /// Report what this host's KVM supports and which Hyper-V backends can work here.
     Probe(probe::ProbeArgs),
+    /// Benchmarks that boot guests (nested-cpuid: an L2 exit with and without the enlightened
+    /// VMCS).
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
     /// Hyper-V enlightenments: explain a selection, export/import QEMU, libvirt, KubeVirt and
     /// Proxmox configurations, compute a fleet baseline.
     #[command(subcommand)]
@@ -57,6 +62,9 @@ pub enum CliError {
     /// `hv`.
     #[error(transparent)]
     Hv(#[from] hv_model::cli::CliError),
+    /// `bench`.
+    #[error(transparent)]
+    Bench(#[from] bench::BenchCliError),
 }
 
 /// Runs the parsed command; returns the process exit status.
@@ -65,6 +73,7 @@ pub fn execute(cli: Cli) -> Result<i32, CliError> {
         Command::Run(args) => Ok(run::execute(args)?),
         Command::Demo(args) => Ok(demo::execute(args)?),
         Command::Probe(args) => probe::execute(args),
+        Command::Bench(command) => Ok(bench::execute(command)?),
         Command::Hv(command) => {
             hv_model::cli::run(&command, &mut std::io::stdout().lock())?;
             Ok(0)

@@ -73,8 +73,8 @@ pub fn run_l1(p: &L1Params) -> (L1Report, TestRun) {
         })
         .run();
     run.expect_done();
-    let report = L1Report::decode(p.mode, &run.outcome)
-        .unwrap_or_else(|e| panic!("{}", error_chain(&e)));
+    let report =
+        L1Report::decode(p.mode, &run.outcome).unwrap_or_else(|e| panic!("{}", error_chain(&e)));
     (report, run)
 }
 
@@ -91,9 +91,17 @@ pub fn l2_sees_the_cpuid_values_l1_chose(mode: Mode) {
     let rounds = 20;
     let (r, _) = run_l1(&params(mode, rounds, 0));
     let [m, revision, _true_ctls, feature, cr4, _] = r.setup;
-    assert_eq!(m, u64::from(mode.param()), "the payload ran in another mode");
+    assert_eq!(
+        m,
+        u64::from(mode.param()),
+        "the payload ran in another mode"
+    );
     assert_ne!(revision, 0, "IA32_VMX_BASIC gave revision 0");
-    assert_eq!(feature & 0b101, 0b101, "IA32_FEATURE_CONTROL {feature:#x} not locked with VMXON outside SMX");
+    assert_eq!(
+        feature & 0b101,
+        0b101,
+        "IA32_FEATURE_CONTROL {feature:#x} not locked with VMXON outside SMX"
+    );
     assert_ne!(cr4 & (1 << 13), 0, "CR4.VMXE clear after VMXON: {cr4:#x}");
     let l2 = r.l2.expect("SYNC 4 (what L2 saw)");
     assert_eq!(
@@ -101,7 +109,10 @@ pub fn l2_sees_the_cpuid_values_l1_chose(mode: Mode) {
         [u64::from(ANSWER_EAX), u64::from(!BENCH_LEAF), 0, 1],
         "L2's first CPUID answer is not L1's (EAX, EBX = !leaf, ECX = subleaf, EDX = exit count)"
     );
-    assert_eq!(l2[4], 0, "answers that differed from L1's rule in later rounds");
+    assert_eq!(
+        l2[4], 0,
+        "answers that differed from L1's rule in later rounds"
+    );
     assert_eq!(l2[5], EXIT_HLT, "L2 did not end with the HLT exit");
     let t = r.timing.expect("SYNC 3 (timing)");
     assert_eq!(t.exits, u64::from(rounds), "timed CPUID exits");
@@ -117,9 +128,15 @@ pub fn wrong_revision_fails_the_entry(mode: Mode) {
     let (r, _) = run_l1(&params(mode, 0, flags::REVISION_ROW));
     let [revision, first, error, retry, ..] = r.revision_row.expect("SYNC 6 (revision row)");
     assert_eq!(revision, 0xBAD0_0001, "the revision the row used");
-    assert_eq!(first, 1, "a wrong revision must give VMfailInvalid (1), got {first} (0 = entered)");
+    assert_eq!(
+        first, 1,
+        "a wrong revision must give VMfailInvalid (1), got {first} (0 = entered)"
+    );
     assert_eq!(error, u64::MAX);
-    assert_eq!(retry, 0, "with the right revision the {mode} must work (got VM-fail {retry})");
+    assert_eq!(
+        retry, 0,
+        "with the right revision the {mode} must work (got VM-fail {retry})"
+    );
 }
 
 /// The clean fields decide what L0 reloads (TLFS): L1 changes the CR4 read shadow (group CRDR)
@@ -129,17 +146,26 @@ pub fn clean_fields_decide_what_l0_reloads(mode: Mode) {
     let (r, _) = run_l1(&params(mode, 1, flags::CLEAN_ROW));
     let [before, kept_clean, dirtied, mask, old, new] = r.clean_row.expect("SYNC 5 (clean row)");
     assert_eq!((mask, old, new), (CR4_MASK, 0, CR4_MASK));
-    assert_eq!(before, old, "L2 read CR4 {before:#x} & mask before any change");
+    assert_eq!(
+        before, old,
+        "L2 read CR4 {before:#x} & mask before any change"
+    );
     match mode {
         Mode::Evmcs => {
             assert_eq!(
                 kept_clean, old,
                 "L0 picked up a CR4 read shadow changed with the CRDR clean bit still set"
             );
-            assert_eq!(dirtied, new, "L0 ignored the new CR4 read shadow after CRDR was cleared");
+            assert_eq!(
+                dirtied, new,
+                "L0 ignored the new CR4 read shadow after CRDR was cleared"
+            );
         }
         Mode::Vmcs => {
-            assert_eq!(kept_clean, new, "VMWRITE of the CR4 read shadow did not take effect");
+            assert_eq!(
+                kept_clean, new,
+                "VMWRITE of the CR4 read shadow did not take effect"
+            );
             assert_eq!(dirtied, new);
         }
     }
@@ -176,6 +202,45 @@ pub fn vmread_vmwrite_per_exit(mode: Mode) {
     }
 }
 
+/// The usage report shows the live eVMCS through the kernel backend: VP 0's assist page with
+/// `enlighten_vmentry`, the eVMCS at `current_nested_vmcs` with revision 1, the version range
+/// KVM agreed, and the key fields decoded (L2's end: HLT, no VM-instruction error). A classic
+/// L1 has no Hyper-V at all, so no report.
+pub fn hv_report_shows_the_evmcs(mode: Mode) {
+    let (r, run) = run_l1(&params(mode, 5, 0));
+    let report = run.outcome.hyperv.as_ref();
+    if mode == Mode::Vmcs {
+        assert!(report.is_none(), "a classic L1 got a Hyper-V report");
+        return;
+    }
+    let report = report.expect("a Hyper-V report (kernel backend)");
+    assert_eq!(report.backend, "kernel");
+    let text = report.render();
+    let view = report
+        .vp_assist
+        .first()
+        .unwrap_or_else(|| panic!("no VP assist page:\n{text}"));
+    assert_eq!(view.invalid, None, "{text}");
+    assert!(view.enlighten_vmentry, "{text}");
+    assert_eq!(view.evmcs_versions.as_deref(), Some("1..=1"), "{text}");
+    let evmcs = view
+        .evmcs
+        .as_ref()
+        .unwrap_or_else(|| panic!("no eVMCS decoded:\n{text}"));
+    assert_eq!(evmcs.invalid, None, "{text}");
+    assert_eq!((evmcs.revision_id, evmcs.revision_ok), (1, true), "{text}");
+    assert_eq!(u64::from(evmcs.exit_reason), EXIT_HLT, "{text}");
+    assert_eq!(evmcs.exit_reason_name, "HLT");
+    assert_eq!(evmcs.vm_instruction_error, 0, "{text}");
+    assert_ne!(evmcs.guest_rip, 0, "{text}");
+    assert_eq!(r.l2.map(|l2| l2[5]), Some(EXIT_HLT));
+    assert!(
+        text.contains("enlighten_vmentry 1") && text.contains("L2 RIP"),
+        "{text}"
+    );
+    eprintln!("{text}");
+}
+
 /// Nested state: pauses L1 while its L2 runs (at L2's first SYNC 20, which goes straight to the
 /// VMM since L1 does not intercept port I/O), saves the vCPU (KVM selftests' order, nested state
 /// after the MSRs, VP_ASSIST_PAGE among them), loads it into a fresh VM with a copy of guest
@@ -209,11 +274,22 @@ pub fn nested_state_round_trip(mode: Mode) {
     let saved = saved.expect("the VM never reached L2's first SYNC 20");
     eprintln!(
         "{mode}: nested state {} bytes, flags {:#x}; {} MSRs moved ({} refused: {:?})",
-        saved.nested_size, saved.nested_flags, saved.msrs_moved, saved.msrs_refused.len(),
+        saved.nested_size,
+        saved.nested_flags,
+        saved.msrs_moved,
+        saved.msrs_refused.len(),
         saved.msrs_refused
     );
-    assert_eq!(outcome.reason, StopReason::GuestDone, "the restored VM did not finish: {}", outcome.reason);
-    assert!(saved.guest_mode, "the vCPU was not in L2 when its state was saved");
+    assert_eq!(
+        outcome.reason,
+        StopReason::GuestDone,
+        "the restored VM did not finish: {}",
+        outcome.reason
+    );
+    assert!(
+        saved.guest_mode,
+        "the vCPU was not in L2 when its state was saved"
+    );
     assert_eq!(
         saved.evmcs,
         mode == Mode::Evmcs,
@@ -223,11 +299,21 @@ pub fn nested_state_round_trip(mode: Mode) {
     let r = L1Report::decode(mode, &outcome).unwrap_or_else(|e| panic!("{}", error_chain(&e)));
     let i: Vec<u64> = r.l2_syncs.iter().map(|v| v[0]).collect();
     assert_eq!(i, [0, 1], "L2's SYNC 20 reports across the move");
-    assert_eq!(saved.syncs_before_move, 3, "SYNC 1, 2 and L2's first SYNC 20 before the move");
+    assert_eq!(
+        saved.syncs_before_move, 3,
+        "SYNC 1, 2 and L2's first SYNC 20 before the move"
+    );
     let l2 = r.l2.expect("SYNC 4 after the move");
     assert_eq!(
         l2,
-        [u64::from(ANSWER_EAX), u64::from(!BENCH_LEAF), 0, 1, 0, EXIT_HLT],
+        [
+            u64::from(ANSWER_EAX),
+            u64::from(!BENCH_LEAF),
+            0,
+            1,
+            0,
+            EXIT_HLT
+        ],
         "L2 in the restored VM did not get L1's answers"
     );
     assert_eq!(r.timing.expect("SYNC 3").exits, 10);
@@ -424,9 +510,11 @@ mod state_move {
             vcpu.set_xcrs(xcrs).expect("KVM_SET_XCRS");
         }
         vcpu.set_fpu(&s.fpu).expect("KVM_SET_FPU");
-        vcpu.set_vcpu_events(&s.events).expect("KVM_SET_VCPU_EVENTS");
+        vcpu.set_vcpu_events(&s.events)
+            .expect("KVM_SET_VCPU_EVENTS");
         vcpu.set_mp_state(s.mp_state).expect("KVM_SET_MP_STATE");
-        vcpu.set_debug_regs(&s.debugregs).expect("KVM_SET_DEBUGREGS");
+        vcpu.set_debug_regs(&s.debugregs)
+            .expect("KVM_SET_DEBUGREGS");
         vcpu.set_regs(&s.regs).expect("KVM_SET_REGS");
         if let Some(nested) = &s.nested {
             set_nested_state(vcpu, nested).expect("KVM_SET_NESTED_STATE");
@@ -468,7 +556,9 @@ mod state_move {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        handle.join().unwrap_or_else(|p| std::panic::resume_unwind(p))
+        handle
+            .join()
+            .unwrap_or_else(|p| std::panic::resume_unwind(p))
     }
 
     fn run_body(
@@ -519,7 +609,9 @@ mod state_move {
         let refused = load(&b.vcpu, &snapshot);
         for critical in CRITICAL_MSRS {
             assert!(
-                !refused.iter().any(|r| r.starts_with(&format!("{critical:#x}="))),
+                !refused
+                    .iter()
+                    .any(|r| r.starts_with(&format!("{critical:#x}="))),
                 "KVM refused MSR {critical:#x} on restore: {refused:?}"
             );
         }
@@ -533,9 +625,8 @@ mod state_move {
             msrs_refused: refused,
             syncs_before_move,
         };
-        let reason = drive(&mut b, &mut syncs, expired, |_| false).unwrap_or(StopReason::Timeout {
-            after_ms: 0,
-        });
+        let reason = drive(&mut b, &mut syncs, expired, |_| false)
+            .unwrap_or(StopReason::Timeout { after_ms: 0 });
         (syncs, reason, Some(moved))
     }
 

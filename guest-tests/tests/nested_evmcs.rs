@@ -13,10 +13,23 @@ use libtest_mimic::{Arguments, Completion, Failed, Trial};
 type Row = fn(L1Mode);
 
 const ROWS: &[(&str, Row)] = &[
-    ("l2_sees_the_cpuid_values_l1_chose", nested::l2_sees_the_cpuid_values_l1_chose),
-    ("wrong_revision_fails_the_entry", nested::wrong_revision_fails_the_entry),
-    ("clean_fields_decide_what_l0_reloads", nested::clean_fields_decide_what_l0_reloads),
+    (
+        "l2_sees_the_cpuid_values_l1_chose",
+        nested::l2_sees_the_cpuid_values_l1_chose,
+    ),
+    (
+        "wrong_revision_fails_the_entry",
+        nested::wrong_revision_fails_the_entry,
+    ),
+    (
+        "clean_fields_decide_what_l0_reloads",
+        nested::clean_fields_decide_what_l0_reloads,
+    ),
     ("vmread_vmwrite_per_exit", nested::vmread_vmwrite_per_exit),
+    (
+        "hv_report_shows_the_evmcs",
+        nested::hv_report_shows_the_evmcs,
+    ),
     ("nested_state_round_trip", nested::nested_state_round_trip),
 ];
 

@@ -130,7 +130,12 @@ impl L1Params {
     /// The parameter leaves 0x400000F0 and 0x400000F1.
     pub fn leaves(&self) -> Vec<CpuidEntry> {
         [
-            [self.mode.param(), self.rounds, self.flags, self.bad_revision],
+            [
+                self.mode.param(),
+                self.rounds,
+                self.flags,
+                self.bad_revision,
+            ],
             [0; 4],
         ]
         .iter()
@@ -220,9 +225,9 @@ pub fn configure(
             .map_err(|e| NestedBenchError::HyperV(crate::hyperv::HyperVError::Model(e)))?;
         let resolution = resolve_for_vm(&request, host, BackendChoice::Kernel)
             .map_err(NestedBenchError::HyperV)?
-            .ok_or_else(|| {
-                NestedBenchError::HyperV(crate::hyperv::HyperVError::NoKernelHyperV)
-            })?;
+            .ok_or(NestedBenchError::HyperV(
+                crate::hyperv::HyperVError::NoKernelHyperV,
+            ))?;
         config.hypervisor_leaves = Some(cpuid_entries(&resolution));
         config.hyperv = HvConfig::from_resolution(&resolution, CrashAction::Log);
     }
@@ -422,7 +427,10 @@ impl BenchHost {
     /// From a probe and the firmware's vendor string.
     pub fn from_probe(host: &HostProbe) -> BenchHost {
         BenchHost {
-            cpu: host.cpu_model.clone().unwrap_or_else(|| "unknown CPU".into()),
+            cpu: host
+                .cpu_model
+                .clone()
+                .unwrap_or_else(|| "unknown CPU".into()),
             kvm_module: host.kvm_module.clone().unwrap_or_else(|| "unknown".into()),
             tsc_khz: host.tsc_khz,
             emulated_cpu: emulated_cpu(),
@@ -432,10 +440,12 @@ impl BenchHost {
 
 /// Whether the machine is an x86 emulator (Bochs): its SMBIOS/DMI strings say so.
 pub fn emulated_cpu() -> bool {
-    ["bios_vendor", "sys_vendor", "product_name"].iter().any(|f| {
-        std::fs::read_to_string(format!("/sys/class/dmi/id/{f}"))
-            .is_ok_and(|s| s.to_ascii_lowercase().contains("bochs"))
-    })
+    ["bios_vendor", "sys_vendor", "product_name"]
+        .iter()
+        .any(|f| {
+            std::fs::read_to_string(format!("/sys/class/dmi/id/{f}"))
+                .is_ok_and(|s| s.to_ascii_lowercase().contains("bochs"))
+        })
 }
 
 /// The benchmark's report: both modes, their ratio, the host.
@@ -482,7 +492,9 @@ pub fn run(iterations: u32) -> Result<NestedCpuidReport, NestedBenchError> {
     let host = HostProbe::probe()?;
     for mode in Mode::ALL {
         if let Some(reason) = unavailable(&host, mode) {
-            return Err(NestedBenchError::NoNesting(nested::NestedUnavailable { reason }));
+            return Err(NestedBenchError::NoNesting(nested::NestedUnavailable {
+                reason,
+            }));
         }
     }
     let iterations = iterations.clamp(1, MAX_ITERATIONS);
@@ -493,8 +505,12 @@ pub fn run(iterations: u32) -> Result<NestedCpuidReport, NestedBenchError> {
         let report = run_l1(&L1Params::new(mode, iterations), &host, timeout)?;
         results.push(mode_result(mode, &report)?);
     }
-    let evmcs = results.pop().unwrap_or_else(|| unreachable!("two modes ran"));
-    let vmcs = results.pop().unwrap_or_else(|| unreachable!("two modes ran"));
+    let evmcs = results
+        .pop()
+        .unwrap_or_else(|| unreachable!("two modes ran"));
+    let vmcs = results
+        .pop()
+        .unwrap_or_else(|| unreachable!("two modes ran"));
     let bench_host = BenchHost::from_probe(&host);
     let ratio = if evmcs.median == 0 {
         0.0
@@ -552,7 +568,15 @@ impl NestedCpuidReport {
         for (mode, r) in [(Mode::Vmcs, &self.vmcs), (Mode::Evmcs, &self.evmcs)] {
             s.push_str(&format!(
                 "    {:<18} {:>10} {:>10} {:>10} {:>16.1} {:>17.1}\n",
-                format!("{} ({})", mode.key(), if mode == Mode::Vmcs { "classic" } else { "enlightened" }),
+                format!(
+                    "{} ({})",
+                    mode.key(),
+                    if mode == Mode::Vmcs {
+                        "classic"
+                    } else {
+                        "enlightened"
+                    }
+                ),
                 r.p10,
                 r.median,
                 r.p90,
@@ -614,7 +638,17 @@ mod tests {
                 (1, [1, 0x11e57ed0, 1, 5, 0x2020, (3 << 32) | 60]),
                 (2, [0x16, 0x8401e172, 0x236fff, 0x13ff, CR4_MASK, 0]),
                 (3, [100, 9000, 8000, 12000, 300, 100]),
-                (4, [u64::from(ANSWER_EAX), u64::from(!BENCH_LEAF), 0, 1, 0, EXIT_HLT]),
+                (
+                    4,
+                    [
+                        u64::from(ANSWER_EAX),
+                        u64::from(!BENCH_LEAF),
+                        0,
+                        1,
+                        0,
+                        EXIT_HLT,
+                    ],
+                ),
             ],
             StopReason::GuestDone,
         );
@@ -623,7 +657,10 @@ mod tests {
         let t = r.timing.unwrap();
         assert_eq!((t.vmreads_per_exit(), t.vmwrites_per_exit()), (3.0, 1.0));
         let m = mode_result(Mode::Evmcs, &r).unwrap();
-        assert_eq!((m.median, m.p10, m.p90, m.round_trips), (9000, 8000, 12000, 100));
+        assert_eq!(
+            (m.median, m.p10, m.p90, m.round_trips),
+            (9000, 8000, 12000, 100)
+        );
         // A run that did not finish, or two reports of one stage, is an error naming it.
         let failed = outcome(&[], StopReason::PowerOff);
         let e = L1Report::decode(Mode::Vmcs, &failed).unwrap_err();
@@ -646,7 +683,12 @@ mod tests {
         let leaves = p.leaves();
         assert_eq!(leaves.len(), 2);
         assert_eq!(
-            (leaves[0].function, leaves[0].eax, leaves[0].ebx, leaves[0].ecx),
+            (
+                leaves[0].function,
+                leaves[0].eax,
+                leaves[0].ebx,
+                leaves[0].ecx
+            ),
             (0x4000_00f0, 1, 123, 1)
         );
         assert_eq!((leaves[1].function, leaves[1].eax), (0x4000_00f1, 0));
@@ -688,6 +730,9 @@ mod tests {
         assert_eq!(v["evmcs"]["vmreads_per_exit"], 0.0);
         assert_eq!(v["host"]["emulated_cpu"], true);
         let text = r.render();
-        assert!(text.contains("vmcs (classic)") && text.contains("evmcs (enlightened)"), "{text}");
+        assert!(
+            text.contains("vmcs (classic)") && text.contains("evmcs (enlightened)"),
+            "{text}"
+        );
     }
 }

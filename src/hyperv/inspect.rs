@@ -84,7 +84,9 @@ fn copy_page(mem: &GuestMemory, gpa: u64) -> Result<Box<[u8; PAGE]>, String> {
         return Err(format!("{gpa:#x} is not 4 KiB aligned"));
     }
     if gpa >> MAX_GPA_BITS != 0 {
-        return Err(format!("{gpa:#x} is beyond the 52-bit physical address space"));
+        return Err(format!(
+            "{gpa:#x} is beyond the 52-bit physical address space"
+        ));
     }
     let mut page = Box::new([0u8; PAGE]);
     mem.read_slice(&mut page[..], GuestAddress(gpa))
@@ -266,7 +268,10 @@ mod tests {
         let evmcs = view.evmcs.unwrap();
         assert_eq!((evmcs.revision_id, evmcs.revision_ok), (1, true));
         assert_eq!(evmcs.guest_rip, 0x1234);
-        assert_eq!((evmcs.exit_reason, evmcs.exit_reason_name.as_str()), (10, "CPUID"));
+        assert_eq!(
+            (evmcs.exit_reason, evmcs.exit_reason_name.as_str()),
+            (10, "CPUID")
+        );
         assert_eq!(evmcs.dirty_groups, ["CRDR"]);
         assert_eq!(evmcs.fields.get("GUEST_RIP"), Some(&0x1234));
         // No enlightened entry announced: the eVMCS is not followed.
@@ -289,7 +294,7 @@ mod tests {
             crate::memory::layout::IOAPIC_ADDR,
             ram_end,
             0xF_FFFF_FFFF_F000,
-            u64::MAX & !0xFFF,
+            !0xFFF,
         ] {
             let view = assist_page(&mem, 0, gpa);
             assert!(view.invalid.is_some(), "assist page at {gpa:#x}: {view:?}");
@@ -311,19 +316,32 @@ mod tests {
             assert_eq!(view.invalid, None);
             let evmcs = view.evmcs.expect("announced");
             assert_eq!(evmcs.gpa, evmcs_gpa);
-            assert!(evmcs.invalid.is_some(), "eVMCS at {evmcs_gpa:#x}: {evmcs:?}");
+            assert!(
+                evmcs.invalid.is_some(),
+                "eVMCS at {evmcs_gpa:#x}: {evmcs:?}"
+            );
         }
         // Across the RAM hole below 4 GiB: RAM above 3 GiB makes two regions.
         let big = crate::memory::allocate(3 * 1024 + 16).unwrap();
         let hole = crate::memory::layout::MMIO_HOLE_START;
-        big.write_slice(&assist_announcing(hole - PAGE as u64).0, GuestAddress(0x5000))
-            .unwrap();
+        big.write_slice(
+            &assist_announcing(hole - PAGE as u64).0,
+            GuestAddress(0x5000),
+        )
+        .unwrap();
         assert_eq!(assist_page(&big, 0, 0x5000).evmcs.unwrap().invalid, None);
-        for evmcs_gpa in [hole, hole - 2048, crate::memory::layout::MMIO_HOLE_END - 2048] {
+        for evmcs_gpa in [
+            hole,
+            hole - 2048,
+            crate::memory::layout::MMIO_HOLE_END - 2048,
+        ] {
             big.write_slice(&assist_announcing(evmcs_gpa).0, GuestAddress(0x5000))
                 .unwrap();
             let evmcs = assist_page(&big, 0, 0x5000).evmcs.unwrap();
-            assert!(evmcs.invalid.is_some(), "eVMCS at {evmcs_gpa:#x}: {evmcs:?}");
+            assert!(
+                evmcs.invalid.is_some(),
+                "eVMCS at {evmcs_gpa:#x}: {evmcs:?}"
+            );
         }
         // A wrong revision is decoded but flagged.
         let mut bad = Page::ZERO;
@@ -339,8 +357,14 @@ mod tests {
     #[test]
     fn exit_reasons_have_names() {
         assert_eq!(exit_reason_name(12), "HLT");
-        assert_eq!(exit_reason_name(0x8000_0021), "invalid guest state (VM-entry failure)");
+        assert_eq!(
+            exit_reason_name(0x8000_0021),
+            "invalid guest state (VM-entry failure)"
+        );
         assert_eq!(exit_reason_name(99), "reason 99");
-        assert_eq!(exit_reason_name(0x1000_0031), "Hyper-V trap after flush (synthetic)");
+        assert_eq!(
+            exit_reason_name(0x1000_0031),
+            "Hyper-V trap after flush (synthetic)"
+        );
     }
 }

@@ -214,8 +214,10 @@ impl UsageReport {
 fn render_assist_page(out: &mut String, view: &super::inspect::AssistPageView) {
     let vp = view.vp;
     if let Some(reason) = &view.invalid {
-        out.push_str(&format!("    VP {vp} assist page invalid: {reason}
-"));
+        out.push_str(&format!(
+            "    VP {vp} assist page invalid: {reason}
+"
+        ));
         return;
     }
     let versions = view
@@ -250,7 +252,11 @@ fn render_assist_page(out: &mut String, view: &super::inspect::AssistPageView) {
     ));
     out.push_str(&format!(
         "      L2 RIP {:#x}, last exit {:#x} ({}), qualification {:#x}, VM-instruction error {}\n",
-        e.guest_rip, e.exit_reason, e.exit_reason_name, e.exit_qualification, e.vm_instruction_error
+        e.guest_rip,
+        e.exit_reason,
+        e.exit_reason_name,
+        e.exit_qualification,
+        e.vm_instruction_error
     ));
     for (name, value) in &e.fields {
         out.push_str(&format!("      {name:<36} {value:#x}\n"));

@@ -145,6 +145,11 @@ impl VmControl {
         self.changed.notify_all();
     }
 
+    /// Whether a pause is asked for (a lock-free check for vCPU threads).
+    pub fn pausing(&self) -> bool {
+        self.fast_state.load(Ordering::SeqCst) == RunState::Paused as u8
+    }
+
     /// Called by a vCPU thread before KVM_RUN: blocks while paused, returns the state to act
     /// on (Running or Stopping).
     pub fn wait_runnable(&self) -> RunState {

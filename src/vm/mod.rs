@@ -7,6 +7,7 @@
 
 pub mod config;
 pub mod control;
+pub mod live_report;
 pub mod outcome;
 
 use std::sync::{Arc, Mutex};
@@ -120,6 +121,7 @@ impl Vm {
     pub fn new(config: VmConfig) -> Result<Vm, VmError> {
         config.validate()?;
         kick::install_handler().map_err(VmError::Signal)?;
+        live_report::install().map_err(VmError::Signal)?;
         let host = HostProbe::probe()?;
         let quirks = HostQuirks::resolve(config.host_quirks, host.is_pvm());
         if host.cap("KVM_CAP_IRQCHIP") <= 0 {
@@ -248,7 +250,7 @@ impl Vm {
                 .map_err(|e| VmError::Thread(index, e))?;
             control.add_thread(index, Arc::new(handle));
         }
-        let reason = match control.wait_for_stop(timeout) {
+        let reason = match wait_for_stop(&control, timeout, hyperv.as_ref()) {
             Some(reason) => reason,
             None => {
                 let after_ms = timeout.map_or(0, |t| t.as_millis() as u64);
@@ -283,6 +285,36 @@ impl Vm {
             std::mem::forget(_mem);
         }
         Ok(outcome)
+    }
+}
+
+/// Waits until the VM stops or `timeout` passes (then `None`); meanwhile answers report
+/// requests ([`live_report`], SIGUSR1) by printing the Hyper-V report to stderr.
+fn wait_for_stop(
+    control: &VmControl,
+    timeout: Option<Duration>,
+    hyperv: Option<&HvBackend>,
+) -> Option<StopReason> {
+    const SLICE: Duration = Duration::from_millis(100);
+    let deadline = timeout.map(|t| Instant::now() + t);
+    loop {
+        let wait = deadline.map_or(SLICE, |d| {
+            d.saturating_duration_since(Instant::now()).min(SLICE)
+        });
+        if let Some(reason) = control.wait_for_stop(Some(wait)) {
+            return Some(reason);
+        }
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            return None;
+        }
+        if live_report::take_request() {
+            match live_report::take(control, hyperv) {
+                Some(text) => eprint!("{text}"),
+                None => eprintln!(
+                    "hvkvm: no Hyper-V report: the VM has no Hyper-V enlightenment (use --hv or --profile)"
+                ),
+            }
+        }
     }
 }
 

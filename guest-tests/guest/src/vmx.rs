@@ -23,7 +23,9 @@ use core::arch::{asm, global_asm};
 use core::cell::UnsafeCell;
 use core::sync::atomic::{AtomicU64, Ordering};
 
-use evmcs_layout::{access, vmcs as field, vp_assist, AccessError, CleanFields, PageRead, PageWrite};
+use evmcs_layout::{
+    access, vmcs as field, vp_assist, AccessError, CleanFields, PageRead, PageWrite,
+};
 
 use crate::x86::{rdmsr, read_cr0, read_cr3, read_cr4, wrmsr};
 
@@ -776,7 +778,12 @@ impl EnlightenedVmcs {
         }
         // SAFETY: enabling the VP assist page makes L0 read (and write) that page, which is ours
         // and reserved for it.
-        unsafe { wrmsr(VP_ASSIST_PAGE_MSR, assist.addr() | vp_assist::VP_ASSIST_PAGE_ENABLE) };
+        unsafe {
+            wrmsr(
+                VP_ASSIST_PAGE_MSR,
+                assist.addr() | vp_assist::VP_ASSIST_PAGE_ENABLE,
+            )
+        };
         EnlightenedVmcs {
             evmcs: bytes,
             host_rsp: 0,
@@ -950,12 +957,54 @@ pub fn setup<V: Vmcs>(v: &mut V, s: &Setup) {
     let code_ar = 0xa09b; // present, code exec/read accessed, L = 1, G = 1
     let data_ar = 0xc093; // present, data read/write accessed, D/B = 1, G = 1
     let segments = [
-        (field::GUEST_CS_SELECTOR, field::GUEST_CS_BASE, field::GUEST_CS_LIMIT, field::GUEST_CS_AR_BYTES, CODE_SELECTOR, code_ar),
-        (field::GUEST_SS_SELECTOR, field::GUEST_SS_BASE, field::GUEST_SS_LIMIT, field::GUEST_SS_AR_BYTES, DATA_SELECTOR, data_ar),
-        (field::GUEST_DS_SELECTOR, field::GUEST_DS_BASE, field::GUEST_DS_LIMIT, field::GUEST_DS_AR_BYTES, DATA_SELECTOR, data_ar),
-        (field::GUEST_ES_SELECTOR, field::GUEST_ES_BASE, field::GUEST_ES_LIMIT, field::GUEST_ES_AR_BYTES, DATA_SELECTOR, data_ar),
-        (field::GUEST_FS_SELECTOR, field::GUEST_FS_BASE, field::GUEST_FS_LIMIT, field::GUEST_FS_AR_BYTES, DATA_SELECTOR, data_ar),
-        (field::GUEST_GS_SELECTOR, field::GUEST_GS_BASE, field::GUEST_GS_LIMIT, field::GUEST_GS_AR_BYTES, DATA_SELECTOR, data_ar),
+        (
+            field::GUEST_CS_SELECTOR,
+            field::GUEST_CS_BASE,
+            field::GUEST_CS_LIMIT,
+            field::GUEST_CS_AR_BYTES,
+            CODE_SELECTOR,
+            code_ar,
+        ),
+        (
+            field::GUEST_SS_SELECTOR,
+            field::GUEST_SS_BASE,
+            field::GUEST_SS_LIMIT,
+            field::GUEST_SS_AR_BYTES,
+            DATA_SELECTOR,
+            data_ar,
+        ),
+        (
+            field::GUEST_DS_SELECTOR,
+            field::GUEST_DS_BASE,
+            field::GUEST_DS_LIMIT,
+            field::GUEST_DS_AR_BYTES,
+            DATA_SELECTOR,
+            data_ar,
+        ),
+        (
+            field::GUEST_ES_SELECTOR,
+            field::GUEST_ES_BASE,
+            field::GUEST_ES_LIMIT,
+            field::GUEST_ES_AR_BYTES,
+            DATA_SELECTOR,
+            data_ar,
+        ),
+        (
+            field::GUEST_FS_SELECTOR,
+            field::GUEST_FS_BASE,
+            field::GUEST_FS_LIMIT,
+            field::GUEST_FS_AR_BYTES,
+            DATA_SELECTOR,
+            data_ar,
+        ),
+        (
+            field::GUEST_GS_SELECTOR,
+            field::GUEST_GS_BASE,
+            field::GUEST_GS_LIMIT,
+            field::GUEST_GS_AR_BYTES,
+            DATA_SELECTOR,
+            data_ar,
+        ),
     ];
     for (sel, base, limit, ar, value, rights) in segments {
         v.write(sel, u64::from(value));

@@ -97,7 +97,10 @@ struct L2Result {
     cr4: [u64; 3],
 }
 
-static L2_CONFIG: Shared<L2Config> = Shared(UnsafeCell::new(L2Config { rounds: 0, flags: 0 }));
+static L2_CONFIG: Shared<L2Config> = Shared(UnsafeCell::new(L2Config {
+    rounds: 0,
+    flags: 0,
+}));
 static L2_RESULT: Shared<L2Result> = Shared(UnsafeCell::new(L2Result {
     first: [0; 4],
     mismatches: 0,
@@ -150,7 +153,12 @@ extern "sysv64" fn l2_main() -> ! {
             result.first = [r.eax, r.ebx, r.ecx, r.edx];
             expected_count = r.edx;
         }
-        let want = [ANSWER_EAX, !BENCH_LEAF, i as u32, expected_count.wrapping_add(i as u32)];
+        let want = [
+            ANSWER_EAX,
+            !BENCH_LEAF,
+            i as u32,
+            expected_count.wrapping_add(i as u32),
+        ];
         if [r.eax, r.ebx, r.ecx, r.edx] != want {
             result.mismatches += 1;
         }
@@ -262,8 +270,9 @@ fn main(_boot: BootInfo) -> ! {
             let retry = ClassicVmcs::load(&VMCS_PAGE, caps.revision()).err();
             report_revision_row(bad_revision, first.map_or(0, |e| e.code()), u64::MAX, retry);
         }
-        let mut v = ClassicVmcs::load(&VMCS_PAGE, caps.revision())
-            .unwrap_or_else(|e| hvkvm_guest::ucall::assert_fail(file!(), line!(), "VMCLEAR/VMPTRLD failed", e.code(), 0));
+        let mut v = ClassicVmcs::load(&VMCS_PAGE, caps.revision()).unwrap_or_else(|e| {
+            hvkvm_guest::ucall::assert_fail(file!(), line!(), "VMCLEAR/VMPTRLD failed", e.code(), 0)
+        });
         run(&mut v, &caps, feature, &setup, flags)
     } else {
         let revision = if flags & FLAG_REVISION_ROW != 0 {
@@ -275,7 +284,10 @@ fn main(_boot: BootInfo) -> ! {
         if flags & FLAG_REVISION_ROW != 0 {
             vmx::setup(&mut v, &setup);
             // L2 only halts in this row.
-            L2_CONFIG.set(L2Config { rounds: 0, flags: 0 });
+            L2_CONFIG.set(L2Config {
+                rounds: 0,
+                flags: 0,
+            });
             let mut regs = GuestRegs::default();
             let first = vmx::enter(&mut v, &mut regs, false).err();
             v.set_revision(u32::from(EVMCS_VERSION));
@@ -293,7 +305,15 @@ fn main(_boot: BootInfo) -> ! {
 }
 
 fn report_revision_row(revision: u32, first: u64, error: u64, retry: Option<vmx::VmFail>) -> ! {
-    guest_sync!(6, revision, first, error, retry.map_or(0, |e| e.code()), 0, 0);
+    guest_sync!(
+        6,
+        revision,
+        first,
+        error,
+        retry.map_or(0, |e| e.code()),
+        0,
+        0
+    );
     guest_done!()
 }
 
@@ -328,7 +348,13 @@ fn run<V: Vmcs>(v: &mut V, caps: &vmx::VmxCaps, feature: u64, setup: &Setup, fla
             } else {
                 u64::MAX
             };
-            hvkvm_guest::ucall::assert_fail(file!(), line!(), "VM entry failed (a = 1 invalid / 2 valid, b = VM-instruction error)", e.code(), error);
+            hvkvm_guest::ucall::assert_fail(
+                file!(),
+                line!(),
+                "VM entry failed (a = 1 invalid / 2 valid, b = VM-instruction error)",
+                e.code(),
+                error,
+            );
         }
         resume = true;
         let (reads0, writes0) = vmx::instruction_counts();
@@ -340,7 +366,13 @@ fn run<V: Vmcs>(v: &mut V, caps: &vmx::VmxCaps, feature: u64, setup: &Setup, fla
         let reason = v.read(vmcs::VM_EXIT_REASON) as u32;
         if reason & vmx::EXIT_ENTRY_FAILURE != 0 {
             let qualification = v.read(vmcs::EXIT_QUALIFICATION);
-            hvkvm_guest::ucall::assert_fail(file!(), line!(), "VM entry failed on guest state (a = exit reason, b = qualification)", u64::from(reason), qualification);
+            hvkvm_guest::ucall::assert_fail(
+                file!(),
+                line!(),
+                "VM entry failed on guest state (a = exit reason, b = qualification)",
+                u64::from(reason),
+                qualification,
+            );
         }
         match reason & 0xffff {
             vmx::EXIT_CPUID => {
@@ -403,9 +435,25 @@ fn run<V: Vmcs>(v: &mut V, caps: &vmx::VmxCaps, feature: u64, setup: &Setup, fla
         bench_writes
     );
     let r = L2_RESULT.get();
-    guest_sync!(4, r.first[0], r.first[1], r.first[2], r.first[3], r.mismatches, end_reason);
+    guest_sync!(
+        4,
+        r.first[0],
+        r.first[1],
+        r.first[2],
+        r.first[3],
+        r.mismatches,
+        end_reason
+    );
     if flags & FLAG_CLEAN_ROW != 0 {
-        guest_sync!(5, r.cr4[0], r.cr4[1], r.cr4[2], CR4_MASK, setup.cr4_shadow, CR4_SHADOW_NEW);
+        guest_sync!(
+            5,
+            r.cr4[0],
+            r.cr4[1],
+            r.cr4[2],
+            CR4_MASK,
+            setup.cr4_shadow,
+            CR4_SHADOW_NEW
+        );
     }
     guest_done!()
 }

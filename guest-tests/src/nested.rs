@@ -241,6 +241,57 @@ pub fn hv_report_shows_the_evmcs(mode: Mode) {
     eprintln!("{text}");
 }
 
+/// An unmodified Debian kernel as L1 with the enlightened VMCS: the `hvkvm run` options for L1
+/// (with `--cpu host`, which the L1 booter adds): VMX, the kernel backend, QEMU's flag set for
+/// a Linux L1 on Hyper-V (hv-evmcs, hv-vapic for the assist page, the KVM leaves hidden so that
+/// Linux picks Hyper-V), and the report at the end.
+pub const LINUX_L1_HVKVM_ARGS: &[&str] = &[
+    "--nested on",
+    "--backend kernel",
+    "--hv hv-relaxed,hv-vapic,hv-vpindex,hv-runtime,hv-time,hv-frequencies,hv-evmcs,kvm=off",
+    "--hv-report",
+];
+
+/// The command L1 runs: its own log lines about Hyper-V and KVM, then hvkvm (L1's VMM) runs the
+/// `exit_status` payload as L2 and reports its status.
+pub const LINUX_L1_COMMAND: &[&str] = &[
+    "sh",
+    "-c",
+    "dmesg | grep -i -E 'hypervisor detected|hyper-v|evmcs|kvm'; \
+     hvkvm run --payload \"$HVKVM_GUEST_DIR/exit_status\" --timeout 600; \
+     echo \"HVKVM-L2-STATUS: $?\"",
+];
+
+/// Checks what the Linux L1 run printed (its console, hvkvm's own output around it included):
+/// Linux detected Hyper-V, its kvm_intel switched to the enlightened VMCS, L2 ran to its exit
+/// status 42, and the outer hvkvm's report shows L1's VP assist page.
+pub fn check_linux_l1_evmcs(status: i32, console: &str) {
+    let has = |needle: &str| console.lines().any(|l| l.contains(needle));
+    let tail: Vec<&str> = console.lines().rev().take(40).collect();
+    let tail: Vec<&str> = tail.into_iter().rev().collect();
+    let tail = tail.join("\n");
+    assert_eq!(
+        status, 0,
+        "the command in L1 failed; L1's last lines:\n{tail}"
+    );
+    assert!(
+        has("Hypervisor detected: Microsoft Hyper-V"),
+        "L1 did not detect Hyper-V:\n{tail}"
+    );
+    assert!(
+        has("using Hyper-V Enlightened VMCS"),
+        "L1's kvm_intel does not use the enlightened VMCS:\n{tail}"
+    );
+    assert!(
+        has("HVKVM-L2-STATUS: 42"),
+        "the L2 payload did not end with its status 42:\n{tail}"
+    );
+    assert!(
+        has("VP assist page: VP 0 at"),
+        "the outer hvkvm's report has no VP assist page for L1:\n{tail}"
+    );
+}
+
 /// Nested state: pauses L1 while its L2 runs (at L2's first SYNC 20, which goes straight to the
 /// VMM since L1 does not intercept port I/O), saves the vCPU (KVM selftests' order, nested state
 /// after the MSRs, VP_ASSIST_PAGE among them), loads it into a fresh VM with a copy of guest

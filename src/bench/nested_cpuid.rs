@@ -161,6 +161,14 @@ pub enum NestedBenchError {
     /// This host cannot give a guest VMX.
     #[error(transparent)]
     NoNesting(#[from] nested::NestedUnavailable),
+    /// This host cannot run the payload in this mode.
+    #[error("this host cannot run an L1 hypervisor with the {mode}: {reason}")]
+    Unavailable {
+        /// The mode.
+        mode: Mode,
+        /// Why.
+        reason: String,
+    },
     /// The enlightened VMCS cannot be provided here.
     #[error("the evmcs mode needs {EVMCS_HV_FLAGS} on the kernel backend")]
     HyperV(#[source] crate::hyperv::HyperVError),
@@ -492,9 +500,7 @@ pub fn run(iterations: u32) -> Result<NestedCpuidReport, NestedBenchError> {
     let host = HostProbe::probe()?;
     for mode in Mode::ALL {
         if let Some(reason) = unavailable(&host, mode) {
-            return Err(NestedBenchError::NoNesting(nested::NestedUnavailable {
-                reason,
-            }));
+            return Err(NestedBenchError::Unavailable { mode, reason });
         }
     }
     let iterations = iterations.clamp(1, MAX_ITERATIONS);

@@ -10,7 +10,10 @@ const HVKVM: &str = env!("CARGO_BIN_EXE_hvkvm");
 const LIMIT: Duration = Duration::from_secs(600);
 
 fn probe_json() -> Option<serde_json::Value> {
-    let out = Command::new(HVKVM).args(["probe", "--json"]).output().ok()?;
+    let out = Command::new(HVKVM)
+        .args(["probe", "--json"])
+        .output()
+        .ok()?;
     out.status
         .success()
         .then(|| serde_json::from_slice(&out.stdout).ok())
@@ -75,8 +78,15 @@ fn nested_cpuid_reports_both_modes_or_says_why_not() {
             "says what cannot run: {stderr}"
         );
         // The bench names the same host fact as probe (the first words of its reason).
-        let key: String = reason.split_whitespace().take(4).collect::<Vec<_>>().join(" ");
-        assert!(stderr.contains(&key), "names the reason '{reason}': {stderr}");
+        let key: String = reason
+            .split_whitespace()
+            .take(4)
+            .collect::<Vec<_>>()
+            .join(" ");
+        assert!(
+            stderr.contains(&key),
+            "names the reason '{reason}': {stderr}"
+        );
         return;
     }
     assert_eq!(code, Some(0), "{stderr}");

@@ -33,6 +33,29 @@ pub const REQUIRE_ENV: &str = "HVKVM_REQUIRE_NESTED";
 /// its slow clock).
 pub const TIMEOUT: Duration = Duration::from_secs(120);
 
+/// A conformance row, run once per mode.
+pub type Row = fn(Mode);
+
+/// Every row, by name, in the order they run (each in both modes: `vmcs/<name>`,
+/// `evmcs/<name>`).
+pub const ROWS: &[(&str, Row)] = &[
+    (
+        "l2_sees_the_cpuid_values_l1_chose",
+        l2_sees_the_cpuid_values_l1_chose,
+    ),
+    (
+        "wrong_revision_fails_the_entry",
+        wrong_revision_fails_the_entry,
+    ),
+    (
+        "clean_fields_decide_what_l0_reloads",
+        clean_fields_decide_what_l0_reloads,
+    ),
+    ("vmread_vmwrite_per_exit", vmread_vmwrite_per_exit),
+    ("hv_report_shows_the_evmcs", hv_report_shows_the_evmcs),
+    ("nested_state_round_trip", nested_state_round_trip),
+];
+
 /// Whether a skip must fail (`HVKVM_REQUIRE_NESTED=1`).
 pub fn required() -> bool {
     std::env::var(REQUIRE_ENV).as_deref() == Ok("1")

@@ -10,29 +10,6 @@ use std::process::ExitCode;
 use guest_tests::nested::{self, L1Mode};
 use libtest_mimic::{Arguments, Completion, Failed, Trial};
 
-type Row = fn(L1Mode);
-
-const ROWS: &[(&str, Row)] = &[
-    (
-        "l2_sees_the_cpuid_values_l1_chose",
-        nested::l2_sees_the_cpuid_values_l1_chose,
-    ),
-    (
-        "wrong_revision_fails_the_entry",
-        nested::wrong_revision_fails_the_entry,
-    ),
-    (
-        "clean_fields_decide_what_l0_reloads",
-        nested::clean_fields_decide_what_l0_reloads,
-    ),
-    ("vmread_vmwrite_per_exit", nested::vmread_vmwrite_per_exit),
-    (
-        "hv_report_shows_the_evmcs",
-        nested::hv_report_shows_the_evmcs,
-    ),
-    ("nested_state_round_trip", nested::nested_state_round_trip),
-];
-
 fn main() -> ExitCode {
     let args = Arguments::from_args();
     let mut trials = Vec::new();
@@ -41,7 +18,7 @@ fn main() -> ExitCode {
         if let Some(reason) = &missing {
             eprintln!("SKIP ({}): {reason}", mode.key());
         }
-        for &(name, row) in ROWS {
+        for &(name, row) in nested::ROWS {
             let name = format!("{}/{name}", mode.key());
             trials.push(match missing.clone() {
                 None => Trial::test(name, move || {

@@ -315,6 +315,26 @@ pub fn check_linux_l1_evmcs(status: i32, console: &str) {
     );
 }
 
+/// Checks the live reports (SIGUSR1 to the outer hvkvm while L1's KVM runs an L2) in L1's
+/// console: at least one shows VP 0 entering L2 through an eVMCS of revision 1, decoded.
+pub fn check_live_evmcs_report(console: &str) {
+    let reports: Vec<&str> = console
+        .split("hvkvm: Hyper-V report of the running VM")
+        .skip(1)
+        .collect();
+    assert!(!reports.is_empty(), "no live report in L1's console");
+    let live = reports.iter().find(|r| {
+        r.contains("VP 0: enlighten_vmentry 1,") && r.contains(": revision 1, clean fields")
+    });
+    assert!(
+        live.is_some(),
+        "none of the {} live reports shows VP 0 entering L2 through an eVMCS of revision 1; \
+         the last:\n{}",
+        reports.len(),
+        reports.last().copied().unwrap_or_default()
+    );
+}
+
 /// Nested state: pauses L1 while its L2 runs (at L2's first SYNC 20, which goes straight to the
 /// VMM since L1 does not intercept port I/O), saves the vCPU (KVM selftests' order, nested state
 /// after the MSRs, VP_ASSIST_PAGE among them), loads it into a fresh VM with a copy of guest
@@ -727,5 +747,66 @@ mod state_move {
                 return None;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The message `f` panics with (a test failure if it does not panic).
+    fn panic_text(f: impl FnOnce() + std::panic::UnwindSafe) -> String {
+        match std::panic::catch_unwind(f) {
+            Ok(()) => panic!("expected the check to fail"),
+            Err(p) => p
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_default(),
+        }
+    }
+
+    /// Lines of a real run (the emulated Intel host, Debian 6.1 as L1), trimmed.
+    const L1_CONSOLE: &str = "\
+HVKVM-L1: kvm loaded, running /hvkvm/command
+[    0.000000] Hypervisor detected: Microsoft Hyper-V
+[    0.000000] Hyper-V: Nested features: 0x101
+[    6.033458] KVM: vmx: using Hyper-V Enlightened VMCS
+hvkvm: the guest wrote 42 to the test-exit port 0xf4; ran 0.004 s (exit status 42)
+HVKVM-L2-STATUS: 42
+HVKVM-L1-EXIT: 0
+hvkvm: the guest powered off; ran 8.916 s (exit status 0)
+Hyper-V usage report (kernel backend)
+  VP assist page: VP 0 at 0x3db4000
+    VP 0: enlighten_vmentry 0, current_nested_vmcs 0x0, eVMCS versions 1..=1
+";
+
+    #[test]
+    fn the_linux_l1_check_accepts_a_real_run_and_names_what_is_missing() {
+        check_linux_l1_evmcs(0, L1_CONSOLE);
+        for (missing, expect) in [
+            ("Microsoft Hyper-V", "did not detect Hyper-V"),
+            ("Enlightened VMCS", "enlightened VMCS"),
+            ("HVKVM-L2-STATUS: 42", "status 42"),
+        ] {
+            let console = L1_CONSOLE.replace(missing, "something else");
+            let err = panic_text(|| check_linux_l1_evmcs(0, &console));
+            assert!(err.contains(expect), "{missing}: {err}");
+        }
+        let err = panic_text(|| check_linux_l1_evmcs(1, L1_CONSOLE));
+        assert!(err.contains("the command in L1 failed"), "{err}");
+    }
+
+    #[test]
+    fn the_live_report_check_wants_an_enlightened_entry() {
+        let live = "hvkvm: Hyper-V report of the running VM\n    VP 0: enlighten_vmentry 1, \
+                    current_nested_vmcs 0x1000, eVMCS versions 1..=1\n      eVMCS at 0x1000: \
+                    revision 1, clean fields 0xffff (changed: none)\n";
+        check_live_evmcs_report(&format!("{L1_CONSOLE}{live}"));
+        let err = panic_text(|| check_live_evmcs_report(L1_CONSOLE));
+        assert!(err.contains("no live report"), "{err}");
+        let idle = live.replace("enlighten_vmentry 1", "enlighten_vmentry 0");
+        let err = panic_text(|| check_live_evmcs_report(&idle));
+        assert!(err.contains("none of the 1 live reports"), "{err}");
     }
 }

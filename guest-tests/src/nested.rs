@@ -799,9 +799,16 @@ Hyper-V usage report (kernel backend)
 
     #[test]
     fn the_live_report_check_wants_an_enlightened_entry() {
-        let live = "hvkvm: Hyper-V report of the running VM\n    VP 0: enlighten_vmentry 1, \
-                    current_nested_vmcs 0x1000, eVMCS versions 1..=1\n      eVMCS at 0x1000: \
-                    revision 1, clean fields 0xffff (changed: none)\n";
+        // A live report of that run (SIGUSR1 while L1's KVM ran io_loop as L2), trimmed.
+        let live = "\
+hvkvm: Hyper-V report of the running VM
+Hyper-V usage report (kernel backend)
+  VP assist page: VP 0 at 0x3db4000
+    VP 0: enlighten_vmentry 1, current_nested_vmcs 0x1fe33000, eVMCS versions 1..=1
+      eVMCS at 0x1fe33000: revision 1, clean fields 0xffff (changed: none)
+      L2 RIP 0x200017, last exit 0x1e (I/O instruction), qualification 0x10020000, \
+VM-instruction error 0
+";
         check_live_evmcs_report(&format!("{L1_CONSOLE}{live}"));
         let err = panic_text(|| check_live_evmcs_report(L1_CONSOLE));
         assert!(err.contains("no live report"), "{err}");

@@ -18,6 +18,7 @@
 //!   user-space emulation (the user backend) grows there.
 
 pub mod api;
+pub mod bench;
 pub mod boot;
 pub mod cli;
 pub mod cpu;

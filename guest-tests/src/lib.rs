@@ -27,6 +27,7 @@ use hvkvm::devices::serial::CaptureBuffer;
 use hvkvm::vcpu::msr::MsrHandler;
 use hvkvm::vm::{self, BootSource, StopReason, SyncEvent, VmConfig, VmOutcome};
 
+pub mod nested;
 pub mod snapshot_mode;
 
 /// Directory holding the compiled guest payloads, set by `build.rs`.
@@ -189,6 +190,12 @@ impl GuestTest {
                 edx: regs[3],
             });
         }
+        self
+    }
+
+    /// Changes the VM configuration directly (CPU model, nested VMX, a Hyper-V backend, ...).
+    pub fn configure(mut self, f: impl FnOnce(&mut VmConfig)) -> Self {
+        f(&mut self.config);
         self
     }
 

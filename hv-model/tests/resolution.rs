@@ -458,10 +458,15 @@ fn linux_profile_hides_kvm_so_linux_runs_its_hyperv_code() {
     let r = resolve_profile(&intel(), Profile::Linux, "").unwrap();
     assert!(!r.is_on(E::Kvm));
     let why = &r.decision(E::Kvm).reason;
-    assert!(why.contains("profile linux") && why.contains("0x40000100"), "{why}");
+    assert!(
+        why.contains("profile linux") && why.contains("0x40000100"),
+        "{why}"
+    );
     // No KVM signature anywhere in the hypervisor range: Linux finds only Hyper-V.
     let leaves = cpuid_leaves(&r);
-    let kvm_sig = leaves.iter().any(|l| l.ebx == 0x4b4d_564b && l.ecx == 0x564b_4d56);
+    let kvm_sig = leaves
+        .iter()
+        .any(|l| l.ebx == 0x4b4d_564b && l.ecx == 0x564b_4d56);
     assert!(!kvm_sig, "KVM's signature is still offered: {leaves:x?}");
     assert!(r.is_on(E::Synic) && r.is_on(E::StimerDirect) && r.is_on(E::Ipi));
     // An explicit kvm=on still wins over the profile.

@@ -2,6 +2,7 @@
 
 pub use hv_model::cli::error_chain;
 
+pub mod bench;
 pub mod ctl;
 pub mod demo;
 pub mod probe;
@@ -45,6 +46,10 @@ pub enum Command {
     Ctl(ctl::CtlArgs),
     /// Resume a snapshot (written by `hvkvm ctl … snapshot DIR`) in this process.
     Restore(restore::RestoreArgs),
+    /// Benchmarks that boot guests (nested-cpuid: an L2 exit with and without the enlightened
+    /// VMCS).
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
     /// Hyper-V enlightenments: explain a selection, export/import QEMU, libvirt, KubeVirt and
     /// Proxmox configurations, compute a fleet baseline.
     #[command(subcommand)]
@@ -69,6 +74,9 @@ pub enum CliError {
     /// `hv`.
     #[error(transparent)]
     Hv(#[from] hv_model::cli::CliError),
+    /// `bench`.
+    #[error(transparent)]
+    Bench(#[from] bench::BenchCliError),
 }
 
 /// Runs the parsed command; returns the process exit status.
@@ -79,6 +87,7 @@ pub fn execute(cli: Cli) -> Result<i32, CliError> {
         Command::Probe(args) => probe::execute(args),
         Command::Ctl(args) => Ok(ctl::execute(args)?),
         Command::Restore(args) => Ok(restore::execute(args)?),
+        Command::Bench(command) => Ok(bench::execute(command)?),
         Command::Hv(command) => {
             hv_model::cli::run(&command, &mut std::io::stdout().lock())?;
             Ok(0)

@@ -267,6 +267,9 @@ pub fn report(outcome: &VmOutcome) {
 
 /// Runs `hvkvm run`.
 pub fn execute(args: RunArgs) -> Result<i32, RunError> {
+    // From the start, so that an early SIGUSR1 (a live-report request) cannot end the process;
+    // Vm::new installs it too (and reports a failure there).
+    let _ = crate::vm::live_report::install();
     let name = args
         .payload
         .as_ref()

@@ -174,24 +174,7 @@ impl UsageReport {
             out.push_str(&format!("  VP assist page: VP {vp} at {gpa:#x}\n"));
         }
         for view in &self.vp_assist {
-            match (&view.current_evmcs, &view.evmcs) {
-                (Some(_), Some(e)) => {
-                    out.push_str(&format!(
-                        "    VP {} eVMCS at {:#x}: revision {}, clean fields {:#06x}\n",
-                        view.vp, e.gpa, e.revision_id, e.clean_fields
-                    ));
-                    for (name, value) in &e.fields {
-                        out.push_str(&format!("      {name:<36} {value:#x}\n"));
-                    }
-                }
-                (Some(gpa), None) => out.push_str(&format!(
-                    "    VP {} announces an eVMCS at {gpa:#x} outside RAM\n",
-                    view.vp
-                )),
-                (None, _) => {
-                    out.push_str(&format!("    VP {}: no enlightened VM entry\n", view.vp))
-                }
-            }
+            render_assist_page(&mut out, view);
         }
         if !self.msrs.is_empty() {
             out.push_str("  MSRs used (reads / writes / #GP):\n");
@@ -245,6 +228,60 @@ impl UsageReport {
             ));
         }
         out
+    }
+}
+
+/// The nested part of the report for one VP: its assist page, whether it enters L2 through an
+/// eVMCS, and that eVMCS's key fields, or why any of it is invalid.
+fn render_assist_page(out: &mut String, view: &super::inspect::AssistPageView) {
+    let vp = view.vp;
+    if let Some(reason) = &view.invalid {
+        out.push_str(&format!(
+            "    VP {vp} assist page invalid: {reason}
+"
+        ));
+        return;
+    }
+    let versions = view
+        .evmcs_versions
+        .as_deref()
+        .map_or(String::new(), |v| format!(", eVMCS versions {v}"));
+    out.push_str(&format!(
+        "    VP {vp}: enlighten_vmentry {}, current_nested_vmcs {:#x}{versions}\n",
+        u8::from(view.enlighten_vmentry),
+        view.current_nested_vmcs
+    ));
+    let Some(e) = &view.evmcs else {
+        return;
+    };
+    if let Some(reason) = &e.invalid {
+        out.push_str(&format!("      eVMCS invalid: {reason}\n"));
+        return;
+    }
+    let revision = if e.revision_ok {
+        String::new()
+    } else {
+        " (not eVMCS v1: KVM fails the entry)".to_string()
+    };
+    let dirty = if e.dirty_groups.is_empty() {
+        "none".to_string()
+    } else {
+        e.dirty_groups.join(" ")
+    };
+    out.push_str(&format!(
+        "      eVMCS at {:#x}: revision {}{revision}, clean fields {:#06x} (changed: {dirty})\n",
+        e.gpa, e.revision_id, e.clean_fields
+    ));
+    out.push_str(&format!(
+        "      L2 RIP {:#x}, last exit {:#x} ({}), qualification {:#x}, VM-instruction error {}\n",
+        e.guest_rip,
+        e.exit_reason,
+        e.exit_reason_name,
+        e.exit_qualification,
+        e.vm_instruction_error
+    ));
+    for (name, value) in &e.fields {
+        out.push_str(&format!("      {name:<36} {value:#x}\n"));
     }
 }
 

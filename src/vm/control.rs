@@ -196,6 +196,11 @@ impl VmControl {
         self.changed.notify_all();
     }
 
+    /// Whether a pause is asked for (a lock-free check for vCPU threads).
+    pub fn pausing(&self) -> bool {
+        self.fast_state.load(Ordering::SeqCst) == RunState::Paused as u8
+    }
+
     /// Called by vCPU `vcpu`'s thread before KVM_RUN: blocks while paused, running the jobs
     /// posted for this vCPU through `serve`; returns the state to act on (Running or
     /// Stopping). The fast path (running) is one atomic load.

@@ -104,7 +104,7 @@ impl VmHandle {
 
     /// The live Hyper-V usage report (`None` without Hyper-V).
     pub fn report(&self) -> Option<UsageReport> {
-        self.core.hyperv.as_ref().map(|h| h.report())
+        super::live_report::take(&self.core.control, self.core.hyperv.as_ref())
     }
 
     /// Writes a snapshot of the paused VM to `dir` (which stays paused).
@@ -178,7 +178,7 @@ impl RunningVm {
         } = self;
         let control = &core.control;
         let left = timeout.map(|t| t.saturating_sub(start.elapsed()));
-        let reason = match control.wait_for_stop(left) {
+        let reason = match wait_for_stop(&core, left) {
             Some(reason) => reason,
             None => {
                 let after_ms = timeout.map_or(0, |t| t.as_millis() as u64);
@@ -212,5 +212,34 @@ impl RunningVm {
             std::mem::forget(core);
         }
         outcome
+    }
+}
+
+/// Waits until the VM stops or `timeout` passes (then `None`); meanwhile answers report
+/// requests ([`super::live_report`], SIGUSR1) by printing the Hyper-V report to stderr.
+fn wait_for_stop(core: &VmCore, timeout: Option<Duration>) -> Option<StopReason> {
+    const SLICE: Duration = Duration::from_millis(100);
+    let deadline = timeout.map(|t| Instant::now() + t);
+    loop {
+        let wait = deadline.map_or(SLICE, |d| {
+            d.saturating_duration_since(Instant::now()).min(SLICE)
+        });
+        if let Some(reason) = core.control.wait_for_stop(Some(wait)) {
+            return Some(reason);
+        }
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            return None;
+        }
+        if super::live_report::take_request() {
+            match super::live_report::take(&core.control, core.hyperv.as_ref()) {
+                Some(report) => eprint!(
+                    "hvkvm: Hyper-V report of the running VM\n{}",
+                    report.render()
+                ),
+                None => eprintln!(
+                    "hvkvm: no Hyper-V report: the VM has no Hyper-V enlightenment (use --hv or --profile)"
+                ),
+            }
+        }
     }
 }

@@ -8,6 +8,7 @@
 pub mod config;
 pub mod control;
 pub mod handle;
+pub mod live_report;
 pub mod outcome;
 pub mod snapshot;
 
@@ -168,6 +169,7 @@ impl Vm {
     fn build(config: VmConfig, mut restore: Option<snapshot::Restore<'_>>) -> Result<Vm, VmError> {
         config.validate()?;
         kick::install_handler().map_err(VmError::Signal)?;
+        live_report::install().map_err(VmError::Signal)?;
         let host = HostProbe::probe()?;
         let mut quirks = HostQuirks::resolve(config.host_quirks, host.is_pvm());
         if let Some(r) = &restore {

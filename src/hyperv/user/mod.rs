@@ -161,7 +161,7 @@ impl UserBackend {
                 report.vp_assist_pages.insert(vp, gpa);
                 report
                     .vp_assist
-                    .extend(super::inspect::assist_page(&self.mem, vp, gpa));
+                    .push(super::inspect::assist_page(&self.mem, vp, gpa));
             }
             add_vp_usage(&mut report, &state.usage);
         }

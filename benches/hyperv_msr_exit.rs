@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use hvkvm::boot::payload;
 use hvkvm::cpu::CpuidEntry;
-use hvkvm::hyperv::{CrashAction, UserBackendConfig};
+use hvkvm::hyperv::HvConfig;
 use hvkvm::kvm::clock::host_tsc;
 use hvkvm::memory;
 use hvkvm::vm::{BootSource, StopReason, Vm, VmConfig};
@@ -69,11 +69,7 @@ fn hvkvm_reads(reads: u32) -> Duration {
     config.timeout = Some(Duration::from_secs(600));
     config.serial = Box::new(std::io::sink());
     config.hypervisor_leaves = Some(hyperv_leaves());
-    config.user_backend = Some(UserBackendConfig {
-        leaves: hyperv_leaves(),
-        offered: vec!["hv-time".into()],
-        on_crash: CrashAction::Log,
-    });
+    config.hyperv = Some(HvConfig::raw(hv_model::Backend::User));
     let outcome = Vm::new(config).unwrap().run().unwrap();
     // The exit status is AL after the last read (the low byte of the time): any is fine.
     assert!(

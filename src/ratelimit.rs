@@ -51,18 +51,31 @@ impl Default for RateLimiter {
     }
 }
 
-/// `log::warn!` limited per call site; use it for anything a guest can trigger.
-macro_rules! warn_ratelimited {
-    ($($arg:tt)*) => {{
+/// A `log` macro limited per call site; use it (through the named wrappers) for anything a
+/// guest can trigger.
+macro_rules! log_ratelimited {
+    ($level:expr, $($arg:tt)*) => {{
         static LIMITER: $crate::ratelimit::RateLimiter = $crate::ratelimit::RateLimiter::new();
         if let Some(suppressed) = LIMITER.admit(std::time::Instant::now()) {
             if suppressed > 0 {
-                log::warn!("({suppressed} similar messages suppressed)");
+                log::log!($level, "({suppressed} similar messages suppressed)");
             }
-            log::warn!($($arg)*);
+            log::log!($level, $($arg)*);
         }
     }};
 }
+pub(crate) use log_ratelimited;
+
+/// `log::warn!` limited per call site.
+macro_rules! warn_ratelimited {
+    ($($arg:tt)*) => { $crate::ratelimit::log_ratelimited!(log::Level::Warn, $($arg)*) };
+}
+
+/// `log::error!` limited per call site (a guest crash report, for example).
+macro_rules! error_ratelimited {
+    ($($arg:tt)*) => { $crate::ratelimit::log_ratelimited!(log::Level::Error, $($arg)*) };
+}
+pub(crate) use error_ratelimited;
 pub(crate) use warn_ratelimited;
 
 #[cfg(test)]

@@ -97,7 +97,7 @@ fn generated_garbage_never_panics() {
                     Backend::Kernel,
                     &ResolveOptions::default(),
                 );
-                let _ = hv_model::export(format, &imported.request.overrides);
+                let _ = hv_model::export(format, &imported.request.overrides, &Default::default());
             }
         }
         // Garbage inside otherwise valid framing reaches the deeper parsers.

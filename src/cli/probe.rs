@@ -86,6 +86,14 @@ pub fn verdicts(host: &HostProbe) -> Vec<Verdict> {
             "Intel VMX, nested=1 and KVM_CAP_HYPERV_ENLIGHTENED_VMCS present".into()
         },
     };
+    let nesting = crate::cpu::nested::nesting_possible(host);
+    let nested_vmx = Verdict {
+        name: "nested VMX",
+        available: nesting.is_ok(),
+        reason: nesting.err().unwrap_or_else(|| {
+            "guests can get VMX (hvkvm run --nested on, or --cpu host with the default auto)".into()
+        }),
+    };
     let tsc_scaling = Verdict {
         name: "TSC scaling",
         available: host.cap("KVM_CAP_TSC_CONTROL") > 0,
@@ -97,7 +105,7 @@ pub fn verdicts(host: &HostProbe) -> Vec<Verdict> {
             "KVM_CAP_TSC_CONTROL is 0: guests see the host TSC rate".into()
         },
     };
-    vec![kernel, user, evmcs, tsc_scaling]
+    vec![kernel, user, nested_vmx, evmcs, tsc_scaling]
 }
 
 #[derive(Serialize)]

@@ -45,6 +45,11 @@ pub struct RunArgs {
     /// CPU model: `baseline` (portable x86-64, no AVX/XSAVE) or `host` (all KVM supports).
     #[arg(long, default_value = "baseline", value_name = "MODEL")]
     pub cpu: CpuModel,
+    /// Nested virtualization: give the guest VMX. `auto` (default): on where this host can
+    /// nest (Intel, kvm_intel nested=1) and `--cpu host` is chosen; `on`: an error where it
+    /// cannot; `off`: never.
+    #[arg(long, value_enum, default_value_t = crate::cpu::nested::NestedMode::Auto)]
+    pub nested: crate::cpu::nested::NestedMode,
     /// Write the guest's serial output to FILE instead of stdout.
     #[arg(long, value_name = "FILE")]
     pub serial_file: Option<PathBuf>,
@@ -77,6 +82,10 @@ pub struct RunArgs {
     /// Write the Hyper-V usage report as JSON to FILE when the VM ends.
     #[arg(long, value_name = "FILE")]
     pub hv_report_json: Option<PathBuf>,
+    /// Serve a control socket at PATH (mode 0600) while the VM runs: `hvkvm ctl --api-socket
+    /// PATH pause|resume|info|report|snapshot DIR`.
+    #[arg(long, value_name = "PATH")]
+    pub api_socket: Option<PathBuf>,
 }
 
 /// Errors of `hvkvm run`.
@@ -119,12 +128,18 @@ pub enum RunError {
     /// `--hv`/`--profile` could not be honoured.
     #[error(transparent)]
     HyperV(#[from] crate::hyperv::HyperVError),
+    /// `--nested on` on a host that cannot nest.
+    #[error(transparent)]
+    Nested(#[from] crate::cpu::nested::NestedUnavailable),
     /// `--hv` did not parse.
     #[error("bad --hv/--profile selection")]
     HvSelection(#[source] hv_model::ModelError),
     /// Probing the host failed.
     #[error(transparent)]
     Probe(#[from] crate::kvm::ProbeError),
+    /// The control socket could not be set up.
+    #[error(transparent)]
+    Api(#[from] crate::api::ApiError),
     /// Writing the outcome JSON.
     #[error("cannot write the outcome to '{path}'")]
     OutcomeJson {
@@ -258,12 +273,15 @@ pub fn config(args: &RunArgs) -> Result<VmConfig, RunError> {
         }
         let leaves = crate::hyperv::cpuid_entries(&resolution);
         config.hypervisor_leaves = (!leaves.is_empty()).then_some(leaves);
-        config.user_backend =
-            crate::hyperv::UserBackendConfig::from_resolution(&resolution, args.on_guest_crash);
+        config.hyperv = crate::hyperv::HvConfig::from_resolution(&resolution, args.on_guest_crash);
     }
     config.cpus = args.cpus;
     config.memory_mib = args.memory;
     config.cpu_model = args.cpu;
+    config.nested = crate::cpu::nested::resolve(args.nested, args.cpu, &host)?;
+    if config.nested {
+        log::info!("nested virtualization: the guest gets VMX");
+    }
     config.host_quirks = args.host_quirks;
     config.timeout = match args.timeout {
         None => None,
@@ -303,6 +321,9 @@ pub fn report(outcome: &VmOutcome) {
 
 /// Runs `hvkvm run`.
 pub fn execute(args: RunArgs) -> Result<i32, RunError> {
+    // From the start, so that an early SIGUSR1 (a live-report request) cannot end the process;
+    // Vm::new installs it too (and reports a failure there).
+    let _ = crate::vm::live_report::install();
     let name = args
         .payload
         .as_ref()
@@ -314,16 +335,31 @@ pub fn execute(args: RunArgs) -> Result<i32, RunError> {
         .timeout
         .map(|t| Instant::now() + Duration::from_secs_f64(t));
     let mut boot = 1u32;
+    let server = args
+        .api_socket
+        .as_deref()
+        .map(crate::api::ApiServer::start)
+        .transpose()?;
     let outcome = loop {
         let mut config = config(&args)?;
         if let Some(deadline) = deadline {
             let left = deadline.saturating_duration_since(Instant::now());
             config.timeout = Some(left.max(Duration::from_millis(1)));
         }
-        let outcome = vm::run(config).map_err(|source| RunError::Vm {
+        let vm_err = |source| RunError::Vm {
             name: name.clone(),
             source,
-        })?;
+        };
+        let running = vm::Vm::new(config)
+            .and_then(vm::Vm::start)
+            .map_err(vm_err)?;
+        if let Some(s) = &server {
+            s.set_target(Some(running.handle()));
+        }
+        let outcome = running.finish();
+        if let Some(s) = &server {
+            s.set_target(None);
+        }
         if outcome.reason != vm::StopReason::Reset || args.no_reboot {
             break outcome;
         }
@@ -333,6 +369,7 @@ pub fn execute(args: RunArgs) -> Result<i32, RunError> {
             "hvkvm: the guest reset; rebooting (boot {boot}; --no-reboot ends the VM instead)"
         );
     };
+    drop(server);
     report(&outcome);
     if let Some(hv) = &outcome.hyperv {
         if args.hv_report {

@@ -10,7 +10,7 @@ use std::str::FromStr;
 use kvm_bindings::{kvm_cpuid_entry2, CpuId, KVM_CPUID_FLAG_SIGNIFCANT_INDEX};
 
 /// One CPUID leaf a caller sets explicitly (replacing any entry with the same leaf/subleaf).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct CpuidEntry {
     /// EAX input.
     pub function: u32,
@@ -24,6 +24,19 @@ pub struct CpuidEntry {
     pub ecx: u32,
     /// Output EDX.
     pub edx: u32,
+}
+
+impl From<&kvm_cpuid_entry2> for CpuidEntry {
+    fn from(e: &kvm_cpuid_entry2) -> Self {
+        CpuidEntry {
+            function: e.function,
+            index: e.index,
+            eax: e.eax,
+            ebx: e.ebx,
+            ecx: e.ecx,
+            edx: e.edx,
+        }
+    }
 }
 
 /// The CPU model a VM presents.

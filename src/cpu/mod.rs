@@ -1,5 +1,6 @@
 //! The virtual CPU model: which CPUID each vCPU sees.
 
 pub mod cpuid;
+pub mod nested;
 
 pub use cpuid::{CpuModel, CpuidEntry};

@@ -1,28 +1,30 @@
-//! Hyper-V for a VM: which enlightenments it gets (decided by the `hv-model` crate from the
-//! user's request and this host), and who provides them.
+//! Hyper-V for a VM: which enlightenments it gets, and who provides them.
 //!
-//! Two backends exist in the model: the kernel backend (KVM's in-kernel Hyper-V emulation)
-//! and the user backend (hvkvm emulates the Hyper-V MSRs and hypercalls itself). What the
-//! user backend implements is listed in `hv_model::USER_BACKEND_IMPLEMENTS`; the model turns
-//! off (with a reason) or refuses everything else, so a guest is never offered an
-//! enlightenment nobody provides.
+//! ```text
+//!   setup      hv-model glue: --hv/--profile + this host → a Resolution → HvConfig + CPUID leaves
+//!   backend    the one seam: HvBackend (chosen once per VM), HvVp (one per vCPU)
+//!     ├─ user/     hvkvm emulates the synthetic MSRs, hypercalls and clock itself
+//!     └─ kernel/   KVM's in-kernel Hyper-V emulation, driven through its capabilities
+//!   report     what the guest used (both backends), inspect: VP assist page and eVMCS
+//! ```
+//!
+//! The model (`hv-model`) decides what each backend can offer and turns off, with a reason,
+//! whatever it cannot, so a guest is never offered an enlightenment nobody provides. Both
+//! backends read what the guest was offered from the guest's final CPUID table, the one
+//! source of truth.
 
-pub mod clock;
-pub mod features;
-pub mod hypercall;
+pub mod backend;
 pub mod inspect;
-pub mod msrs;
-pub mod partition;
+pub mod kernel;
 pub mod report;
-pub mod vcpu;
+pub mod setup;
+pub mod user;
 
-use hv_model::{Backend, HostCapabilities, Resolution, ResolveOptions};
+pub use backend::{HvBackend, HvVp};
+pub use setup::{cpuid_entries, host_capabilities, resolve_for_vm, HyperVError};
 
-pub use vcpu::{HvVcpu, UserBackend};
-
-use crate::cpu::CpuidEntry;
-use crate::kvm::caps::CpuVendor;
-use crate::kvm::HostProbe;
+use crate::devices::GuestRequest;
+use crate::ratelimit::error_ratelimited;
 
 /// What hvkvm does when the guest reports a crash through CRASH_CTL.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
@@ -37,35 +39,6 @@ pub enum CrashAction {
     Exit,
 }
 
-/// The user backend's part of a VM configuration.
-#[derive(Debug, Clone)]
-pub struct UserBackendConfig {
-    /// The hypervisor CPUID leaves the guest gets (the backend reads its features from them).
-    pub leaves: Vec<CpuidEntry>,
-    /// Enlightenments offered, by QEMU name, for the report.
-    pub offered: Vec<String>,
-    /// Crash policy.
-    pub on_crash: CrashAction,
-}
-
-impl UserBackendConfig {
-    /// The backend configuration for a resolution, if it offers anything the backend serves.
-    pub fn from_resolution(resolution: &Resolution, on_crash: CrashAction) -> Option<Self> {
-        if resolution.backend != Backend::User || !resolution.hyperv_enabled() {
-            return None;
-        }
-        Some(UserBackendConfig {
-            leaves: cpuid_entries(resolution),
-            offered: resolution
-                .enabled()
-                .iter()
-                .map(|e| e.name().to_string())
-                .collect(),
-            on_crash,
-        })
-    }
-}
-
 /// Which backend `hvkvm run` uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum BackendChoice {
@@ -78,97 +51,94 @@ pub enum BackendChoice {
     User,
 }
 
-/// Errors selecting enlightenments for a VM.
-#[derive(Debug, thiserror::Error)]
-pub enum HyperVError {
-    /// The request is invalid or cannot be met on this host.
-    #[error("cannot provide the requested Hyper-V enlightenments")]
-    Model(#[source] hv_model::ModelError),
-    /// The kernel backend was chosen but hvkvm does not drive it yet.
-    #[error(
-        "the kernel backend is not wired into hvkvm run yet (KVM caps are not enabled by hvkvm); \
-         use --backend user"
-    )]
-    KernelBackendNotWired,
-    /// The kernel backend was chosen on a host without in-kernel Hyper-V.
-    #[error(
-        "--backend kernel needs in-kernel Hyper-V, but every KVM_CAP_HYPERV_* is 0 on this \
-         host; use --backend user (or auto)"
-    )]
-    NoKernelHyperV,
+/// The Hyper-V part of a VM configuration (the CPUID leaves travel with the rest of the CPUID
+/// in the VM configuration; the backend reads its features from the final table).
+#[derive(Debug, Clone)]
+pub struct HvConfig {
+    /// Who provides the enlightenments.
+    pub backend: hv_model::Backend,
+    /// Enlightenments offered, by QEMU name, for the report.
+    pub offered: Vec<String>,
+    /// hv-enforce-cpuid: the kernel backend enables KVM_CAP_HYPERV_ENFORCE_CPUID. (The user
+    /// backend always serves exactly what CPUID offers.)
+    pub enforce_cpuid: bool,
+    /// Crash policy.
+    pub on_crash: CrashAction,
+    /// Why the guest cannot move to another host, from the model (`flag: reason`); a
+    /// snapshot for migration is refused while there is any.
+    pub migration_blockers: Vec<String>,
 }
 
-/// The host description the Hyper-V model decides from.
-pub fn host_capabilities(probe: &HostProbe) -> HostCapabilities {
-    let kvm_caps = probe
-        .hyperv_caps
-        .iter()
-        .chain(&probe.platform_caps)
-        .map(|c| (c.name.to_string(), i64::from(c.value)))
-        .collect();
-    HostCapabilities {
-        cpu_vendor: match probe.cpu_vendor {
-            CpuVendor::Intel => hv_model::CpuVendor::Intel,
-            CpuVendor::Amd => hv_model::CpuVendor::Amd,
-            CpuVendor::Other => hv_model::CpuVendor::Other,
-        },
-        vmx: probe.vmx,
-        svm: probe.svm,
-        nested: probe.nested_param,
-        kvm_caps,
-        supported_hv_cpuid: None,
-        kvm_pv_features: probe.kvm_pv_features,
-        irqchip: probe.cap("KVM_CAP_IRQCHIP") > 0,
-        split_irqchip: probe.cap("KVM_CAP_SPLIT_IRQCHIP") > 0,
-        user_space_msr: probe.cap("KVM_CAP_X86_USER_SPACE_MSR") > 0,
-        msr_filter: probe.cap("KVM_CAP_X86_MSR_FILTER") > 0,
-        tsc_control: probe.cap("KVM_CAP_TSC_CONTROL") > 0,
-        tsc_khz: probe.tsc_khz,
-        invariant_tsc: probe.invariant_tsc,
-        smt_possible: probe.smt_active,
-        nested_state: probe.cap("KVM_CAP_NESTED_STATE") > 0,
-        apicv: None,
-    }
-}
-
-/// Resolves `--hv`/`--profile` for a VM on this host. `None` when no enlightenment was asked
-/// for.
-pub fn resolve_for_vm(
-    request: &hv_model::HvRequest,
-    probe: &HostProbe,
-    choice: BackendChoice,
-) -> Result<Option<Resolution>, HyperVError> {
-    if request.profile.is_none() && request.overrides == Default::default() {
-        return Ok(None);
-    }
-    let kernel_available = probe.cap("KVM_CAP_HYPERV") > 0;
-    let backend = match choice {
-        BackendChoice::Kernel if !kernel_available => return Err(HyperVError::NoKernelHyperV),
-        BackendChoice::Kernel => return Err(HyperVError::KernelBackendNotWired),
-        BackendChoice::Auto if kernel_available => return Err(HyperVError::KernelBackendNotWired),
-        BackendChoice::Auto | BackendChoice::User => Backend::User,
-    };
-    let host = host_capabilities(probe);
-    let options = ResolveOptions {
-        tsc_khz: probe.tsc_khz,
-        ..ResolveOptions::default()
-    };
-    hv_model::resolve(request, &host, backend, &options)
-        .map(Some)
-        .map_err(HyperVError::Model)
-}
-
-/// The hypervisor CPUID leaves a resolution gives the guest (empty: keep KVM's own).
-pub fn cpuid_entries(resolution: &Resolution) -> Vec<CpuidEntry> {
-    hv_model::cpuid_leaves(resolution)
-        .into_iter()
-        .map(|l| CpuidEntry {
-            function: l.function,
-            index: l.index,
-            eax: l.eax,
-            ebx: l.ebx,
-            ecx: l.ecx,
-            edx: l.edx,
+impl HvConfig {
+    /// The configuration for a resolution, when it enables anything of Hyper-V.
+    pub fn from_resolution(
+        resolution: &hv_model::Resolution,
+        on_crash: CrashAction,
+    ) -> Option<Self> {
+        if !resolution.hyperv_enabled() {
+            return None;
+        }
+        Some(HvConfig {
+            backend: resolution.backend,
+            offered: resolution
+                .enabled()
+                .iter()
+                .map(|e| e.name().to_string())
+                .collect(),
+            enforce_cpuid: resolution.is_on(hv_model::Enlightenment::EnforceCpuid),
+            on_crash,
+            migration_blockers: resolution
+                .migration_blockers
+                .iter()
+                .map(|b| format!("{}: {}", b.flag.name(), b.reason))
+                .collect(),
         })
-        .collect()
+    }
+
+    /// `backend` serving whatever the CPUID leaves offer, with enforce-CPUID semantics (how
+    /// conformance tests set bits row by row).
+    pub fn raw(backend: hv_model::Backend) -> Self {
+        HvConfig {
+            backend,
+            offered: Vec::new(),
+            enforce_cpuid: true,
+            on_crash: CrashAction::Log,
+            migration_blockers: Vec::new(),
+        }
+    }
+}
+
+/// A guest exit a Hyper-V backend could not complete: hvkvm could not read or write the
+/// vCPU, so the VM stops with this as the reason.
+#[derive(Debug, thiserror::Error)]
+pub enum HvExitError {
+    /// A vCPU ioctl failed.
+    #[error("VP {vp}: cannot {what}")]
+    VcpuAccess {
+        /// The VP.
+        vp: u32,
+        /// What was being done.
+        what: &'static str,
+        /// The ioctl error.
+        #[source]
+        source: kvm_ioctls::Error,
+    },
+}
+
+/// A guest crash report (CRASH_CTL with CRASH_NOTIFY, either backend): logs it and says what
+/// the policy asks of the VM.
+pub fn crash_reported(vp: u32, params: [u64; 5], policy: CrashAction) -> Option<GuestRequest> {
+    error_ratelimited!(
+        "guest crash reported by VP {vp}: bugcheck {:#x} ({:#x}, {:#x}, {:#x}, {:#x})",
+        params[0],
+        params[1],
+        params[2],
+        params[3],
+        params[4]
+    );
+    match policy {
+        CrashAction::Log => None,
+        CrashAction::Pause => Some(GuestRequest::Pause),
+        CrashAction::Exit => Some(GuestRequest::GuestCrash),
+    }
 }

@@ -3,27 +3,18 @@
 
 use std::collections::BTreeMap;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-use super::msrs;
+pub use super::user::usage::MsrUse;
 
-/// Most refused accesses kept verbatim (the rest are only counted).
+/// Most refused accesses kept verbatim in a report (the rest are only counted).
 const MAX_REFUSALS: usize = 64;
 
-/// Per-MSR access counts.
-#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
-pub struct MsrUse {
-    /// RDMSRs answered.
-    pub reads: u64,
-    /// WRMSRs accepted.
-    pub writes: u64,
-    /// Accesses answered with #GP.
-    pub faults: u64,
-}
-
 /// The usage report of one VM.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UsageReport {
+    /// Which backend served the guest: "user" (hvkvm) or "kernel" (KVM).
+    pub backend: String,
     /// Enlightenments offered to the guest (QEMU names).
     pub offered: Vec<String>,
     /// The last GUEST_OS_ID value, raw and decoded.
@@ -36,8 +27,15 @@ pub struct UsageReport {
     pub vp_assist_pages: BTreeMap<u32, u64>,
     /// Those pages decoded at the end of the run, with the eVMCS each announces.
     pub vp_assist: Vec<super::inspect::AssistPageView>,
-    /// MSR use by name.
+    /// MSR use by name (user backend: hvkvm sees every access).
     pub msrs: BTreeMap<String, MsrUse>,
+    /// Final values of the synthetic MSRs by name and VP, read back with KVM_GET_MSRS when
+    /// each vCPU stopped (kernel backend: KVM handles the accesses, so only values are known).
+    pub msr_values: BTreeMap<String, BTreeMap<u32, u64>>,
+    /// `KVM_EXIT_HYPERV` SynIC exits (kernel backend).
+    pub synic_exits: u64,
+    /// `KVM_EXIT_HYPERV` SynDbg exits (kernel backend).
+    pub syndbg_exits: u64,
     /// Hypercalls by name, then by result status.
     pub hypercalls: BTreeMap<String, BTreeMap<String, u64>>,
     /// Hypercalls that raised #UD.
@@ -51,7 +49,7 @@ pub struct UsageReport {
 }
 
 /// GUEST_OS_ID, decoded (TLFS "Reporting the Guest OS Identity").
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct GuestOsId {
     /// The raw value.
     pub raw: u64,
@@ -109,40 +107,51 @@ impl GuestOsId {
 }
 
 impl UsageReport {
-    /// Counts a read or write of `index`.
-    pub fn msr(&mut self, index: u32, write: bool, faulted: bool) {
-        let entry = self.msrs.entry(msrs::name(index)).or_default();
-        match (faulted, write) {
-            (true, _) => entry.faults += 1,
-            (false, true) => entry.writes += 1,
-            (false, false) => entry.reads += 1,
+    /// Adds the counts of `earlier`, the report of the same guest before a snapshot it was
+    /// restored from, so a restored guest's report covers its whole life. State (pages, OS
+    /// id, crash reports, which the snapshot restores) stays this report's.
+    pub fn add_earlier(&mut self, earlier: &UsageReport) {
+        for (name, u) in &earlier.msrs {
+            let e = self.msrs.entry(name.clone()).or_default();
+            e.reads += u.reads;
+            e.writes += u.writes;
+            e.faults += u.faults;
         }
-    }
-
-    /// Records something the guest was refused.
-    pub fn refuse(&mut self, what: String) {
-        if self.refused.len() < MAX_REFUSALS {
-            if !self.refused.contains(&what) {
-                self.refused.push(what);
+        for (call, statuses) in &earlier.hypercalls {
+            let e = self.hypercalls.entry(call.clone()).or_default();
+            for (status, n) in statuses {
+                *e.entry(status.clone()).or_default() += n;
             }
-        } else {
-            self.refused_dropped += 1;
         }
+        self.hypercall_ud += earlier.hypercall_ud;
+        self.synic_exits += earlier.synic_exits;
+        self.syndbg_exits += earlier.syndbg_exits;
+        self.add_refusals(earlier.refused.iter(), earlier.refused_dropped);
     }
 
-    /// Counts a hypercall result.
-    pub fn hypercall(&mut self, name: &str, status: &str) {
-        *self
-            .hypercalls
-            .entry(name.to_string())
-            .or_default()
-            .entry(status.to_string())
-            .or_default() += 1;
+    /// Adds refusals (kept verbatim up to a bound, the rest counted), each once.
+    pub fn add_refusals<T: std::fmt::Display>(
+        &mut self,
+        refusals: impl Iterator<Item = T>,
+        dropped: u64,
+    ) {
+        for r in refusals {
+            let text = r.to_string();
+            if self.refused.contains(&text) {
+                continue;
+            }
+            if self.refused.len() < MAX_REFUSALS {
+                self.refused.push(text);
+            } else {
+                self.refused_dropped += 1;
+            }
+        }
+        self.refused_dropped += dropped;
     }
 
     /// A readable multi-line summary.
     pub fn render(&self) -> String {
-        let mut out = String::from("Hyper-V usage report\n");
+        let mut out = format!("Hyper-V usage report ({} backend)\n", self.backend);
         out.push_str(&format!("  offered:        {}\n", self.offered.join(", ")));
         let os = self
             .guest_os_id
@@ -165,30 +174,31 @@ impl UsageReport {
             out.push_str(&format!("  VP assist page: VP {vp} at {gpa:#x}\n"));
         }
         for view in &self.vp_assist {
-            match (&view.current_evmcs, &view.evmcs) {
-                (Some(_), Some(e)) => {
-                    out.push_str(&format!(
-                        "    VP {} eVMCS at {:#x}: revision {}, clean fields {:#06x}\n",
-                        view.vp, e.gpa, e.revision_id, e.clean_fields
-                    ));
-                    for (name, value) in &e.fields {
-                        out.push_str(&format!("      {name:<36} {value:#x}\n"));
-                    }
-                }
-                (Some(gpa), None) => out.push_str(&format!(
-                    "    VP {} announces an eVMCS at {gpa:#x} outside RAM\n",
-                    view.vp
-                )),
-                (None, _) => {
-                    out.push_str(&format!("    VP {}: no enlightened VM entry\n", view.vp))
-                }
-            }
+            render_assist_page(&mut out, view);
         }
-        out.push_str("  MSRs used (reads / writes / #GP):\n");
+        if !self.msrs.is_empty() {
+            out.push_str("  MSRs used (reads / writes / #GP):\n");
+        }
         for (name, u) in &self.msrs {
             out.push_str(&format!(
                 "    {name:<24} {:>8} {:>8} {:>6}\n",
                 u.reads, u.writes, u.faults
+            ));
+        }
+        if !self.msr_values.is_empty() {
+            out.push_str("  synthetic MSRs when the vCPUs stopped (VP: value):\n");
+        }
+        for (name, by_vp) in &self.msr_values {
+            let values: Vec<String> = by_vp
+                .iter()
+                .map(|(vp, v)| format!("{vp}: {v:#x}"))
+                .collect();
+            out.push_str(&format!("    {name:<24} {}\n", values.join(", ")));
+        }
+        if self.synic_exits + self.syndbg_exits > 0 {
+            out.push_str(&format!(
+                "  SynIC exits: {}, SynDbg exits: {}\n",
+                self.synic_exits, self.syndbg_exits
             ));
         }
         if self.hypercalls.is_empty() && self.hypercall_ud == 0 {
@@ -221,6 +231,60 @@ impl UsageReport {
     }
 }
 
+/// The nested part of the report for one VP: its assist page, whether it enters L2 through an
+/// eVMCS, and that eVMCS's key fields, or why any of it is invalid.
+fn render_assist_page(out: &mut String, view: &super::inspect::AssistPageView) {
+    let vp = view.vp;
+    if let Some(reason) = &view.invalid {
+        out.push_str(&format!(
+            "    VP {vp} assist page invalid: {reason}
+"
+        ));
+        return;
+    }
+    let versions = view
+        .evmcs_versions
+        .as_deref()
+        .map_or(String::new(), |v| format!(", eVMCS versions {v}"));
+    out.push_str(&format!(
+        "    VP {vp}: enlighten_vmentry {}, current_nested_vmcs {:#x}{versions}\n",
+        u8::from(view.enlighten_vmentry),
+        view.current_nested_vmcs
+    ));
+    let Some(e) = &view.evmcs else {
+        return;
+    };
+    if let Some(reason) = &e.invalid {
+        out.push_str(&format!("      eVMCS invalid: {reason}\n"));
+        return;
+    }
+    let revision = if e.revision_ok {
+        String::new()
+    } else {
+        " (not eVMCS v1: KVM fails the entry)".to_string()
+    };
+    let dirty = if e.dirty_groups.is_empty() {
+        "none".to_string()
+    } else {
+        e.dirty_groups.join(" ")
+    };
+    out.push_str(&format!(
+        "      eVMCS at {:#x}: revision {}{revision}, clean fields {:#06x} (changed: {dirty})\n",
+        e.gpa, e.revision_id, e.clean_fields
+    ));
+    out.push_str(&format!(
+        "      L2 RIP {:#x}, last exit {:#x} ({}), qualification {:#x}, VM-instruction error {}\n",
+        e.guest_rip,
+        e.exit_reason,
+        e.exit_reason_name,
+        e.exit_qualification,
+        e.vm_instruction_error
+    ));
+    for (name, value) in &e.fields {
+        out.push_str(&format!("      {name:<36} {value:#x}\n"));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -243,12 +307,11 @@ mod tests {
     }
 
     #[test]
-    fn refusals_are_bounded() {
+    fn refusals_are_bounded_and_deduplicated() {
         let mut r = UsageReport::default();
-        for i in 0..200 {
-            r.refuse(format!("thing {i}"));
-        }
+        r.add_refusals((0..200).map(|i| format!("thing {i}")), 5);
+        r.add_refusals(std::iter::once("thing 0"), 0);
         assert_eq!(r.refused.len(), MAX_REFUSALS);
-        assert_eq!(r.refused_dropped, 200 - MAX_REFUSALS as u64);
+        assert_eq!(r.refused_dropped, 200 - MAX_REFUSALS as u64 + 5);
     }
 }

@@ -126,6 +126,9 @@ pub struct HostProbe {
     pub hyperv_caps: Vec<CapValue>,
     /// The other capabilities hvkvm relies on.
     pub platform_caps: Vec<CapValue>,
+    /// The Hyper-V leaves KVM can emulate (`KVM_GET_SUPPORTED_HV_CPUID` on /dev/kvm), when the
+    /// kernel has in-kernel Hyper-V and KVM_CAP_SYS_HYPERV_CPUID.
+    pub supported_hv_cpuid: Option<Vec<crate::cpu::CpuidEntry>>,
 }
 
 impl HostProbe {
@@ -155,6 +158,15 @@ impl HostProbe {
         let kvm_pv_features = leaf(0x4000_0001).map_or(0, |e| e.eax);
         let invariant_tsc = leaf(0x8000_0007).is_some_and(|e| e.edx & (1 << 8) != 0);
         let tsc_khz = probe_tsc_khz(&kvm)?;
+        let supported_hv_cpuid = (kvm.check_extension_raw(KVM_CAP_SYS_HYPERV_CPUID.into()) > 0)
+            .then(|| super::hyperv::supported_hv_cpuid(&kvm).ok())
+            .flatten()
+            .map(|c| {
+                c.as_slice()
+                    .iter()
+                    .map(crate::cpu::CpuidEntry::from)
+                    .collect()
+            });
         Ok(HostProbe {
             kvm_api_version: kvm.get_api_version(),
             kvm_module: detect_kvm_module(Path::new("/sys/module")),
@@ -171,6 +183,7 @@ impl HostProbe {
             kvm_pv_features,
             hyperv_caps: check(HYPERV_CAPS),
             platform_caps: check(PLATFORM_CAPS),
+            supported_hv_cpuid,
         })
     }
 
@@ -181,6 +194,11 @@ impl HostProbe {
             .chain(&self.platform_caps)
             .find(|c| c.name == name)
             .map_or(0, |c| c.value)
+    }
+
+    /// Whether KVM has in-kernel Hyper-V emulation (the kernel backend can work).
+    pub fn kernel_hyperv(&self) -> bool {
+        self.cap("KVM_CAP_HYPERV") > 0
     }
 
     /// True when /dev/kvm is served by the page-table based `kvm_pvm` module, whose guests

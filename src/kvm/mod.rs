@@ -9,7 +9,10 @@
 
 pub mod caps;
 pub mod clock;
+pub mod hyperv;
 pub mod kick;
+pub mod nested;
 pub mod run_data;
+pub mod vcpu_state;
 
 pub use caps::{HostProbe, ProbeError};

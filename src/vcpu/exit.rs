@@ -19,8 +19,7 @@ use super::ucall::{self, Ucall};
 use super::VcpuState;
 use crate::devices::{GuestRequest, IoBus, PioOutcome, UCALL_PORT};
 use crate::host_quirks::EmulationAssist;
-use crate::hyperv::vcpu::VmEffect;
-use crate::hyperv::HvVcpu;
+use crate::hyperv::{HvExitError, HvVp};
 use crate::kvm::run_data::InternalError;
 use crate::memory::GuestMemory;
 use crate::ratelimit::warn_ratelimited;
@@ -49,6 +48,10 @@ pub enum DeferredExit {
     Debug(kvm_debug_exit_arch),
     /// `out` to the Hyper-V hypercall port (from the hypercall page's trampoline).
     Hypercall,
+    /// KVM_EXIT_HYPERV (kernel Hyper-V backend).
+    Hyperv,
+    /// KVM_SYSTEM_EVENT_CRASH: the guest reported a crash through the Hyper-V crash MSRs.
+    GuestCrash,
     /// A WRMSR the host-quirk assist traps through the MSR filter (already let through to
     /// the guest's instruction; the assist must perform the write).
     TrappedMsrWrite {
@@ -74,7 +77,7 @@ pub struct ExitHandler {
     pub vcpu: u32,
     /// Port-I/O devices.
     pub io: IoBus,
-    /// User-space MSR handlers.
+    /// This vCPU's user-space MSR handlers (the Hyper-V user backend's among them).
     pub msrs: MsrBus,
     /// Guest RAM (for ucalls and assists).
     pub mem: GuestMemory,
@@ -84,8 +87,8 @@ pub struct ExitHandler {
     pub stats: Arc<VcpuStats>,
     /// Host-specific completion of instructions KVM cannot emulate (None on normal hosts).
     pub assist: Option<EmulationAssist>,
-    /// The Hyper-V user backend, when the VM has one.
-    pub hyperv: Option<HvVcpu>,
+    /// This vCPU's handle on the VM's Hyper-V backend, when the VM has one.
+    pub hyperv: Option<HvVp>,
 }
 
 impl std::fmt::Debug for ExitHandler {
@@ -96,17 +99,36 @@ impl std::fmt::Debug for ExitHandler {
     }
 }
 
-fn request_to_stop(request: GuestRequest) -> StopReason {
-    match request {
-        GuestRequest::PowerOff => StopReason::PowerOff,
-        GuestRequest::Reset => StopReason::Reset,
-        GuestRequest::TestExit(status) => StopReason::TestExit { status },
-    }
-}
-
 impl ExitHandler {
     fn stop(&self, reason: StopReason) -> Dispatch {
         Dispatch::Done(ExitAction::Stop(reason))
+    }
+
+    /// What the VM does for a device's or an MSR's request.
+    fn on_request(&self, request: GuestRequest) -> ExitAction {
+        let vcpu = self.vcpu;
+        ExitAction::Stop(match request {
+            GuestRequest::PowerOff => StopReason::PowerOff,
+            GuestRequest::Reset => StopReason::Reset,
+            GuestRequest::TestExit(status) => StopReason::TestExit { status },
+            GuestRequest::GuestCrash => StopReason::GuestCrash { vcpu },
+            GuestRequest::Pause => {
+                self.control.pause();
+                return ExitAction::Continue;
+            }
+        })
+    }
+
+    /// The result of a Hyper-V backend's exit handling.
+    fn after_hyperv(&self, result: Result<Option<GuestRequest>, HvExitError>) -> ExitAction {
+        match result {
+            Ok(None) => ExitAction::Continue,
+            Ok(Some(request)) => self.on_request(request),
+            Err(e) => ExitAction::Stop(StopReason::KvmRunFailed {
+                vcpu: self.vcpu,
+                error: crate::cli::error_chain(&e),
+            }),
+        }
     }
 
     /// Handles an exit that needs no register access, or defers it.
@@ -119,12 +141,12 @@ impl ExitHandler {
                 if port == UCALL_PORT {
                     return Dispatch::Deferred(DeferredExit::Ucall);
                 }
-                if self.hyperv.is_some() && HvVcpu::is_hypercall_port(port) {
+                if self.hyperv.as_ref().is_some_and(|hv| hv.claims_port(port)) {
                     return Dispatch::Deferred(DeferredExit::Hypercall);
                 }
                 match self.io.write(port, data) {
                     PioOutcome::Done => Dispatch::Done(ExitAction::Continue),
-                    PioOutcome::Request(r) => self.stop(request_to_stop(r)),
+                    PioOutcome::Request(r) => Dispatch::Done(self.on_request(r)),
                 }
             }
             VcpuExit::IoIn(port, data) => {
@@ -145,11 +167,7 @@ impl ExitHandler {
             }
             VcpuExit::X86Rdmsr(exit) => {
                 VcpuStats::bump(&self.stats.msr);
-                let result = match &self.hyperv {
-                    Some(hv) if HvVcpu::owns_msr(exit.index) => hv.read_msr(exit.index),
-                    _ => self.msrs.read(vcpu, exit.index),
-                };
-                match result {
+                match self.msrs.read(exit.index) {
                     Ok(value) => *exit.data = value,
                     Err(_) => {
                         VcpuStats::bump(&self.stats.msr_gp);
@@ -172,14 +190,7 @@ impl ExitHandler {
                         value: exit.data,
                     });
                 }
-                let effect = match &self.hyperv {
-                    Some(hv) if HvVcpu::owns_msr(exit.index) => hv.write_msr(exit.index, exit.data),
-                    _ => self
-                        .msrs
-                        .write(vcpu, exit.index, exit.data)
-                        .map(|()| VmEffect::None),
-                };
-                match effect {
+                match self.msrs.write(exit.index, exit.data) {
                     Err(_) => {
                         VcpuStats::bump(&self.stats.msr_gp);
                         log::debug!(
@@ -190,15 +201,11 @@ impl ExitHandler {
                         *exit.error = 1;
                         Dispatch::Done(ExitAction::Continue)
                     }
-                    Ok(VmEffect::None) => Dispatch::Done(ExitAction::Continue),
-                    Ok(VmEffect::Reset) => self.stop(StopReason::Reset),
-                    Ok(VmEffect::Exit) => self.stop(StopReason::GuestCrash { vcpu }),
-                    Ok(VmEffect::Pause) => {
-                        self.control.pause();
-                        Dispatch::Done(ExitAction::Continue)
-                    }
+                    Ok(None) => Dispatch::Done(ExitAction::Continue),
+                    Ok(Some(request)) => Dispatch::Done(self.on_request(request)),
                 }
             }
+            VcpuExit::Hyperv if self.hyperv.is_some() => Dispatch::Deferred(DeferredExit::Hyperv),
             // With the in-kernel LAPIC, HLT is handled by KVM; a stray HLT exit just re-enters.
             VcpuExit::Hlt | VcpuExit::IrqWindowOpen | VcpuExit::Intr => {
                 Dispatch::Done(ExitAction::Continue)
@@ -213,6 +220,9 @@ impl ExitHandler {
             VcpuExit::SystemEvent(kind, _) => match kind {
                 KVM_SYSTEM_EVENT_SHUTDOWN => self.stop(StopReason::PowerOff),
                 KVM_SYSTEM_EVENT_RESET => self.stop(StopReason::Reset),
+                KVM_SYSTEM_EVENT_CRASH if self.hyperv.is_some() => {
+                    Dispatch::Deferred(DeferredExit::GuestCrash)
+                }
                 KVM_SYSTEM_EVENT_CRASH => self.stop(StopReason::GuestCrash { vcpu }),
                 other => self.stop(StopReason::UnhandledExit {
                     vcpu,
@@ -231,13 +241,20 @@ impl ExitHandler {
         let vcpu = self.vcpu;
         match exit {
             DeferredExit::Ucall => self.handle_ucall(state),
-            DeferredExit::Hypercall => match &self.hyperv {
-                Some(hv) if hv.hypercall(state) => ExitAction::Continue,
-                _ => ExitAction::Stop(StopReason::KvmRunFailed {
-                    vcpu,
-                    error: "cannot access the vCPU registers for a hypercall".into(),
-                }),
-            },
+            DeferredExit::Hypercall | DeferredExit::Hyperv | DeferredExit::GuestCrash => {
+                let Some(hv) = self.hyperv.as_mut() else {
+                    return ExitAction::Stop(StopReason::UnhandledExit {
+                        vcpu,
+                        exit: format!("{exit:?} without a Hyper-V backend"),
+                    });
+                };
+                let result = match exit {
+                    DeferredExit::Hypercall => hv.hypercall_port(state),
+                    DeferredExit::Hyperv => hv.hyperv_exit(state),
+                    _ => hv.crash_event(state),
+                };
+                self.after_hyperv(result)
+            }
             DeferredExit::Shutdown => {
                 let rip = state.regs().map_or(0, |r| r.rip);
                 ExitAction::Stop(StopReason::TripleFault { vcpu, rip })
@@ -384,6 +401,10 @@ mod tests {
         fn internal_error(&mut self) -> InternalError {
             self.internal.clone().unwrap()
         }
+        fn hyperv_exit(&mut self) -> crate::kvm::hyperv::HypervExit {
+            crate::kvm::hyperv::HypervExit::Unknown { kind: 0 }
+        }
+        fn set_hcall_result(&mut self, _: u64) {}
     }
 
     struct Scratch(u64);
@@ -401,7 +422,11 @@ mod tests {
         let mut io = IoBus::new();
         io.insert(0xf4, 1, Arc::new(Mutex::new(TestExit))).unwrap();
         let mut msrs = MsrBus::default();
-        msrs.insert(0x4856_4b4d..=0x4856_4b4d, Arc::new(Mutex::new(Scratch(0))));
+        msrs.insert_shared(
+            1,
+            0x4856_4b4d..=0x4856_4b4d,
+            Arc::new(Mutex::new(Scratch(0))),
+        );
         ExitHandler {
             vcpu: 1,
             io,

@@ -15,6 +15,9 @@ pub fn run(mut fd: VcpuFd, mut handler: ExitHandler, control: Arc<VmControl>) {
     let _kick = KickGuard::register(&mut fd);
     control.thread_started();
     run_until_stopped(&mut fd, &mut handler, &control);
+    if let Some(hv) = handler.hyperv.as_mut() {
+        hv.vcpu_stopped(&mut fd);
+    }
     if let Ok(regs) = fd.get_regs() {
         handler
             .stats
@@ -26,7 +29,15 @@ pub fn run(mut fd: VcpuFd, mut handler: ExitHandler, control: Arc<VmControl>) {
 fn run_until_stopped(fd: &mut VcpuFd, handler: &mut ExitHandler, control: &VmControl) {
     let vcpu = handler.vcpu;
     loop {
-        if control.wait_runnable() == RunState::Stopping {
+        if control.pausing() {
+            // Whoever paused the VM may want its state (a live report): read it back before
+            // parking.
+            if let Some(hv) = handler.hyperv.as_mut() {
+                hv.vcpu_stopped(fd);
+            }
+        }
+        let state = control.wait_runnable(vcpu, &mut |job| job(&mut *fd, &mut *handler));
+        if state == RunState::Stopping {
             return;
         }
         let dispatch = match fd.run() {

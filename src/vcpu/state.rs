@@ -3,6 +3,7 @@
 use kvm_bindings::{kvm_guest_debug, kvm_msr_entry, kvm_regs, kvm_sregs, kvm_vcpu_events, Msrs};
 use kvm_ioctls::VcpuFd;
 
+use crate::kvm::hyperv::{self, HypervExit};
 use crate::kvm::run_data::{self, InternalError};
 
 /// Register and event access for one vCPU.
@@ -31,6 +32,10 @@ pub trait VcpuState {
     fn set_guest_debug(&self, debug: &kvm_guest_debug) -> Result<(), kvm_ioctls::Error>;
     /// The payload of the internal-error exit just taken.
     fn internal_error(&mut self) -> InternalError;
+    /// The payload of the `KVM_EXIT_HYPERV` just taken.
+    fn hyperv_exit(&mut self) -> HypervExit;
+    /// Sets the result of the hypercall of the `KVM_EXIT_HYPERV` just taken.
+    fn set_hcall_result(&mut self, result: u64);
 }
 
 impl VcpuState for VcpuFd {
@@ -92,5 +97,11 @@ impl VcpuState for VcpuFd {
     }
     fn internal_error(&mut self) -> InternalError {
         run_data::internal_error(self)
+    }
+    fn hyperv_exit(&mut self) -> HypervExit {
+        hyperv::hyperv_exit(self)
+    }
+    fn set_hcall_result(&mut self, result: u64) {
+        hyperv::set_hcall_result(self, result)
     }
 }

@@ -37,10 +37,13 @@ pub struct VmConfig {
     pub boot: BootSource,
     /// CPU model.
     pub cpu_model: CpuModel,
+    /// Give the guest VMX (nested virtualization), decided by `cpu::nested::resolve`.
+    pub nested: bool,
     /// Extra CPUID leaves (replace leaves with the same function/index).
     pub cpuid_overrides: Vec<CpuidEntry>,
     /// Hypervisor leaves (0x4000_0000..) replacing KVM's, from the Hyper-V model; None keeps
-    /// KVM's own.
+    /// KVM's own. Part of the one CPUID table the guest gets, which the Hyper-V backend reads
+    /// its features from.
     pub hypervisor_leaves: Option<Vec<CpuidEntry>>,
     /// Where COM1 output goes.
     pub serial: SerialSink,
@@ -52,8 +55,8 @@ pub struct VmConfig {
     pub extra_pio: Vec<(u16, u16, SharedPioDevice)>,
     /// Additional user-space MSR handlers.
     pub msr_handlers: Vec<(RangeInclusive<u32>, SharedMsrHandler)>,
-    /// The Hyper-V user backend (hvkvm emulating the Hyper-V MSRs and hypercalls), if any.
-    pub user_backend: Option<crate::hyperv::UserBackendConfig>,
+    /// The Hyper-V backend and its settings, when the guest gets Hyper-V enlightenments.
+    pub hyperv: Option<crate::hyperv::HvConfig>,
 }
 
 impl std::fmt::Debug for VmConfig {
@@ -86,6 +89,7 @@ impl VmConfig {
             memory_mib: 256,
             boot,
             cpu_model: CpuModel::default(),
+            nested: false,
             cpuid_overrides: Vec::new(),
             hypervisor_leaves: None,
             serial: Box::new(crate::devices::serial::Unbuffered(std::io::stdout())),
@@ -93,7 +97,7 @@ impl VmConfig {
             host_quirks: QuirksMode::Auto,
             extra_pio: Vec::new(),
             msr_handlers: Vec::new(),
-            user_backend: None,
+            hyperv: None,
         }
     }
 

@@ -6,7 +6,7 @@
 //! the vCPU on the test hosts): a hypercall is a `call` into the hypercall page, whose contents
 //! the VMM writes when the guest enables it (hvkvm: an I/O-port trampoline).
 //!
-//! Indices and layouts: /work/shared/hyperv-reference.md §2 (TLFS).
+//! Indices, bits and layouts come from the `hyperv-tlfs` crate (the TLFS, shared with hvkvm).
 
 use core::arch::asm;
 use core::cell::UnsafeCell;
@@ -14,123 +14,19 @@ use core::cell::UnsafeCell;
 use crate::idt::{self, arm, disarm, wrmsr_safe, RECOVERY};
 use crate::x86::{cpuid, CpuidResult};
 
-/// HV_X64_MSR_GUEST_OS_ID.
-pub const GUEST_OS_ID: u32 = 0x4000_0000;
-/// HV_X64_MSR_HYPERCALL: bit 0 enable, [63:12] GPA of the hypercall page.
-pub const HYPERCALL: u32 = 0x4000_0001;
-/// HV_X64_MSR_VP_INDEX (read-only).
-pub const VP_INDEX: u32 = 0x4000_0002;
-/// HV_X64_MSR_RESET: writing 1 resets the VM.
-pub const RESET: u32 = 0x4000_0003;
-/// HV_X64_MSR_VP_RUNTIME (read-only, 100 ns units).
-pub const VP_RUNTIME: u32 = 0x4000_0010;
-/// HV_X64_MSR_TIME_REF_COUNT (read-only, 100 ns units).
-pub const TIME_REF_COUNT: u32 = 0x4000_0020;
-/// HV_X64_MSR_REFERENCE_TSC: bit 0 enable, [63:12] GPA of the reference TSC page.
-pub const REFERENCE_TSC: u32 = 0x4000_0021;
-/// HV_X64_MSR_TSC_FREQUENCY (read-only, Hz).
-pub const TSC_FREQUENCY: u32 = 0x4000_0022;
-/// HV_X64_MSR_APIC_FREQUENCY (read-only, Hz).
-pub const APIC_FREQUENCY: u32 = 0x4000_0023;
-/// HV_X64_MSR_EOI (write-only x2APIC EOI alias).
-pub const EOI: u32 = 0x4000_0070;
-/// HV_X64_MSR_ICR (x2APIC ICR alias: writing it sends an IPI).
-pub const ICR: u32 = 0x4000_0071;
-/// HV_X64_MSR_TPR (x2APIC TPR alias).
-pub const TPR: u32 = 0x4000_0072;
-/// HV_X64_MSR_VP_ASSIST_PAGE: bit 0 enable, [63:12] GPA.
-pub const VP_ASSIST_PAGE: u32 = 0x4000_0073;
-/// HV_X64_MSR_SCONTROL (SynIC control, bit 0 enable).
-pub const SCONTROL: u32 = 0x4000_0080;
-/// HV_X64_MSR_SVERSION (reads 1).
-pub const SVERSION: u32 = 0x4000_0081;
-/// HV_X64_MSR_SIEFP: bit 0 enable, [63:12] GPA of the event-flags page.
-pub const SIEFP: u32 = 0x4000_0082;
-/// HV_X64_MSR_SIMP: bit 0 enable, [63:12] GPA of the message page.
-pub const SIMP: u32 = 0x4000_0083;
-/// HV_X64_MSR_EOM (write-only).
-pub const EOM: u32 = 0x4000_0084;
-/// HV_X64_MSR_SIRBP (not emulated by KVM; a GPA register).
-pub const SIRBP: u32 = 0x4000_0085;
-/// HV_X64_MSR_SINT0; SINTn = SINT0 + n, n < 16.
-pub const SINT0: u32 = 0x4000_0090;
-/// The last SINT (SINT15).
-pub const SINT15: u32 = 0x4000_009F;
-/// HV_X64_MSR_STIMER0_CONFIG; STIMERn_CONFIG = STIMER0_CONFIG + 2n, STIMERn_COUNT = + 2n + 1.
-pub const STIMER0_CONFIG: u32 = 0x4000_00B0;
-/// HV_X64_MSR_STIMER0_COUNT.
-pub const STIMER0_COUNT: u32 = 0x4000_00B1;
-/// The last STIMER MSR (STIMER3_COUNT).
-pub const STIMER3_COUNT: u32 = 0x4000_00B7;
-/// HV_X64_MSR_GUEST_IDLE: on Hyper-V *reading* it idles the VP until an interrupt arrives.
-pub const GUEST_IDLE: u32 = 0x4000_00F0;
-/// HV_X64_MSR_SYNDBG_CONTROL.
-pub const SYNDBG_CONTROL: u32 = 0x4000_00F1;
-/// HV_X64_MSR_SYNDBG_STATUS.
-pub const SYNDBG_STATUS: u32 = 0x4000_00F2;
-/// HV_X64_MSR_SYNDBG_SEND_BUFFER (a GPA).
-pub const SYNDBG_SEND_BUFFER: u32 = 0x4000_00F3;
-/// HV_X64_MSR_SYNDBG_RECV_BUFFER (a GPA).
-pub const SYNDBG_RECV_BUFFER: u32 = 0x4000_00F4;
-/// HV_X64_MSR_SYNDBG_PENDING_BUFFER (a GPA).
-pub const SYNDBG_PENDING_BUFFER: u32 = 0x4000_00F5;
-/// HV_X64_MSR_SYNDBG_OPTIONS.
-pub const SYNDBG_OPTIONS: u32 = 0x4000_00FF;
-/// HV_X64_MSR_CRASH_P0; CRASH_Pn = CRASH_P0 + n, n < 5.
-pub const CRASH_P0: u32 = 0x4000_0100;
-/// HV_X64_MSR_CRASH_P4.
-pub const CRASH_P4: u32 = 0x4000_0104;
-/// HV_X64_MSR_CRASH_CTL: bit 63 CRASH_NOTIFY, bit 62 CRASH_NOTIFY_MSG.
-pub const CRASH_CTL: u32 = 0x4000_0105;
-/// CRASH_CTL bit 63: notify the host of a guest crash (P0..P4 are the parameters).
-pub const CRASH_CTL_NOTIFY: u64 = 1 << 63;
-/// CRASH_CTL bit 62: P3 = GPA of a message, P4 = its length.
-pub const CRASH_CTL_NOTIFY_MSG: u64 = 1 << 62;
-/// HV_X64_MSR_REENLIGHTENMENT_CONTROL.
-pub const REENLIGHTENMENT_CONTROL: u32 = 0x4000_0106;
-/// HV_X64_MSR_TSC_EMULATION_CONTROL.
-pub const TSC_EMULATION_CONTROL: u32 = 0x4000_0107;
-/// HV_X64_MSR_TSC_EMULATION_STATUS.
-pub const TSC_EMULATION_STATUS: u32 = 0x4000_0108;
-/// HV_X64_MSR_TSC_INVARIANT_CONTROL.
-pub const TSC_INVARIANT_CONTROL: u32 = 0x4000_0118;
+// MSR indices and bits, the hypercall ABI and status codes: one home, shared with the VMM.
+pub use hyperv_tlfs::hypercall::status;
+pub use hyperv_tlfs::hypercall::{
+    FAST_BIT as HC_FAST, REP_COUNT_SHIFT as HC_REP_COUNT_SHIFT,
+    REP_START_SHIFT as HC_REP_START_SHIFT, VAR_HEADER_SHIFT as HC_VARHEAD_SHIFT,
+};
+pub use hyperv_tlfs::msr::*;
+pub use hyperv_tlfs::PAGE_ENABLE;
 
 /// The GUEST_OS_ID the payloads write: the TLFS "open source" format Linux uses —
 /// bit 63 open source, OS type [62:56] = 1 (Linux), OS id [55:48] = 0, version [47:16] =
 /// 0x060100 (6.1.0), build [15:0] = 0. Any non-zero value enables hypercalls.
 pub const HVKVM_GUEST_OS_ID: u64 = 0x8100_0006_0100_0000;
-
-/// Enable bit of the overlay-page MSRs (HYPERCALL, REFERENCE_TSC, VP_ASSIST_PAGE, SIEFP, SIMP).
-pub const PAGE_ENABLE: u64 = 1;
-
-/// Control word bit 16: fast hypercall (input in registers).
-pub const HC_FAST: u64 = 1 << 16;
-/// Control word: variable header size, [26:17] in 8-byte units.
-pub const HC_VARHEAD_SHIFT: u32 = 17;
-/// Control word: rep count, [43:32].
-pub const HC_REP_COUNT_SHIFT: u32 = 32;
-/// Control word: rep start index, [59:48].
-pub const HC_REP_START_SHIFT: u32 = 48;
-
-/// Hypercall status codes (RAX[15:0]).
-pub mod status {
-    /// HV_STATUS_SUCCESS.
-    pub const SUCCESS: u16 = 0;
-    /// HV_STATUS_INVALID_HYPERCALL_CODE.
-    pub const INVALID_HYPERCALL_CODE: u16 = 2;
-    /// HV_STATUS_INVALID_HYPERCALL_INPUT.
-    pub const INVALID_HYPERCALL_INPUT: u16 = 3;
-    /// HV_STATUS_INVALID_ALIGNMENT.
-    pub const INVALID_ALIGNMENT: u16 = 4;
-    /// HV_STATUS_INVALID_PARAMETER.
-    pub const INVALID_PARAMETER: u16 = 5;
-    /// HV_STATUS_ACCESS_DENIED.
-    pub const ACCESS_DENIED: u16 = 6;
-    /// HV_STATUS_INVALID_PARTITION_STATE.
-    pub const INVALID_PARTITION_STATE: u16 = 7;
-    /// HV_STATUS_OPERATION_DENIED.
-    pub const OPERATION_DENIED: u16 = 8;
-}
 
 /// Hypercall result decoding.
 pub trait HypercallResult {

@@ -26,6 +26,7 @@ pub mod sync;
 pub mod uart;
 pub mod ucall;
 pub mod usermode;
+pub mod vmx;
 pub mod x86;
 
 pub use sync::{spin_wait, SpinLock};

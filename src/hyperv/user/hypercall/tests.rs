@@ -1,6 +1,5 @@
 //! Unit tests of the parent module.
 
-use super::calls::*;
 use super::*;
 use vm_memory::GuestMemoryMmap;
 
@@ -557,7 +556,11 @@ fn alignment_and_page_crossing() {
         var_header_qwords: 1,
         ..ctl(FLUSH_VIRTUAL_ADDRESS_SPACE_EX)
     };
-    put(&mem, 2 * PAGE_SIZE - 40, &[0, 0, VP_SET_SPARSE, 1, 1 << 3]);
+    put(
+        &mem,
+        2 * PAGE_SIZE - 40,
+        &[0, 0, vp_set::SPARSE_4K, 1, 1 << 3],
+    );
     assert_eq!(
         issue(regs(c, 2 * PAGE_SIZE - 40, OUT), all, &mem, &mut m),
         done(0)
@@ -640,7 +643,16 @@ fn flush_processor_sets_and_gva_lists() {
     put(
         &mem,
         IN,
-        &[0, 0, VP_SET_SPARSE, 0b101, 1 << 1, 1 << 2, 0xa000, 0xb000],
+        &[
+            0,
+            0,
+            vp_set::SPARSE_4K,
+            0b101,
+            1 << 1,
+            1 << 2,
+            0xa000,
+            0xb000,
+        ],
     );
     let c = Control {
         var_header_qwords: 2,
@@ -665,7 +677,7 @@ fn flush_processor_sets_and_gva_lists() {
     assert_eq!(run(ctl(0x13), all, &mem, &mut m), done(0));
     assert!(m.flushes[4].set.is_all());
     // An empty sparse set succeeds without the service.
-    put(&mem, IN, &[0, 0, VP_SET_SPARSE, 1, 0]);
+    put(&mem, IN, &[0, 0, vp_set::SPARSE_4K, 1, 0]);
     let c = Control {
         var_header_qwords: 1,
         ..ctl(0x13)
@@ -748,9 +760,9 @@ fn ipi_vectors_and_fast_form() {
         vec![(16, VpSet::from_mask(1)), (255, VpSet::from_mask(1))]
     );
     // Slow Ex with format ALL: the vector is checked.
-    put(&mem, IN, &[5, VP_SET_ALL, 0]);
+    put(&mem, IN, &[5, vp_set::ALL, 0]);
     assert_eq!(run(ctl(0x15), all, &mem, &mut m), bad);
-    put(&mem, IN, &[0x40, VP_SET_ALL, 0]);
+    put(&mem, IN, &[0x40, vp_set::ALL, 0]);
     assert_eq!(run(ctl(0x15), all, &mem, &mut m), done(0));
     assert_eq!(m.ipis[2], (0x40, VpSet::all()));
 }

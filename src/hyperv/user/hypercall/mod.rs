@@ -54,7 +54,7 @@ use std::ops::RangeInclusive;
 use vm_memory::{Bytes, GuestAddress};
 
 /// Size of a guest page; hypercall input blocks must fit inside one.
-pub const PAGE_SIZE: u64 = 4096;
+pub use hyperv_tlfs::PAGE_SIZE;
 
 /// Most input words a call can carry: one page of slow input.
 const MAX_INPUT_WORDS: usize = (PAGE_SIZE / 8) as usize;
@@ -106,22 +106,22 @@ impl Offered {
                 .find(|(f, _)| *f == function)
                 .map_or([0; 4], |(_, regs)| *regs)
         };
-        let bit = |value: u32, n: u32| value & (1 << n) != 0;
-        let [features_eax, features_ebx, _, features_edx] = leaf(0x4000_0003);
-        let [recommendations, spin_retries, _, _] = leaf(0x4000_0004);
-        let [syndbg, _, _, _] = leaf(0x4000_0082);
+        use hyperv_tlfs::cpuid::{privilege, privilege_ebx, recommendation as rec, *};
+        let [features_eax, features_ebx, _, features_edx] = leaf(LEAF_FEATURES);
+        let [recommendations, spin_retries, _, _] = leaf(LEAF_RECOMMENDATIONS);
+        let [syndbg, _, _, _] = leaf(LEAF_SYNDBG_PLATFORM);
         Offered {
-            hypercall_msrs: bit(features_eax, 5),
-            post_messages: bit(features_ebx, 4),
-            signal_events: bit(features_ebx, 5),
-            debugging: bit(features_ebx, 11),
-            ext_hypercalls: bit(features_ebx, 20),
-            xmm_input: bit(features_edx, 4),
-            remote_flush: bit(recommendations, 2),
-            cluster_ipi: bit(recommendations, 10),
-            ex_processor_masks: bit(recommendations, 11),
+            hypercall_msrs: features_eax & privilege::HYPERCALL_MSRS != 0,
+            post_messages: features_ebx & privilege_ebx::POST_MESSAGES != 0,
+            signal_events: features_ebx & privilege_ebx::SIGNAL_EVENTS != 0,
+            debugging: features_ebx & privilege_ebx::DEBUGGING != 0,
+            ext_hypercalls: features_ebx & privilege_ebx::EXTENDED_HYPERCALLS != 0,
+            xmm_input: features_edx & feature::XMM_INPUT != 0,
+            remote_flush: recommendations & rec::REMOTE_FLUSH != 0,
+            cluster_ipi: recommendations & rec::CLUSTER_IPI != 0,
+            ex_processor_masks: recommendations & rec::EX_PROCESSOR_MASKS != 0,
             spin_retries,
-            syndbg: bit(syndbg, 1),
+            syndbg: syndbg & SYNDBG_ALLOW_KERNEL_DEBUGGING != 0,
         }
     }
 
@@ -426,6 +426,38 @@ static CALLS: &[CallInfo] = {
 
 fn lookup(code: u16) -> Option<&'static CallInfo> {
     CALLS.iter().find(|c| c.codes.contains(&code))
+}
+
+/// Number of rows [`call_row`] can return: one per known call, one for unknown codes.
+pub const CALL_ROWS: usize = CALLS.len() + 1;
+/// Number of rows [`status_row`] can return: one per defined status, one for the rest.
+pub const STATUS_ROWS: usize = status::ALL.len() + 1;
+
+/// The row of `code` in the call table (the last row for unknown codes): a dense index for
+/// counting calls on the exit path without allocating. Extended codes share a row.
+pub fn call_row(code: u16) -> usize {
+    CALLS
+        .iter()
+        .position(|c| c.codes.contains(&code))
+        .unwrap_or(CALLS.len())
+}
+
+/// The name of a [`call_row`].
+pub fn call_row_name(row: usize) -> &'static str {
+    CALLS.get(row).map_or("unknown", |c| c.name)
+}
+
+/// The row of `status` among the defined statuses (the last row for others).
+pub fn status_row(status: u16) -> usize {
+    status::ALL
+        .iter()
+        .position(|(s, _)| *s == status)
+        .unwrap_or(status::ALL.len())
+}
+
+/// The name of a [`status_row`].
+pub fn status_row_name(row: usize) -> &'static str {
+    status::ALL.get(row).map_or("other", |(_, n)| n)
 }
 
 /// A readable name for a call code (for reports and logs).

@@ -1,5 +1,10 @@
-//! The hypercall ABI: call codes, status codes, the control word and the result value
-//! (TLFS "Hypercall Interface"; reference §2.5).
+//! The hypercall ABI (TLFS "Hypercall Interface"; reference §2.5): call codes, `HV_STATUS`
+//! values, the control word (RCX) and the result value (RAX), and the fixed parts of the
+//! input blocks.
+//!
+//! Registers of the 64-bit ABI: RCX = control, RDX = input GPA (or first fast input word),
+//! R8 = output GPA (or second fast input word), XMM0..5 = further fast input words; result in
+//! RAX.
 
 /// Hypercall call codes (TLFS; L-mini).
 pub mod code {
@@ -138,11 +143,6 @@ pub mod status {
     }
 }
 
-/// The status the default [`HypercallServices`] methods return for a feature this backend
-/// does not implement: the TLFS meaning of `INVALID_HYPERCALL_CODE` is "this hypervisor does
-/// not support the call". Only reachable if a partition offers a feature with no service.
-pub const NOT_IMPLEMENTED: u16 = status::INVALID_HYPERCALL_CODE;
-
 /// Flags of the flush hypercalls (`HV_FLUSH_*`).
 pub mod flush_flags {
     /// Flush on every VP (the processor mask is ignored).
@@ -176,12 +176,18 @@ pub struct Control {
     pub reserved_bits: u64,
 }
 
-pub(super) const FAST_BIT: u64 = 1 << 16;
-pub(super) const VAR_HEADER_SHIFT: u32 = 17;
-pub(super) const VAR_HEADER_MASK: u64 = 0x3ff;
-pub(super) const REP_COUNT_SHIFT: u32 = 32;
-pub(super) const REP_START_SHIFT: u32 = 48;
-pub(super) const REP_MASK: u64 = 0xfff;
+/// Control word bit 16: fast (register) calling convention.
+pub const FAST_BIT: u64 = 1 << 16;
+/// Control word: variable header size `[26:17]`, in 8-byte units.
+pub const VAR_HEADER_SHIFT: u32 = 17;
+/// Mask of the variable header size (after shifting).
+pub const VAR_HEADER_MASK: u64 = 0x3ff;
+/// Control word: rep count `[43:32]`; the result's reps completed use the same bits.
+pub const REP_COUNT_SHIFT: u32 = 32;
+/// Control word: rep start index `[59:48]`.
+pub const REP_START_SHIFT: u32 = 48;
+/// Mask of the rep count and rep start (after shifting).
+pub const REP_MASK: u64 = 0xfff;
 /// Bits 31:27, 47:44 and 63:60.
 pub const CONTROL_RESERVED_MASK: u64 = (0x1f << 27) | (0xf << 44) | (0xf << 60);
 
@@ -208,7 +214,8 @@ impl Control {
             | self.reserved_bits & CONTROL_RESERVED_MASK
     }
 
-    pub(super) fn has_rep(&self) -> bool {
+    /// Whether a rep count or rep start is set.
+    pub fn has_rep(&self) -> bool {
         self.rep_count != 0 || self.rep_start != 0
     }
 }
@@ -216,4 +223,81 @@ impl Control {
 /// The hypercall result value for RAX: status in bits 15:0, reps completed in bits 43:32.
 pub fn result(status: u16, reps_completed: u16) -> u64 {
     u64::from(status) | (u64::from(reps_completed) & REP_MASK) << REP_COUNT_SHIFT
+}
+
+/// Result value: status `[15:0]`.
+pub const fn result_status(rax: u64) -> u16 {
+    rax as u16
+}
+
+/// Result value: reps completed `[43:32]`.
+pub const fn result_reps_completed(rax: u64) -> u16 {
+    ((rax >> REP_COUNT_SHIFT) & REP_MASK) as u16
+}
+
+/// `HV_GENERIC_SET_*`: the format word of an `HV_VP_SET`.
+pub mod vp_set {
+    /// Sparse 4K banks: `valid_bank_mask` then one u64 per set bit, bank i = VPs 64i..64i+63.
+    pub const SPARSE_4K: u64 = 0;
+    /// Every VP of the partition (the banks are ignored).
+    pub const ALL: u64 = 1;
+    /// Most banks a set can name (4096 VPs).
+    pub const MAX_BANKS: usize = 64;
+}
+
+/// Synthetic IPI vectors must lie in 16..=255.
+pub const IPI_VECTOR_MIN: u32 = 16;
+/// Highest synthetic IPI vector.
+pub const IPI_VECTOR_MAX: u32 = 255;
+
+/// HvSignalEvent input: connection id `[23:0]`.
+pub const SIGNAL_EVENT_CONNECTION_MASK: u64 = 0xff_ffff;
+/// HvSignalEvent input: flag number `[47:32]`.
+pub const SIGNAL_EVENT_FLAG_SHIFT: u32 = 32;
+/// HvSignalEvent input: every bit the TLFS reserves.
+pub const SIGNAL_EVENT_RESERVED_MASK: u64 =
+    !(SIGNAL_EVENT_CONNECTION_MASK | 0xffff << SIGNAL_EVENT_FLAG_SHIFT);
+
+/// HvPostMessage input block: `{u32 connection_id; u32 rsvd; u32 message_type; u32
+/// payload_size; u8 payload[240]}` (256 bytes).
+pub mod post_message {
+    /// Offset of the connection id.
+    pub const CONNECTION_ID: usize = 0;
+    /// Offset of the message type.
+    pub const MESSAGE_TYPE: usize = 8;
+    /// Offset of the payload size.
+    pub const PAYLOAD_SIZE: usize = 12;
+    /// Offset of the payload.
+    pub const PAYLOAD: usize = 16;
+    /// Size of the whole block.
+    pub const SIZE: usize = 256;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn control_word_round_trips() {
+        let c = Control {
+            code: code::FLUSH_VIRTUAL_ADDRESS_LIST_EX,
+            fast: true,
+            var_header_qwords: 3,
+            rep_count: 0xabc,
+            rep_start: 0x123,
+            reserved_bits: 1 << 31,
+        };
+        assert_eq!(Control::decode(c.encode()), c);
+        let rax = result(status::INVALID_PARAMETER, 7);
+        assert_eq!(result_status(rax), status::INVALID_PARAMETER);
+        assert_eq!(result_reps_completed(rax), 7);
+    }
+
+    #[test]
+    fn every_status_has_one_name() {
+        for (i, (s, n)) in status::ALL.iter().enumerate() {
+            assert_eq!(status::name(*s), Some(*n));
+            assert!(status::ALL[i + 1..].iter().all(|(t, _)| t != s));
+        }
+    }
 }

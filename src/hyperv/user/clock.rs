@@ -4,6 +4,8 @@
 //! Both paths use the same formula, the one the TLFS gives guests for the page:
 //! `time = ((tsc * scale) >> 64) + offset`, so the MSR and the page always agree exactly.
 
+use hyperv_tlfs::tsc_page::{next_sequence, OFFSET_OFFSET, SCALE_OFFSET, SEQUENCE_OFFSET};
+
 use crate::memory::{Bytes, GuestAddress, GuestMemory};
 
 /// 100 ns units per second.
@@ -38,15 +40,9 @@ impl ReferenceClock {
 
     /// Reference time at guest TSC `tsc`.
     pub fn time_at(&self, tsc: u64) -> u64 {
-        let scaled = ((u128::from(tsc) * u128::from(self.scale)) >> 64) as u64;
-        scaled.wrapping_add(self.offset as u64)
+        hyperv_tlfs::tsc_page::reference_time(tsc, self.scale, self.offset)
     }
 }
-
-/// Layout of the reference TSC page (TLFS): sequence at 0, scale at 8, offset at 16.
-const SEQ_OFFSET: u64 = 0;
-const SCALE_OFFSET: u64 = 8;
-const TIME_OFFSET: u64 = 16;
 
 /// Publishes `clock` in the TSC page at `gpa` following the writer protocol: invalidate
 /// (sequence 0), write scale and offset, then a new sequence that skips 0 and 0xFFFFFFFF.
@@ -57,17 +53,14 @@ pub fn write_tsc_page(
     clock: Option<&ReferenceClock>,
     previous_sequence: u32,
 ) -> Result<u32, vm_memory::GuestMemoryError> {
-    mem.write_obj(0u32, GuestAddress(gpa + SEQ_OFFSET))?;
+    mem.write_obj(0u32, GuestAddress(gpa + SEQUENCE_OFFSET))?;
     std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
     let Some(clock) = clock else { return Ok(0) };
     mem.write_obj(clock.scale, GuestAddress(gpa + SCALE_OFFSET))?;
-    mem.write_obj(clock.offset, GuestAddress(gpa + TIME_OFFSET))?;
+    mem.write_obj(clock.offset, GuestAddress(gpa + OFFSET_OFFSET))?;
     std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
-    let mut sequence = previous_sequence.wrapping_add(1);
-    if sequence == 0 || sequence == u32::MAX {
-        sequence = 1;
-    }
-    mem.write_obj(sequence, GuestAddress(gpa + SEQ_OFFSET))?;
+    let sequence = next_sequence(previous_sequence);
+    mem.write_obj(sequence, GuestAddress(gpa + SEQUENCE_OFFSET))?;
     Ok(sequence)
 }
 

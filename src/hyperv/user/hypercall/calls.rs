@@ -12,10 +12,6 @@ pub(super) fn check_block(gpa: u64, bytes: usize) -> CallResult {
     }
 }
 
-/// `HV_GENERIC_SET_SPARSE_4K` / `HV_GENERIC_SET_ALL`.
-pub(super) const VP_SET_SPARSE: u64 = 0;
-pub(super) const VP_SET_ALL: u64 = 1;
-
 /// Reads the `var_words` packed banks at `at` into a set (KVM: var header size must equal
 /// popcount(valid_bank_mask)). Returns the set and the index of the word after the banks.
 pub(super) fn sparse_set(
@@ -62,7 +58,7 @@ pub(super) fn flush<M: Bytes<GuestAddress> + ?Sized>(
     let flags = input.word(1)?;
     let (processors, next) = if ex {
         // KVM: any format other than SPARSE_4K flushes everything (over-flushing is safe).
-        let all = input.word(2)? != VP_SET_SPARSE;
+        let all = input.word(2)? != vp_set::SPARSE_4K;
         sparse_set(&input, 4, input.word(3)?, all, call.var_words())?
     } else {
         let mask = input.word(2)?;
@@ -96,7 +92,7 @@ pub(super) fn flush<M: Bytes<GuestAddress> + ?Sized>(
 }
 
 /// Lowest and highest vector a synthetic IPI may carry.
-pub(super) const IPI_VECTORS: RangeInclusive<u32> = 16..=255;
+pub(super) const IPI_VECTORS: RangeInclusive<u32> = IPI_VECTOR_MIN..=IPI_VECTOR_MAX;
 
 /// HvSendSyntheticClusterIpi{,Ex}.
 pub(super) fn send_ipi<M: Bytes<GuestAddress> + ?Sized>(
@@ -110,7 +106,7 @@ pub(super) fn send_ipi<M: Bytes<GuestAddress> + ?Sized>(
         let input = call.input(mem, 3 + call.var_words())?;
         let vector = input.word(0)? as u32;
         // KVM: only HV_GENERIC_SET_ALL means all; anything else is a sparse set.
-        let all = input.word(1)? == VP_SET_ALL;
+        let all = input.word(1)? == vp_set::ALL;
         let (targets, _) = sparse_set(&input, 3, input.word(2)?, all, call.var_words())?;
         if targets.is_empty() {
             // KVM succeeds before looking at the vector.
@@ -178,12 +174,6 @@ pub(super) fn post_message<M: Bytes<GuestAddress> + ?Sized>(
     check(services.post_message(call.vcpu, &message))
 }
 
-/// SignalEvent input: connection id `[23:0]`, flag number `[47:32]`; the rest is reserved.
-pub(super) const SIGNAL_CONNECTION_MASK: u64 = 0xff_ffff;
-pub(super) const SIGNAL_FLAG_SHIFT: u32 = 32;
-pub(super) const SIGNAL_RESERVED_MASK: u64 =
-    !(SIGNAL_CONNECTION_MASK | 0xffff << SIGNAL_FLAG_SHIFT);
-
 /// HvCallSignalEvent: fast (RDX) or one word at the input GPA.
 pub(super) fn signal_event<M: Bytes<GuestAddress> + ?Sized>(
     call: &Call<'_>,
@@ -192,14 +182,14 @@ pub(super) fn signal_event<M: Bytes<GuestAddress> + ?Sized>(
 ) -> CallResult {
     call.check_shape()?;
     let param = call.input(mem, 1)?.word(0)?;
-    if param & SIGNAL_RESERVED_MASK != 0 {
+    if param & SIGNAL_EVENT_RESERVED_MASK != 0 {
         return Err(status::INVALID_HYPERCALL_INPUT);
     }
     if !services.synic_active(call.vcpu) {
         return Err(status::INVALID_HYPERCALL_INPUT);
     }
-    let connection_id = (param & SIGNAL_CONNECTION_MASK) as u32;
-    let flag_number = (param >> SIGNAL_FLAG_SHIFT) as u16;
+    let connection_id = (param & SIGNAL_EVENT_CONNECTION_MASK) as u32;
+    let flag_number = (param >> SIGNAL_EVENT_FLAG_SHIFT) as u16;
     check(services.signal_event(call.vcpu, connection_id, flag_number))
 }
 

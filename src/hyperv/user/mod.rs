@@ -1,0 +1,497 @@
+//! The user backend: hvkvm emulates the Hyper-V interface itself, so enlightenments work on
+//! kernels without in-kernel Hyper-V (and on hosts like kvm_pvm that have none).
+//!
+//! - [`UserBackend`]: one per VM. Immutable facts (the features read from the guest's CPUID,
+//!   the reference clock, frequencies) need no lock; partition-wide MSRs sit behind one
+//!   partition lock ([`partition`]); each VP's state sits behind its own lock ([`vp`]).
+//! - [`UserVp`]: one handle per vCPU, registered on that vCPU's MSR bus for the synthetic
+//!   range and called by the exit handler for hypercalls.
+//!
+//! Guest MSR accesses reach the backend because the VM's MSR filter denies the whole range
+//! 0x40000000..=0x400001FF to KVM, so even a kernel with its own Hyper-V emulation forwards
+//! them here. Hypercalls arrive through the hypercall page, an I/O-port trampoline (no
+//! `vmcall`, which hangs on some hosts).
+
+pub mod clock;
+pub mod features;
+pub mod hypercall;
+pub mod partition;
+pub mod snapshot;
+pub mod usage;
+pub mod vp;
+
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use hyperv_tlfs::msr::{self, APIC_FREQUENCY, TIME_REF_COUNT, TSC_FREQUENCY};
+use kvm_bindings::{kvm_cpuid_entry2, kvm_vcpu_events};
+
+use self::clock::ReferenceClock;
+use self::features::Features;
+use self::hypercall::{HypercallRegs, HypercallServices, Offered, Outcome};
+use self::partition::{Partition, PartitionEffect};
+use self::usage::{MsrUse, Refusal};
+use self::vp::VpState;
+use super::report::UsageReport;
+use super::{CrashAction, HvExitError};
+use crate::devices::GuestRequest;
+use crate::kvm::clock::host_tsc;
+use crate::memory::GuestMemory;
+use crate::ratelimit::warn_ratelimited;
+use crate::vcpu::msr::{MsrFault, MsrWriteEffect, VcpuMsrHandler};
+use crate::vcpu::VcpuState;
+
+pub use self::partition::HYPERCALL_PORT;
+
+/// KVM's in-kernel LAPIC timer runs at 1 GHz; APIC_FREQUENCY reports that.
+pub const APIC_FREQUENCY_HZ: u64 = 1_000_000_000;
+
+const UD_VECTOR: u8 = 6;
+const EFER_LMA: u64 = 1 << 10;
+/// Length of the trampoline's `out imm8, al`, to back RIP up to the hypercall instruction.
+const OUT_IMM8_LEN: u64 = 2;
+
+/// The user backend of one VM.
+#[derive(Debug)]
+pub struct UserBackend {
+    features: Features,
+    offered: Offered,
+    clock: Option<ReferenceClock>,
+    tsc_hz: u64,
+    /// guest TSC = host TSC + this (KVM gives all vCPUs of a VM the same offset).
+    tsc_offset: u64,
+    on_crash: CrashAction,
+    mem: GuestMemory,
+    offered_names: Vec<String>,
+    partition: Mutex<Partition>,
+    vps: Box<[Mutex<VpState>]>,
+    /// What the guest used before the snapshot this backend was restored from.
+    history: Option<UsageReport>,
+}
+
+/// What the user backend is built from.
+#[derive(Debug)]
+pub struct UserBackendParams<'a> {
+    /// The CPUID table the guest runs with (the backend reads its features from it).
+    pub cpuid: &'a [kvm_cpuid_entry2],
+    /// Enlightenments offered, by QEMU name, for the report.
+    pub offered_names: Vec<String>,
+    /// vCPU count.
+    pub vps: u32,
+    /// Guest RAM.
+    pub mem: GuestMemory,
+    /// The guest TSC now, and its rate.
+    pub guest_tsc: u64,
+    /// Guest TSC rate in kHz.
+    pub tsc_khz: u32,
+    /// Crash policy.
+    pub on_crash: CrashAction,
+}
+
+impl UserBackend {
+    /// A backend whose reference time starts at 0 now.
+    pub fn new(p: UserBackendParams<'_>) -> Self {
+        let tsc_hz = u64::from(p.tsc_khz) * 1000;
+        let features = Features::from_cpuid(p.cpuid);
+        UserBackend {
+            features,
+            offered: features.offered(),
+            clock: ReferenceClock::new(tsc_hz, p.guest_tsc),
+            tsc_hz,
+            tsc_offset: p.guest_tsc.wrapping_sub(host_tsc()),
+            on_crash: p.on_crash,
+            mem: p.mem,
+            offered_names: p.offered_names,
+            partition: Mutex::new(Partition::default()),
+            vps: (0..p.vps).map(|_| Mutex::new(VpState::default())).collect(),
+            history: None,
+        }
+    }
+
+    fn partition(&self) -> MutexGuard<'_, Partition> {
+        self.partition.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn vp(&self, vp: u32) -> Option<MutexGuard<'_, VpState>> {
+        let slot = self.vps.get(vp as usize)?;
+        Some(slot.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// The guest TSC now.
+    pub fn guest_tsc(&self) -> u64 {
+        host_tsc().wrapping_add(self.tsc_offset)
+    }
+
+    /// Reference time (100 ns units) at guest TSC `tsc`.
+    pub fn reference_time(&self, tsc: u64) -> u64 {
+        match &self.clock {
+            Some(c) => c.time_at(tsc),
+            // A TSC too slow for a 64.64 scale: count directly.
+            None => ((u128::from(tsc) * 10_000_000) / u128::from(self.tsc_hz.max(1))) as u64,
+        }
+    }
+
+    /// The handle vCPU `vp` uses.
+    pub fn vp_handle(self: &Arc<Self>, vp: u32) -> UserVp {
+        UserVp {
+            vp,
+            backend: self.clone(),
+        }
+    }
+
+    /// What the guest used so far, with every enabled VP assist page (and the eVMCS it
+    /// announces) decoded from guest memory now.
+    pub fn report(&self) -> UsageReport {
+        let mut report = UsageReport {
+            backend: "user".into(),
+            offered: self.offered_names.clone(),
+            ..UsageReport::default()
+        };
+        {
+            let p = self.partition();
+            report.guest_os_id = p.guest_os_id();
+            report.hypercall_page = p.hypercall_page();
+            report.tsc_page = p.tsc_page();
+            report.crashes = p.crashes.clone();
+            report.add_refusals(p.refusals.iter(), p.refusals.dropped);
+        }
+        for (vp, state) in self.vps.iter().enumerate() {
+            let state = state.lock().unwrap_or_else(|p| p.into_inner());
+            let vp = vp as u32;
+            if let Some(gpa) = state.assist_page_gpa() {
+                report.vp_assist_pages.insert(vp, gpa);
+                report
+                    .vp_assist
+                    .push(super::inspect::assist_page(&self.mem, vp, gpa));
+            }
+            add_vp_usage(&mut report, &state.usage);
+        }
+        if let Some(earlier) = &self.history {
+            report.add_earlier(earlier);
+        }
+        report
+    }
+
+    fn read_msr(&self, vp: u32, index: u32) -> Result<u64, MsrFault> {
+        if !self.features.msr_available(index) {
+            return Err(MsrFault);
+        }
+        match index {
+            TIME_REF_COUNT => Ok(self.reference_time(self.guest_tsc())),
+            TSC_FREQUENCY => Ok(self.tsc_hz),
+            APIC_FREQUENCY => Ok(APIC_FREQUENCY_HZ),
+            _ if Partition::owns(index) => self.partition().read(index),
+            _ if VpState::owns(index) => self.vp(vp).ok_or(MsrFault)?.read(vp, index),
+            _ => Err(MsrFault),
+        }
+    }
+
+    fn write_msr(&self, vp: u32, index: u32, value: u64) -> Result<MsrWriteEffect, MsrFault> {
+        if !self.features.msr_available(index) {
+            return Err(MsrFault);
+        }
+        if Partition::owns(index) {
+            let effect = self
+                .partition()
+                .write(index, value, self.clock.as_ref(), &self.mem)?;
+            return Ok(match effect {
+                PartitionEffect::None => None,
+                PartitionEffect::Reset => Some(GuestRequest::Reset),
+                PartitionEffect::Crash(params) => super::crash_reported(vp, params, self.on_crash),
+            });
+        }
+        if VpState::owns(index) {
+            return self
+                .vp(vp)
+                .ok_or(MsrFault)?
+                .write(index, value, &self.mem)
+                .map(|()| None);
+        }
+        // Read-only partition values (TIME_REF_COUNT, frequencies) and anything unserved.
+        Err(MsrFault)
+    }
+}
+
+/// Adds one VP's counters to a report.
+fn add_vp_usage(report: &mut UsageReport, usage: &usage::VpUsage) {
+    for (offset, u) in (0u32..).zip(usage.msrs.iter()) {
+        if *u == MsrUse::default() {
+            continue;
+        }
+        let name = msr::Name(msr::RANGE_START + offset).to_string();
+        let entry = report.msrs.entry(name).or_default();
+        entry.reads += u.reads;
+        entry.writes += u.writes;
+        entry.faults += u.faults;
+    }
+    for (call, statuses) in usage.hypercalls.iter().enumerate() {
+        for (status, n) in statuses.iter().enumerate().filter(|(_, n)| **n > 0) {
+            *report
+                .hypercalls
+                .entry(hypercall::call_row_name(call).to_string())
+                .or_default()
+                .entry(hypercall::status_row_name(status).to_string())
+                .or_default() += n;
+        }
+    }
+    report.hypercall_ud += usage.hypercall_ud;
+    report.add_refusals(usage.refusals.iter(), usage.refusals.dropped);
+}
+
+/// One vCPU's handle on the user backend.
+#[derive(Debug, Clone)]
+pub struct UserVp {
+    vp: u32,
+    backend: Arc<UserBackend>,
+}
+
+impl VcpuMsrHandler for UserVp {
+    fn read(&mut self, index: u32) -> Result<u64, MsrFault> {
+        let result = self.backend.read_msr(self.vp, index);
+        self.count(index, false, result.is_err(), || Refusal::Rdmsr { index });
+        result
+    }
+
+    fn write(&mut self, index: u32, value: u64) -> Result<MsrWriteEffect, MsrFault> {
+        let result = self.backend.write_msr(self.vp, index, value);
+        self.count(index, true, result.is_err(), || Refusal::Wrmsr {
+            index,
+            value,
+        });
+        result
+    }
+}
+
+impl UserVp {
+    /// The VP index.
+    pub fn index(&self) -> u32 {
+        self.vp
+    }
+
+    /// Counts an MSR access in this VP's usage (after the access, so no other lock is held).
+    fn count(&self, index: u32, write: bool, faulted: bool, refusal: impl FnOnce() -> Refusal) {
+        let Some(mut vp) = self.backend.vp(self.vp) else {
+            return;
+        };
+        vp.usage.msr(index, write, faulted);
+        if faulted {
+            let refusal = refusal();
+            vp.usage.refusals.push(refusal);
+            warn_ratelimited!("VP {}: {refusal}", self.vp);
+        }
+    }
+
+    /// Serves the hypercall whose trampoline exit (an `out` to [`HYPERCALL_PORT`]) just
+    /// happened: reads the registers, runs the call, writes RAX or injects #UD.
+    pub fn hypercall(
+        &self,
+        state: &mut dyn VcpuState,
+    ) -> Result<Option<GuestRequest>, HvExitError> {
+        let vp = self.vp;
+        let access =
+            |what: &'static str| move |source| HvExitError::VcpuAccess { vp, what, source };
+        let mut regs = state
+            .regs()
+            .map_err(access("read the registers (KVM_GET_REGS)"))?;
+        let sregs = state
+            .sregs()
+            .map_err(access("read the segment registers (KVM_GET_SREGS)"))?;
+        let page = self.backend.partition().hypercall_page();
+        if page.is_none() {
+            // No enabled hypercall page (never enabled, or disabled by GUEST_OS_ID = 0): the
+            // guest has no hypercall instruction, so #UD, as KVM answers a VMCALL then.
+            warn_ratelimited!("VP {vp}: hypercall without an enabled hypercall page: #UD");
+            return self.raise_ud(state, regs).map(|()| None);
+        }
+        let offered = &self.backend.offered;
+        let control = hypercall::Control::decode(regs.rcx);
+        let mut call = HypercallRegs {
+            rcx: regs.rcx,
+            rdx: regs.rdx,
+            r8: regs.r8,
+            xmm: None,
+        };
+        if hypercall::needs_xmm(&control, offered) {
+            call.xmm = Some(state.xmm().map_err(access("read XMM0-5 (KVM_GET_FPU)"))?);
+        }
+        let cpl = sregs.ss.dpl;
+        let long_mode = sregs.efer & EFER_LMA != 0 && sregs.cs.l == 1;
+        let mut services = Services { vp };
+        let outcome = hypercall::handle(
+            vp,
+            cpl,
+            long_mode,
+            &call,
+            offered,
+            &self.backend.mem,
+            &mut services,
+        );
+        match outcome {
+            Outcome::Complete(rax) => {
+                if let Some(mut state) = self.backend.vp(vp) {
+                    state.usage.hypercall(control.code, rax as u16);
+                }
+                regs.rax = rax;
+                state
+                    .set_regs(&regs)
+                    .map_err(access("write RAX (KVM_SET_REGS)"))?;
+            }
+            Outcome::InvalidOpcode => self.raise_ud(state, regs)?,
+        }
+        Ok(None)
+    }
+
+    /// #UD at the hypercall instruction (the start of the trampoline, before the `out`).
+    fn raise_ud(
+        &self,
+        state: &mut dyn VcpuState,
+        mut regs: kvm_bindings::kvm_regs,
+    ) -> Result<(), HvExitError> {
+        let vp = self.vp;
+        let access =
+            |what: &'static str| move |source| HvExitError::VcpuAccess { vp, what, source };
+        if let Some(mut s) = self.backend.vp(vp) {
+            s.usage.hypercall_ud += 1;
+        }
+        regs.rip = regs.rip.wrapping_sub(OUT_IMM8_LEN);
+        let mut events = state
+            .events()
+            .map_err(access("read pending events (KVM_GET_VCPU_EVENTS)"))?;
+        inject_ud(&mut events);
+        state
+            .set_regs(&regs)
+            .map_err(access("move RIP back (KVM_SET_REGS)"))?;
+        state
+            .set_events(&events)
+            .map_err(access("inject #UD (KVM_SET_VCPU_EVENTS)"))
+    }
+}
+
+fn inject_ud(events: &mut kvm_vcpu_events) {
+    events.exception.injected = 1;
+    events.exception.nr = UD_VECTOR;
+    events.exception.has_error_code = 0;
+    events.exception.error_code = 0;
+}
+
+/// The hypercalls the user backend carries out.
+struct Services {
+    vp: u32,
+}
+
+impl HypercallServices for Services {
+    fn notify_long_spin_wait(&mut self, vcpu: u32) {
+        debug_assert_eq!(vcpu, self.vp);
+        // The spinning VP gives its host CPU away, which is what the hint asks for.
+        std::thread::yield_now();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hyperv_tlfs::cpuid::{feature, privilege, LEAF_FEATURES};
+    use hyperv_tlfs::msr::*;
+
+    const HZ: u32 = 2_000_000;
+
+    fn backend(eax: u32, edx: u32) -> Arc<UserBackend> {
+        let leaf = kvm_cpuid_entry2 {
+            function: LEAF_FEATURES,
+            eax,
+            edx,
+            ..Default::default()
+        };
+        Arc::new(UserBackend::new(UserBackendParams {
+            cpuid: &[leaf],
+            offered_names: vec!["hv-time".into()],
+            vps: 2,
+            mem: crate::memory::allocate(16).unwrap(),
+            guest_tsc: 0,
+            tsc_khz: HZ,
+            on_crash: CrashAction::Log,
+        }))
+    }
+
+    #[test]
+    fn absent_features_give_gp_and_are_counted() {
+        let b = backend(0, 0);
+        let mut vp = b.vp_handle(0);
+        for index in [
+            GUEST_OS_ID,
+            VP_INDEX,
+            TIME_REF_COUNT,
+            TSC_FREQUENCY,
+            CRASH_CTL,
+            SCONTROL,
+        ] {
+            assert_eq!(vp.read(index), Err(MsrFault), "{}", Name(index));
+            assert_eq!(vp.write(index, 0), Err(MsrFault), "{}", Name(index));
+        }
+        let report = b.report();
+        assert_eq!(report.msrs["GUEST_OS_ID"].faults, 2);
+        assert_eq!(report.refused.len(), 12);
+        assert_eq!(report.backend, "user");
+    }
+
+    #[test]
+    fn read_only_partition_values() {
+        let all = privilege::VP_INDEX | privilege::TIME_REF_COUNT | privilege::FREQUENCY_MSRS;
+        let b = backend(all, feature::FREQUENCIES);
+        let mut vp1 = b.vp_handle(1);
+        assert_eq!(vp1.read(VP_INDEX), Ok(1));
+        assert_eq!(vp1.read(TSC_FREQUENCY), Ok(u64::from(HZ) * 1000));
+        assert_eq!(vp1.read(APIC_FREQUENCY), Ok(APIC_FREQUENCY_HZ));
+        for index in [VP_INDEX, TIME_REF_COUNT, TSC_FREQUENCY, APIC_FREQUENCY] {
+            assert_eq!(vp1.write(index, 0), Err(MsrFault), "{}", Name(index));
+        }
+    }
+
+    #[test]
+    fn tsc_page_and_time_ref_count_agree() {
+        use crate::memory::{Bytes, GuestAddress};
+        let b = backend(privilege::REFERENCE_TSC | privilege::TIME_REF_COUNT, 0);
+        let mut vp = b.vp_handle(0);
+        vp.write(REFERENCE_TSC, 0x6000 | 1).unwrap();
+        let scale: u64 = b.mem.read_obj(GuestAddress(0x6008)).unwrap();
+        let offset: i64 = b.mem.read_obj(GuestAddress(0x6010)).unwrap();
+        let tsc = 123_456_789_000u64;
+        let page_time = hyperv_tlfs::tsc_page::reference_time(tsc, scale, offset);
+        assert_eq!(b.reference_time(tsc), page_time);
+        // 100 ns units at 2 GHz, within the truncation of the 64.64 scale.
+        assert!(
+            (page_time as i64 - (tsc / 200) as i64).abs() <= 1,
+            "{page_time}"
+        );
+        assert_eq!(b.report().tsc_page, Some(0x6000));
+    }
+
+    #[test]
+    fn crash_follows_the_policy() {
+        let b = backend(privilege::RESET, feature::CRASH_MSRS);
+        let mut vp = b.vp_handle(1);
+        assert_eq!(
+            vp.write(CRASH_CTL, CRASH_CTL_NOTIFY),
+            Ok(None),
+            "log: the guest goes on"
+        );
+        assert_eq!(vp.write(RESET, 1), Ok(Some(GuestRequest::Reset)));
+        assert_eq!(b.report().crashes.len(), 1);
+    }
+
+    #[test]
+    fn hostile_values_never_panic() {
+        let b = backend(u32::MAX, u32::MAX);
+        let mut vp = b.vp_handle(1);
+        let mut x = 0x1234_5678_9abc_def0u64;
+        for index in msr::RANGE_START..msr::RANGE_START + msr::RANGE_LEN {
+            for _ in 0..4 {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                let _ = vp.read(index);
+                let _ = vp.write(index, x);
+            }
+        }
+        let _ = b.report();
+    }
+}

@@ -26,10 +26,10 @@ fuzz_target!(|data: &[u8]| {
         let _ = resolve(&imported.request, &host, backend, &ResolveOptions::default());
     }
     for to in Format::ALL {
-        let _ = export(to, &imported.request.overrides);
+        let _ = export(to, &imported.request.overrides, &Default::default());
     }
     if !imported.request.overrides.is_empty() {
-        let qemu = export(Format::Qemu, &imported.request.overrides);
+        let qemu = export(Format::Qemu, &imported.request.overrides, &Default::default());
         let back = import(Format::Qemu, &qemu.text)
             .unwrap_or_else(|e| panic!("QEMU export {:?} does not import: {e}", qemu.text));
         assert_eq!(

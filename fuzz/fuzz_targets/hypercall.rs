@@ -8,7 +8,7 @@
 //! a service sees was validated.
 #![no_main]
 
-use hvkvm::hyperv::hypercall::{
+use hvkvm::hyperv::user::hypercall::{
     self, status, Control, FlushRequest, HypercallRegs, HypercallServices, Offered, Outcome,
     PostMessage, VpSet,
 };

@@ -293,7 +293,7 @@ fn vendor_ids_with_quotes_round_trip_through_qemu_and_proxmox() {
             .unwrap()
             .overrides;
         for format in [Format::Qemu, Format::Proxmox] {
-            let text = hv_model::export(format, &config).text;
+            let text = hv_model::export(format, &config, &Default::default()).text;
             let back = import(format, &text)
                 .unwrap_or_else(|e| panic!("{format} {text:?}: {}", common::chain(&e)));
             assert_eq!(back.request.overrides, config, "{format}: {text:?}");

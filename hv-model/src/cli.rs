@@ -266,7 +266,7 @@ pub enum CliError {
         path: String,
         /// Why.
         #[source]
-        source: std::io::Error,
+        source: input_file::InputError,
     },
     /// The import input is not valid in its format.
     #[error("cannot import {path} as {format}")]
@@ -477,7 +477,8 @@ fn import(
     err: &mut dyn Write,
 ) -> Result<String, CliError> {
     let path = file.display().to_string();
-    let text = std::fs::read_to_string(file).map_err(|source| CliError::Read {
+    let role = input_file::Role::config(format!("{format} configuration"));
+    let text = input_file::read_text(file, &role).map_err(|source| CliError::Read {
         path: path.clone(),
         source,
     })?;

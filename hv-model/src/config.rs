@@ -41,6 +41,13 @@ impl VendorId {
                 "',' cannot appear in a QEMU -cpu list; choose another".into()
             ));
         }
+        if s.starts_with(' ') || s.ends_with(' ') {
+            return Err(bad(
+                "it starts or ends with a space, which QEMU command lines and configuration \
+                 files do not keep; remove it (the vendor string is padded with zero bytes)"
+                    .into(),
+            ));
+        }
         if s.len() > 12 {
             return Err(bad(format!(
                 "it is {} characters long but 0x40000000.EBX/ECX/EDX hold 12; shorten it",

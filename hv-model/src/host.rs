@@ -199,9 +199,9 @@ pub enum HostLoadError {
     Read {
         /// The path.
         path: String,
-        /// The I/O error.
+        /// Why (missing, not a regular file, too large, not UTF-8).
         #[source]
-        source: std::io::Error,
+        source: input_file::InputError,
     },
     /// Not JSON, or a field has the wrong type.
     #[error("{path} is not a valid host description")]
@@ -229,10 +229,11 @@ pub enum HostLoadError {
 impl HostCapabilities {
     /// Loads a probe document (`{"host_capabilities": {...}, ...}`) or a bare object.
     pub fn load(path: &Path) -> Result<HostCapabilities, HostLoadError> {
-        let text = std::fs::read_to_string(path).map_err(|source| HostLoadError::Read {
-            path: path.display().to_string(),
-            source,
-        })?;
+        let text = input_file::read_text(path, &input_file::Role::config("host description"))
+            .map_err(|source| HostLoadError::Read {
+                path: path.display().to_string(),
+                source,
+            })?;
         HostCapabilities::from_json(&text, &path.display().to_string())
     }
 

@@ -1,4 +1,5 @@
-//! The command line: `hvkvm run`, `hvkvm demo`, `hvkvm probe` (and `hvkvm hv …`).
+//! The command line: `hvkvm run`, `hvkvm demo`, `hvkvm probe`, `hvkvm bench …` (and
+//! `hvkvm hv …`).
 
 pub use hv_model::cli::error_chain;
 
@@ -21,6 +22,7 @@ Examples:
   hvkvm hv explain --profile windows           which Hyper-V enlightenments, and why
   hvkvm run --payload test.elf --cpus 2        run an ELF test payload
   hvkvm run --kernel vmlinuz --initrd initrd.cpio --cpus 2 --timeout 600
+  hvkvm bench time-read --plot time.svg        TSC page vs TIME_REF_COUNT, as a plot
   hvkvm run --payload test.elf --api-socket /tmp/vm.sock   then: hvkvm ctl --api-socket
         /tmp/vm.sock pause; … snapshot /tmp/snap; later: hvkvm restore /tmp/snap")]
 pub struct Cli {
@@ -46,8 +48,9 @@ pub enum Command {
     Ctl(ctl::CtlArgs),
     /// Resume a snapshot (written by `hvkvm ctl … snapshot DIR`) in this process.
     Restore(restore::RestoreArgs),
-    /// Benchmarks that boot guests (nested-cpuid: an L2 exit with and without the enlightened
-    /// VMCS).
+    /// Benchmarks that boot guests and report what an operation costs: time-read (per-read
+    /// distributions, --json, --plot FILE.svg), nested-cpuid (an L2 exit with and without the
+    /// enlightened VMCS).
     #[command(subcommand)]
     Bench(bench::BenchCommand),
     /// Hyper-V enlightenments: explain a selection, export/import QEMU, libvirt, KubeVirt and

@@ -113,6 +113,17 @@ pub enum FormatError {
     /// Well-formed, but not what the format expects.
     #[error("{0}")]
     Structure(String),
+    /// Valid input that asks for no Hyper-V setting at all.
+    #[error(
+        "no Hyper-V settings found in this {format} input: expected {expected}; \
+         the file configures no enlightenment, so there is nothing to import"
+    )]
+    NoHyperV {
+        /// The format.
+        format: Format,
+        /// What a Hyper-V setting looks like in that format.
+        expected: &'static str,
+    },
     /// A setting with a bad name or value.
     #[error("invalid Hyper-V setting at {location}")]
     Setting {
@@ -131,14 +142,29 @@ impl FormatError {
     }
 }
 
-/// Reads a configuration in `format`.
+/// Reads a configuration in `format`. Input that asks for no Hyper-V setting at all (a QEMU
+/// command line without `hv-*` flags, a Proxmox config for a Linux guest, ...) is an error,
+/// [`FormatError::NoHyperV`], so that importing the wrong file is not mistaken for success.
 pub fn import(format: Format, text: &str) -> Result<Imported, FormatError> {
-    match format {
+    let imported = match format {
         Format::Qemu => qemu::import(text),
         Format::Libvirt => libvirt::import(text),
         Format::Kubevirt => kubevirt::import(text),
         Format::Proxmox => proxmox::import(text),
+    }?;
+    if imported.request.is_empty() {
+        let expected = match format {
+            Format::Qemu => "hv-* flags or kvm=off in the -cpu value (e.g. -cpu host,hv-relaxed)",
+            Format::Libvirt => "<features><hyperv> with at least one feature",
+            Format::Kubevirt => "spec.domain.features.hyperv with at least one feature",
+            Format::Proxmox => {
+                "a Windows ostype (e.g. ostype: win11), hv flags in cpu: flags=, or args: -cpu \
+                 with hv-* flags"
+            }
+        };
+        return Err(FormatError::NoHyperV { format, expected });
     }
+    Ok(imported)
 }
 
 /// Writes explicit settings in `format`, for the target versions in `targets` (QEMU for the

@@ -205,8 +205,9 @@ fn parse_cpu_line(value: &str) -> Result<CpuLine<'_>, FormatError> {
 pub fn export(config: &HvConfig, version: Version) -> Exported {
     let (kept, drops) = for_version(config, version);
     let value = format!("host,{}", kept.to_hv_list());
-    // Proxmox splits args: like a shell; quote the value when the vendor id has spaces.
-    let value = if value.contains(' ') {
+    // Proxmox splits args: like a shell; quote the value when the vendor id has characters a
+    // shell would interpret (spaces, quotes, backslashes).
+    let value = if value.contains([' ', '\'', '"', '\\']) {
         format!("'{}'", value.replace('\'', "'\\''"))
     } else {
         value

@@ -28,7 +28,9 @@ pub fn import(text: &str) -> Result<Imported, FormatError> {
     })
 }
 
-/// The `-cpu` argument of a command line (split like a shell does), or the text itself.
+/// The `-cpu` argument of a command line (split like a shell does), or the text itself. Text
+/// without `-cpu` is a bare flag list, as `export` writes it, and is taken literally: quotes in
+/// it are part of a value (found by fuzz/config_import: `hv-vendor-id='c'y` lost its quotes).
 pub(crate) fn cpu_value(text: &str) -> String {
     let words = shell_words(text);
     match words
@@ -38,7 +40,6 @@ pub(crate) fn cpu_value(text: &str) -> String {
         .map(|w| w[1].clone())
     {
         Some(value) => value,
-        None if words.len() == 1 => words[0].clone(),
         None => text.trim().to_string(),
     }
 }

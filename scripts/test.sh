@@ -39,6 +39,6 @@ export HVKVM_INTEL_HOST_SESSION=$session
 # Every guest run inside has its own timeout; this outer one only guards against a bug in
 # the harness itself.
 status=0
-timeout --signal=KILL 45m cargo test --workspace --locked -- --skip intel-host/ || status=$?
+timeout --signal=KILL 45m cargo test --workspace --locked --no-fail-fast -- --skip intel-host/ || status=$?
 cargo test -p guest-tests --locked --test intel_host || status=$?
 exit "$status"

@@ -80,6 +80,31 @@ macro_rules! require_kvm {
     };
 }
 
+thread_local! {
+    static BACKEND_UNDER_TEST: std::cell::Cell<hvkvm::hyperv::BackendChoice> =
+        const { std::cell::Cell::new(hvkvm::hyperv::BackendChoice::User) };
+}
+
+/// The Hyper-V backend [`GuestTest::hyperv`] and [`GuestTest::hyperv_leaves`] use on this
+/// thread: the user backend, unless a case runs inside [`with_backend`].
+pub fn backend_under_test() -> hvkvm::hyperv::BackendChoice {
+    BACKEND_UNDER_TEST.with(|b| b.get())
+}
+
+/// Runs `f` with the Hyper-V guest tests of this thread on `backend` (how one table runs on
+/// both backends).
+pub fn with_backend<R>(backend: hvkvm::hyperv::BackendChoice, f: impl FnOnce() -> R) -> R {
+    let previous = BACKEND_UNDER_TEST.with(|b| b.replace(backend));
+    struct Restore(hvkvm::hyperv::BackendChoice);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            BACKEND_UNDER_TEST.with(|b| b.set(self.0));
+        }
+    }
+    let _restore = Restore(previous);
+    f()
+}
+
 /// One guest run being set up.
 #[derive(Debug)]
 pub struct GuestTest {
@@ -156,23 +181,37 @@ impl GuestTest {
         self
     }
 
-    /// Gives the guest exactly these hypervisor CPUID leaves and the Hyper-V user backend
-    /// reading its features from them (how the conformance matrix sets bits per row).
+    /// Gives the guest exactly these hypervisor CPUID leaves and the Hyper-V backend under test
+    /// (see [`with_backend`]) reading its features from them, with enforce-CPUID semantics (how
+    /// the conformance matrix sets bits per row).
     pub fn hyperv_leaves(mut self, leaves: Vec<CpuidEntry>) -> Self {
-        self.config.hyperv = Some(hvkvm::hyperv::HvConfig::raw(hv_model::Backend::User));
+        let backend = match backend_under_test() {
+            hvkvm::hyperv::BackendChoice::Kernel => hv_model::Backend::Kernel,
+            _ => hv_model::Backend::User,
+        };
+        self.config.hyperv = Some(hvkvm::hyperv::HvConfig::raw(backend));
         self.config.hypervisor_leaves = Some(leaves);
         self
     }
 
     /// Resolves a `--hv`-style selection with the user backend on this host, as `hvkvm run`
     /// does, and configures the VM with it.
-    pub fn hyperv(mut self, list: &str, on_crash: hvkvm::hyperv::CrashAction) -> Self {
+    pub fn hyperv(self, list: &str, on_crash: hvkvm::hyperv::CrashAction) -> Self {
+        self.hyperv_on(backend_under_test(), list, on_crash)
+    }
+
+    /// As [`GuestTest::hyperv`], on the given backend.
+    pub fn hyperv_on(
+        mut self,
+        choice: hvkvm::hyperv::BackendChoice,
+        list: &str,
+        on_crash: hvkvm::hyperv::CrashAction,
+    ) -> Self {
         let request = hv_model::parse_hv_list(list).unwrap_or_else(|e| panic!("--hv {list}: {e}"));
         let host = hvkvm::kvm::HostProbe::probe().expect("probe");
-        let resolution =
-            hvkvm::hyperv::resolve_for_vm(&request, &host, hvkvm::hyperv::BackendChoice::User)
-                .unwrap_or_else(|e| panic!("--hv {list}: {}", error_chain(&e)))
-                .expect("a selection");
+        let resolution = hvkvm::hyperv::resolve_for_vm(&request, &host, choice)
+            .unwrap_or_else(|e| panic!("--hv {list}: {}", error_chain(&e)))
+            .expect("a selection");
         self.config.hypervisor_leaves = Some(hvkvm::hyperv::cpuid_entries(&resolution));
         self.config.hyperv = hvkvm::hyperv::HvConfig::from_resolution(&resolution, on_crash);
         self

@@ -10,6 +10,8 @@ pub mod evmcs;
 pub mod foundation;
 pub mod hyperv_user;
 pub mod intel_only;
+pub mod kernel_backend;
+pub mod nested;
 
 use std::fmt;
 
@@ -74,5 +76,7 @@ pub fn all() -> Vec<Case> {
     cases.extend(evmcs::cases());
     cases.extend(hyperv_user::cases());
     cases.extend(intel_only::cases());
+    cases.extend(kernel_backend::cases());
+    cases.extend(nested::cases());
     cases
 }

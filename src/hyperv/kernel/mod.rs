@@ -273,7 +273,12 @@ impl KernelVp {
         let Some(mut record) = self.backend.record(self.vp) else {
             return;
         };
-        for &index in msr::KVM_EMULATED {
+        // Only what the guest was offered: KVM answers host reads of the rest too (SINTs read
+        // 0x10000 without SynIC), which would put MSRs in the report the guest never had.
+        let offered = msr::KVM_EMULATED
+            .iter()
+            .filter(|&&index| self.backend.features.msr_available(index));
+        for &index in offered {
             if let Ok(value) = state.msr(index) {
                 if value != 0 {
                     record.msrs.insert(index, value);

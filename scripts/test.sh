@@ -1,15 +1,44 @@
 #!/usr/bin/env bash
 # The whole hvkvm test suite, runnable on a fresh machine: installs what the tests need
-# (Debian's cloud kernel and busybox for the Linux boot tests), then runs every test.
+# (Debian's cloud kernel and busybox for the Linux boot tests, Bochs and its companions for the
+# emulated Intel host), then runs every test, on this machine's KVM and inside the emulated
+# Intel host.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # The Linux boot tests need Debian's kernel and a busybox initramfs; build them first.
 scripts/linux-guest.sh target/linux-guest
 export HVKVM_LINUX_DIR="$PWD/target/linux-guest"
-# In this script a missing Linux guest is a failure, not a skip.
-export HVKVM_REQUIRE_LINUX=1
+# In this script a missing prerequisite is a failure, not a skip: the Linux guest, /dev/kvm,
+# the emulated Intel host, the real tools hv-model exports for.
+export HVKVM_REQUIRE_LINUX=1 HVKVM_REQUIRE_KVM=1 HVKVM_REQUIRE_INTEL_HOST=1
+# hv-model's real-tool checks (QEMU, libvirt, the KubeVirt and Proxmox descriptions) install
+# their Debian and npm packages; here a missing one fails instead of skipping.
+export HVKVM_REQUIRE_TOOLS=1
+
+# Everything is built before anything runs: the emulated Intel host's image (release build of
+# hvkvm and hvkvm-suites), then the tests.
+scripts/intel-host.sh --prepare
+cargo test --workspace --locked --no-run
+
+# The emulated Intel host runs every suite in one boot, in the background, while the local
+# tests run; tests/intel_host.rs reports its cases at the end. Bochs keeps one core busy, so
+# it never overlaps the 2-vCPU Linux boot (both take guest_tests::host_cores' lock); the
+# 1-vCPU Linux boot runs beside it.
+session=$PWD/target/intel-host/ci-session
+rm -rf "$session" && mkdir -p "$session"
+HVKVM_INTEL_HOST_TIMEOUT=${HVKVM_INTEL_HOST_TIMEOUT:-1500}
+scripts/intel-host.sh --quiet --no-install --no-build --out "$session" \
+    --timeout "$HVKVM_INTEL_HOST_TIMEOUT" -- hvkvm-suites run --host intel-host \
+    >"$session/script.log" 2>&1 &
+intel_pid=$!
+# If this script stops early, stop the session (its own trap ends Bochs).
+trap 'kill "$intel_pid" 2>/dev/null || true' EXIT
+export HVKVM_INTEL_HOST_SESSION=$session
 
 # Every guest run inside has its own timeout; this outer one only guards against a bug in
 # the harness itself.
-timeout --signal=KILL 45m cargo test --workspace --locked
+status=0
+timeout --signal=KILL 45m cargo test --workspace --locked --no-fail-fast -- --skip intel-host/ || status=$?
+cargo test -p guest-tests --locked --test intel_host || status=$?
+exit "$status"

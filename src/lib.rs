@@ -17,6 +17,8 @@
 //! - [`hyperv`] connects a VM to the `hv-model` crate, which decides the enlightenments; their
 //!   user-space emulation (the user backend) grows there.
 
+pub mod api;
+pub mod bench;
 pub mod boot;
 pub mod cli;
 pub mod cpu;
@@ -26,5 +28,6 @@ pub mod hyperv;
 pub mod kvm;
 pub mod memory;
 pub(crate) mod ratelimit;
+pub mod snapshot;
 pub mod vcpu;
 pub mod vm;

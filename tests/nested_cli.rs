@@ -42,11 +42,8 @@ fn nested_on_is_refused_with_the_reason_where_the_host_cannot_nest() {
         return;
     }
     assert!(!reason.is_empty());
-    let dir = std::env::temp_dir().join(format!("hvkvm-nested-cli-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let payload = dir.join("payload.elf");
-    // Never loaded: the refusal comes while the configuration is checked.
-    std::fs::write(&payload, b"\x7fELF not a real payload").unwrap();
+    // A real payload, so that the only thing wrong with the command line is `--nested on`.
+    let payload = env!("HVKVM_DEMO_ELF");
     let out = Command::new(HVKVM)
         .args([
             "run",
@@ -58,7 +55,7 @@ fn nested_on_is_refused_with_the_reason_where_the_host_cannot_nest() {
             "5",
             "--payload",
         ])
-        .arg(&payload)
+        .arg(payload)
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -70,5 +67,4 @@ fn nested_on_is_refused_with_the_reason_where_the_host_cannot_nest() {
         "names the reason '{reason}': {stderr}"
     );
     assert!(!stderr.contains("panicked"), "{stderr}");
-    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -187,9 +187,9 @@ fn structure_sizes() {
 
 #[test]
 fn table_matches_golden_fields() {
-    assert_eq!(FIELD_COUNT, golden::FIELDS.len());
+    assert_eq!(FIELD_COUNT, golden::fields().len());
     assert_eq!(FIELD_TABLE.len(), FIELD_COUNT);
-    for &(enc, name, tlfs, offset, size, group) in golden::FIELDS {
+    for &(enc, name, tlfs, offset, size, group) in &golden::fields() {
         let f = lookup(enc).unwrap_or_else(|| panic!("{enc:#x} ({name}) missing from FIELD_TABLE"));
         assert_eq!(f.name, name, "{enc:#x}");
         assert_eq!(usize::from(f.offset), offset, "{name}");
@@ -321,7 +321,7 @@ fn field_width_matches_encoding_width_class() {
 #[test]
 fn each_clean_group_holds_exactly_its_fields() {
     let mut expected: BTreeMap<&str, BTreeSet<u32>> = BTreeMap::new();
-    for &(enc, _, _, _, _, group) in golden::FIELDS {
+    for &(enc, _, _, _, _, group) in &golden::fields() {
         expected.entry(group).or_default().insert(enc);
     }
     for group in CleanGroup::ALL_GROUPS {
@@ -357,7 +357,7 @@ fn each_clean_group_holds_exactly_its_fields() {
 
 #[test]
 fn tlfs_mapping_table_rows() {
-    for &(enc, tlfs_name, size, group) in golden::TLFS_MAPPING {
+    for &(enc, tlfs_name, size, group) in &golden::tlfs_mapping() {
         if enc == 0x6C16 {
             // TLFS typo: the row's name/size belong to 0x4C00; 0x6C16 itself is HOST_RIP.
             let rip = lookup(enc).expect("HOST_RIP");

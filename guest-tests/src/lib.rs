@@ -4,6 +4,17 @@
 //! script) in a fresh VM with a timeout, and checks what the VM reported: its stop reason,
 //! ucall SYNC values, serial output. A failed guest assertion panics with the guest's
 //! file:line and message.
+//!
+//! The test tables live in [`suites`], so that the same cases run on this machine's KVM
+//! ([`harness::run_local`], the `tests/` targets) and inside the emulated Intel VMX host
+//! ([`intel_host`], `tests/intel_host.rs`, the `hvkvm-suites` runner inside it).
+
+pub mod harness;
+pub mod host_cores;
+pub mod intel_host;
+pub mod l1;
+pub mod report;
+pub mod suites;
 
 use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
@@ -16,6 +27,9 @@ use hvkvm::devices::serial::CaptureBuffer;
 use hvkvm::vcpu::msr::MsrHandler;
 use hvkvm::vm::{self, BootSource, StopReason, SyncEvent, VmConfig, VmOutcome};
 
+pub mod nested;
+pub mod snapshot_mode;
+
 /// Directory holding the compiled guest payloads, set by `build.rs`.
 pub const GUEST_DIR: &str = env!("HVKVM_GUEST_DIR");
 
@@ -23,8 +37,20 @@ pub const GUEST_DIR: &str = env!("HVKVM_GUEST_DIR");
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The ELF file of the guest payload `name` (the file stem of `guest/src/bin/<name>.rs`).
+///
+/// `HVKVM_GUEST_DIR` in the environment replaces [`GUEST_DIR`]: inside the emulated Intel host
+/// the payloads are not where this crate was built.
 pub fn guest_binary(name: &str) -> PathBuf {
-    Path::new(GUEST_DIR).join(name)
+    match std::env::var_os("HVKVM_GUEST_DIR") {
+        Some(dir) => PathBuf::from(dir).join(name),
+        None => Path::new(GUEST_DIR).join(name),
+    }
+}
+
+/// Whether a missing /dev/kvm is a failure rather than a skip (`HVKVM_REQUIRE_KVM=1`, set by
+/// scripts/test.sh, so that CI cannot pass by skipping every guest test).
+pub fn kvm_required() -> bool {
+    std::env::var("HVKVM_REQUIRE_KVM").as_deref() == Ok("1")
 }
 
 /// Returns why KVM tests cannot run here, if they cannot.
@@ -39,15 +65,44 @@ pub fn kvm_unavailable() -> Option<String> {
     }
 }
 
-/// Skips the calling test (printing `SKIP: <reason>`) when /dev/kvm is not usable.
+/// Skips the calling test (printing `SKIP: <reason>`) when /dev/kvm is not usable, or fails it
+/// under `HVKVM_REQUIRE_KVM=1`.
 #[macro_export]
 macro_rules! require_kvm {
     () => {
         if let Some(reason) = $crate::kvm_unavailable() {
+            if $crate::kvm_required() {
+                panic!("{reason} (HVKVM_REQUIRE_KVM=1 makes this a failure)");
+            }
             eprintln!("SKIP: {reason}");
             return;
         }
     };
+}
+
+thread_local! {
+    static BACKEND_UNDER_TEST: std::cell::Cell<hvkvm::hyperv::BackendChoice> =
+        const { std::cell::Cell::new(hvkvm::hyperv::BackendChoice::User) };
+}
+
+/// The Hyper-V backend [`GuestTest::hyperv`] and [`GuestTest::hyperv_leaves`] use on this
+/// thread: the user backend, unless a case runs inside [`with_backend`].
+pub fn backend_under_test() -> hvkvm::hyperv::BackendChoice {
+    BACKEND_UNDER_TEST.with(|b| b.get())
+}
+
+/// Runs `f` with the Hyper-V guest tests of this thread on `backend` (how one table runs on
+/// both backends).
+pub fn with_backend<R>(backend: hvkvm::hyperv::BackendChoice, f: impl FnOnce() -> R) -> R {
+    let previous = BACKEND_UNDER_TEST.with(|b| b.replace(backend));
+    struct Restore(hvkvm::hyperv::BackendChoice);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            BACKEND_UNDER_TEST.with(|b| b.set(self.0));
+        }
+    }
+    let _restore = Restore(previous);
+    f()
 }
 
 /// One guest run being set up.
@@ -126,23 +181,37 @@ impl GuestTest {
         self
     }
 
-    /// Gives the guest exactly these hypervisor CPUID leaves and the Hyper-V user backend
-    /// reading its features from them (how the conformance matrix sets bits per row).
+    /// Gives the guest exactly these hypervisor CPUID leaves and the Hyper-V backend under test
+    /// (see [`with_backend`]) reading its features from them, with enforce-CPUID semantics (how
+    /// the conformance matrix sets bits per row).
     pub fn hyperv_leaves(mut self, leaves: Vec<CpuidEntry>) -> Self {
-        self.config.hyperv = Some(hvkvm::hyperv::HvConfig::raw(hv_model::Backend::User));
+        let backend = match backend_under_test() {
+            hvkvm::hyperv::BackendChoice::Kernel => hv_model::Backend::Kernel,
+            _ => hv_model::Backend::User,
+        };
+        self.config.hyperv = Some(hvkvm::hyperv::HvConfig::raw(backend));
         self.config.hypervisor_leaves = Some(leaves);
         self
     }
 
     /// Resolves a `--hv`-style selection with the user backend on this host, as `hvkvm run`
     /// does, and configures the VM with it.
-    pub fn hyperv(mut self, list: &str, on_crash: hvkvm::hyperv::CrashAction) -> Self {
+    pub fn hyperv(self, list: &str, on_crash: hvkvm::hyperv::CrashAction) -> Self {
+        self.hyperv_on(backend_under_test(), list, on_crash)
+    }
+
+    /// As [`GuestTest::hyperv`], on the given backend.
+    pub fn hyperv_on(
+        mut self,
+        choice: hvkvm::hyperv::BackendChoice,
+        list: &str,
+        on_crash: hvkvm::hyperv::CrashAction,
+    ) -> Self {
         let request = hv_model::parse_hv_list(list).unwrap_or_else(|e| panic!("--hv {list}: {e}"));
         let host = hvkvm::kvm::HostProbe::probe().expect("probe");
-        let resolution =
-            hvkvm::hyperv::resolve_for_vm(&request, &host, hvkvm::hyperv::BackendChoice::User)
-                .unwrap_or_else(|e| panic!("--hv {list}: {}", error_chain(&e)))
-                .expect("a selection");
+        let resolution = hvkvm::hyperv::resolve_for_vm(&request, &host, choice)
+            .unwrap_or_else(|e| panic!("--hv {list}: {}", error_chain(&e)))
+            .expect("a selection");
         self.config.hypervisor_leaves = Some(hvkvm::hyperv::cpuid_entries(&resolution));
         self.config.hyperv = hvkvm::hyperv::HvConfig::from_resolution(&resolution, on_crash);
         self
@@ -163,13 +232,22 @@ impl GuestTest {
         self
     }
 
+    /// Changes the VM configuration directly (CPU model, nested VMX, a Hyper-V backend, ...).
+    pub fn configure(mut self, f: impl FnOnce(&mut VmConfig)) -> Self {
+        f(&mut self.config);
+        self
+    }
+
     /// The configuration, for tests that need the `Vm` API directly.
     pub fn into_config(self) -> (VmConfig, CaptureBuffer) {
         (self.config, self.serial)
     }
 
-    /// Runs the VM to its end.
+    /// Runs the VM to its end (in the snapshot harness mode when `HVKVM_TEST_SNAPSHOT=1`).
     pub fn run(self) -> TestRun {
+        if snapshot_mode::requested() {
+            return self.run_with_snapshots().0;
+        }
         let outcome = vm::run(self.config)
             .unwrap_or_else(|e| panic!("cannot run guest '{}': {}", self.name, error_chain(&e)));
         assert!(
@@ -183,6 +261,28 @@ impl GuestTest {
             serial: self.serial.contents(),
             name: self.name,
         }
+    }
+}
+
+impl GuestTest {
+    /// Runs the VM with a pause, snapshot, kill and restore at every ucall SYNC
+    /// ([`snapshot_mode`]); returns the run and the number of restores.
+    pub fn run_with_snapshots(self) -> (TestRun, u32) {
+        let run = snapshot_mode::run(self.config, self.serial.clone(), &self.name);
+        assert!(
+            run.outcome.stuck_vcpus.is_empty(),
+            "vCPUs {:?} of '{}' did not stop",
+            run.outcome.stuck_vcpus,
+            self.name
+        );
+        (
+            TestRun {
+                outcome: run.outcome,
+                serial: self.serial.contents(),
+                name: self.name,
+            },
+            run.restores,
+        )
     }
 }
 

@@ -1,13 +1,17 @@
 //! Advice from QEMU's hyperv.rst that does not stop a guest: soft gates for profile flags and
 //! warnings for explicit choices.
+//!
+//! Layer 9: reads [`crate::decision`] data; [`crate::resolve`] calls it.
 
 use crate::backend::Backend;
-use crate::config::{Coresharing, HvConfig, HvRequest};
+use crate::config::{Coresharing, HvConfig};
+use crate::decision::{GuestSettings, Origin, Slot};
 use crate::error::and_list;
 use crate::flags::{Enlightenment as E, Enlightenment, FlagKind};
 use crate::host::{CpuVendor, HostCapabilities};
+use crate::options::{HostChecks, ResolveOptions};
 use crate::profiles::Profile;
-use crate::resolve::{GuestSettings, Origin, ResolveOptions, Slot};
+use crate::request::HvRequest;
 
 /// Turns off profile/default flags that QEMU advises against on this host.
 pub(crate) fn gate_soft_flags(slots: &mut [Slot], host: &HostCapabilities, host_checked: bool) {
@@ -29,7 +33,7 @@ pub(crate) fn warnings(
     opts: &ResolveOptions,
 ) -> Vec<String> {
     let on = |f: E| slots[f as usize].on;
-    let checked = opts.host_checks == crate::resolve::HostChecks::Enforce;
+    let checked = opts.host_checks == HostChecks::Enforce;
     let hyperv = Enlightenment::all()
         .zip(slots)
         .any(|(f, s)| s.on && f.def().enables_hyperv);

@@ -7,6 +7,8 @@
 //!   `KVM_CAP_X86_USER_SPACE_MSR` and, when the kernel has its own Hyper-V emulation, an MSR
 //!   filter so that KVM forwards the synthetic MSRs instead of handling them itself.
 //!   [`USER_BACKEND_IMPLEMENTS`] is the single list of what it implements.
+//!
+//! Layer 3: depends on [`crate::flags`], [`crate::host`], [`crate::options`], [`crate::tlfs`].
 
 use std::fmt;
 
@@ -14,7 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::flags::{Enlightenment, FlagDef, FlagKind};
 use crate::host::{CpuVendor, HostCapabilities};
-use crate::resolve::{HostChecks, Irqchip, ResolveOptions};
+use crate::options::{HostChecks, Irqchip, ResolveOptions};
 use crate::tlfs;
 
 /// Which implementation serves the guest's Hyper-V interface.

@@ -5,11 +5,12 @@
 use serde::Serialize;
 
 use crate::backend::Backend;
-use crate::config::{FlagValue, HvConfig, HvRequest};
+use crate::config::{FlagValue, HvConfig};
 use crate::error::ModelError;
 use crate::flags::{Enlightenment as E, Enlightenment, FlagKind};
 use crate::host::HostCapabilities;
 use crate::profiles::Profile;
+use crate::request::HvRequest;
 use crate::resolve::{resolve, Resolution, ResolveOptions};
 
 /// One host of the fleet.

@@ -1,6 +1,7 @@
 //! `hvkvm hv ...` subcommands and the `--hv`/`--profile` options `hvkvm run` flattens in.
-//! [`run`] writes only to the writer it is given and reports failures as [`CliError`] chains
-//! (print them with [`error_chain`]).
+//! [`run_with`] writes only to the writers it is given (output and diagnostics) and reports
+//! failures as [`CliError`] chains (print them with [`error_chain`]); [`run`] sends the
+//! diagnostics to stderr.
 
 use std::error::Error;
 use std::io::Write;
@@ -10,15 +11,16 @@ use serde::Serialize;
 
 use crate::backend::Backend;
 use crate::baseline::{baseline, BaselineError, FleetHost};
-use crate::config::HvRequest;
 use crate::cpuid::cpuid_leaves;
 use crate::error::ModelError;
-use crate::formats::{self, Format, FormatError};
+use crate::formats::{self, Exported, Format, FormatError};
 use crate::host::{HostCapabilities, HostLoadError};
 use crate::parse::parse_hv_list;
 use crate::profiles::Profile;
 use crate::render;
+use crate::request::HvRequest;
 use crate::resolve::{resolve, HostChecks, Irqchip, Resolution, ResolveOptions};
+use crate::version::{Targets, TooOld, Tool, Version, VersionError};
 
 /// `--hv LIST` and `--profile P`, shared by `hvkvm run` and the `hvkvm hv` subcommands.
 #[derive(Debug, Clone, Default, PartialEq, Eq, clap::Args)]
@@ -72,6 +74,87 @@ pub struct HostArgs {
     pub tsc_khz: Option<u32>,
 }
 
+fn parse_version(s: &str) -> Result<Version, VersionError> {
+    s.parse()
+}
+
+/// Which releases of the target tools an export is written for. What a release lacks is left
+/// out (or, for an "off" the release has anyway, simply not written) and listed on stderr.
+#[derive(Debug, Clone, PartialEq, Eq, clap::Args)]
+pub struct TargetArgs {
+    /// QEMU release the -cpu properties are written for (formats qemu and proxmox; for
+    /// Proxmox give pve-qemu-kvm's version from `pveversion -v`). Default 6.2: the QEMU of
+    /// Ubuntu 22.04 LTS, the oldest QEMU in a supported Debian or Ubuntu LTS (Debian 12 has
+    /// 7.2, Ubuntu 24.04 8.2, Debian 13 10.0). Oldest accepted: 5.2.
+    #[arg(long, value_name = "X.Y", default_value = "6.2", value_parser = parse_version)]
+    pub qemu_version: Version,
+    /// libvirt release the domain XML is written for. Default 8.0: the libvirt of Ubuntu
+    /// 22.04 LTS, the oldest in a supported Debian or Ubuntu LTS (Debian 12 has 9.0, Ubuntu
+    /// 24.04 10.0, Debian 13 11.3). Oldest accepted: 7.0.
+    #[arg(long, value_name = "X.Y", default_value = "8.0", value_parser = parse_version)]
+    pub libvirt_version: Version,
+    /// KubeVirt release the kubevirt.io/v1 fields are written for. Default 1.7: the oldest of
+    /// the three minor releases KubeVirt maintains (1.7 to 1.9). Oldest accepted: 0.48.
+    #[arg(long, value_name = "X.Y", default_value = "1.7", value_parser = parse_version)]
+    pub kubevirt_version: Version,
+}
+
+impl Default for TargetArgs {
+    fn default() -> TargetArgs {
+        let t = Targets::default();
+        TargetArgs {
+            qemu_version: t.qemu,
+            libvirt_version: t.libvirt,
+            kubevirt_version: t.kubevirt,
+        }
+    }
+}
+
+impl TargetArgs {
+    /// The targets, refused when older than hvkvm's version data reaches.
+    pub fn targets(&self) -> Result<Targets, CliError> {
+        let targets = Targets {
+            qemu: self.qemu_version,
+            libvirt: self.libvirt_version,
+            kubevirt: self.kubevirt_version,
+        };
+        targets.check().map_err(CliError::Target)?;
+        Ok(targets)
+    }
+}
+
+/// The tool release an export in `format` is written for, for messages.
+fn target_name(format: Format, targets: &Targets) -> String {
+    match format {
+        Format::Qemu => format!("{} {}", Tool::Qemu, targets.qemu),
+        Format::Libvirt => format!("{} {}", Tool::Libvirt, targets.libvirt),
+        Format::Kubevirt => format!("{} {}", Tool::Kubevirt, targets.kubevirt),
+        Format::Proxmox => format!("Proxmox with {} {}", Tool::Qemu, targets.qemu),
+    }
+}
+
+/// Exports and says on `err` what was left out and why.
+fn export_reporting(
+    format: Format,
+    config: &crate::config::HvConfig,
+    targets: &Targets,
+    err: &mut dyn Write,
+) -> Result<Exported, CliError> {
+    let exported = formats::export(format, config, targets);
+    let target = target_name(format, targets);
+    for d in &exported.dropped {
+        let effect = if d.lost { "" } else { " (no effect)" };
+        writeln!(
+            err,
+            "hvkvm: {format} export for {target} left out {}{effect}: {}",
+            d.names().join(","),
+            d.reason
+        )
+        .map_err(CliError::Write)?;
+    }
+    Ok(exported)
+}
+
 /// `hvkvm hv <command>`.
 #[derive(Debug, Clone, PartialEq, Eq, clap::Subcommand)]
 pub enum HvCommand {
@@ -86,6 +169,10 @@ pub enum HvCommand {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
+        /// QEMU release for the equivalent QEMU -cpu value shown (default 6.2, see
+        /// `hv export --help`).
+        #[arg(long, value_name = "X.Y", default_value = "6.2", value_parser = parse_version)]
+        qemu_version: Version,
     },
     /// Write the resolved set in another tool's configuration language.
     Export {
@@ -98,9 +185,13 @@ pub enum HvCommand {
         /// Target language.
         #[arg(long, value_enum)]
         format: Format,
-        /// Fail instead of commenting out settings the format cannot express.
+        /// Fail instead of leaving out settings the format or the target release cannot
+        /// express.
         #[arg(long)]
         strict: bool,
+        /// Target releases.
+        #[command(flatten)]
+        targets: TargetArgs,
     },
     /// Read another tool's configuration; print it as an hvkvm --hv list (or --to FORMAT).
     Import {
@@ -113,6 +204,9 @@ pub enum HvCommand {
         /// Translate to this language instead of printing an --hv list.
         #[arg(long, value_enum)]
         to: Option<Format>,
+        /// Target releases for --to.
+        #[command(flatten)]
+        targets: TargetArgs,
         /// Check the imported settings against this host (otherwise dependencies only).
         #[command(flatten)]
         host: HostArgs,
@@ -134,6 +228,9 @@ pub enum HvCommand {
         /// Also print the baseline in this language.
         #[arg(long, value_enum)]
         format: Option<Format>,
+        /// Target releases for --format.
+        #[command(flatten)]
+        targets: TargetArgs,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -169,7 +266,7 @@ pub enum CliError {
         path: String,
         /// Why.
         #[source]
-        source: std::io::Error,
+        source: input_file::InputError,
     },
     /// The import input is not valid in its format.
     #[error("cannot import {path} as {format}")]
@@ -182,8 +279,14 @@ pub enum CliError {
         #[source]
         source: FormatError,
     },
+    /// A target release older than hvkvm's version data reaches.
+    #[error("cannot export for this release")]
+    Target(#[source] TooOld),
     /// `--strict` export and something cannot be expressed.
-    #[error("{format} cannot express {flags}; export without --strict to get them as comments")]
+    #[error(
+        "{format} cannot express {flags} (see the reasons above); export without --strict to \
+         leave them out"
+    )]
     NotExpressible {
         /// The format.
         format: Format,
@@ -210,36 +313,48 @@ pub fn error_chain(err: &dyn Error) -> String {
     s
 }
 
-/// Runs one `hvkvm hv` command, writing to `out`.
+/// Runs one `hvkvm hv` command, writing to `out` and diagnostics (what an export left out)
+/// to stderr.
 pub fn run(cmd: &HvCommand, out: &mut dyn Write) -> Result<(), CliError> {
+    run_with(cmd, out, &mut std::io::stderr().lock())
+}
+
+/// Runs one `hvkvm hv` command, writing its output to `out` and diagnostics to `err`.
+pub fn run_with(cmd: &HvCommand, out: &mut dyn Write, err: &mut dyn Write) -> Result<(), CliError> {
     let text = match cmd {
         HvCommand::Explain {
             selection,
             host,
             json,
-        } => explain(selection, host, *json)?,
+            qemu_version,
+        } => {
+            let targets = TargetArgs {
+                qemu_version: *qemu_version,
+                ..TargetArgs::default()
+            }
+            .targets()?;
+            explain(selection, host, *json, targets.qemu)?
+        }
         HvCommand::Export {
             selection,
             host,
             format,
             strict,
+            targets,
         } => {
+            let targets = targets.targets()?;
             let (_, resolution) = resolve_selection(selection, host)?;
-            let exported = formats::export(*format, &resolution.config);
-            if *strict && !exported.dropped.is_empty() {
-                let flags: Vec<&str> = exported
-                    .dropped
-                    .iter()
-                    .flat_map(|d| {
-                        d.flags
-                            .iter()
-                            .map(|f| f.name())
-                            .chain(d.tsc_frequency.then_some("tsc-frequency"))
-                    })
-                    .collect();
+            let exported = export_reporting(*format, &resolution.config, &targets, err)?;
+            let lost: Vec<&str> = exported
+                .dropped
+                .iter()
+                .filter(|d| d.lost)
+                .flat_map(|d| d.names())
+                .collect();
+            if *strict && !lost.is_empty() {
                 return Err(CliError::NotExpressible {
                     format: *format,
-                    flags: flags.join(","),
+                    flags: lost.join(","),
                 });
             }
             exported.text
@@ -248,16 +363,26 @@ pub fn run(cmd: &HvCommand, out: &mut dyn Write) -> Result<(), CliError> {
             format,
             file,
             to,
+            targets,
             host,
             json,
-        } => import(*format, file, *to, host, *json)?,
+        } => import(*format, file, *to, &targets.targets()?, host, *json, err)?,
         HvCommand::Baseline {
             probes,
             selection,
             backend,
             format,
+            targets,
             json,
-        } => fleet(probes, selection, *backend, *format, *json)?,
+        } => fleet(
+            probes,
+            selection,
+            *backend,
+            *format,
+            &targets.targets()?,
+            *json,
+            err,
+        )?,
         HvCommand::Profiles => profiles(),
         HvCommand::Flags => render::flags(),
     };
@@ -304,11 +429,18 @@ struct ExplainJson<'a> {
     kvm_caps_to_enable: Vec<&'static str>,
     cpuid: Vec<crate::cpuid::CpuidLeaf>,
     hv_list: String,
+    qemu: formats::qemu::QemuEquivalent,
 }
 
-fn explain(selection: &HvSelectionArgs, args: &HostArgs, json: bool) -> Result<String, CliError> {
+fn explain(
+    selection: &HvSelectionArgs,
+    args: &HostArgs,
+    json: bool,
+    qemu_version: Version,
+) -> Result<String, CliError> {
     let (request, resolution) = resolve_selection(selection, args)?;
     let leaves = cpuid_leaves(&resolution);
+    let qemu = formats::qemu::equivalent(&resolution, "host", qemu_version);
     if json {
         let doc = ExplainJson {
             request: &request,
@@ -320,6 +452,7 @@ fn explain(selection: &HvSelectionArgs, args: &HostArgs, json: bool) -> Result<S
                 .collect(),
             cpuid: leaves,
             hv_list: resolution.config.to_hv_list(),
+            qemu,
         };
         return Ok(to_json(&doc));
     }
@@ -331,18 +464,21 @@ fn explain(selection: &HvSelectionArgs, args: &HostArgs, json: bool) -> Result<S
         "Hyper-V selection: {request} (backend {}, host: {host})",
         args.backend
     );
-    Ok(render::explain(&title, &resolution, &leaves))
+    Ok(render::explain(&title, &resolution, &leaves, &qemu))
 }
 
 fn import(
     format: Format,
     file: &Path,
     to: Option<Format>,
+    targets: &Targets,
     args: &HostArgs,
     json: bool,
+    err: &mut dyn Write,
 ) -> Result<String, CliError> {
     let path = file.display().to_string();
-    let text = std::fs::read_to_string(file).map_err(|source| CliError::Read {
+    let role = input_file::Role::config(format!("{format} configuration"));
+    let text = input_file::read_text(file, &role).map_err(|source| CliError::Read {
         path: path.clone(),
         source,
     })?;
@@ -378,9 +514,13 @@ fn import(
         .collect();
     match (to, request.profile) {
         // Faithful translation of what the input says (explicit offs included).
-        (Some(to), None) => s.push_str(&formats::export(to, &request.overrides).text),
+        (Some(to), None) => {
+            s.push_str(&export_reporting(to, &request.overrides, targets, err)?.text)
+        }
         // A profile (libvirt host-model) needs resolving first.
-        (Some(to), Some(_)) => s.push_str(&formats::export(to, &resolution.config).text),
+        (Some(to), Some(_)) => {
+            s.push_str(&export_reporting(to, &resolution.config, targets, err)?.text)
+        }
         (None, Some(p)) => s.push_str(&format!("--profile {p} --hv {}\n", request.overrides)),
         (None, None) => s.push_str(&format!("{}\n", request.overrides)),
     }
@@ -392,7 +532,9 @@ fn fleet(
     selection: &HvSelectionArgs,
     backend: Backend,
     format: Option<Format>,
+    targets: &Targets,
     json: bool,
+    err: &mut dyn Write,
 ) -> Result<String, CliError> {
     let request = selection.request().map_err(CliError::Selection)?;
     let hosts = probes
@@ -412,7 +554,7 @@ fn fleet(
     let mut s = render::baseline(&b);
     if let Some(f) = format {
         s.push_str(&format!("\nAs {f}:\n"));
-        s.push_str(&formats::export(f, &b.config).text);
+        s.push_str(&export_reporting(f, &b.config, targets, err)?.text);
     }
     Ok(s)
 }

@@ -1,5 +1,7 @@
-//! What a user asks for: explicit per-flag settings ([`HvConfig`]) and a request
-//! ([`HvRequest`]) = an optional profile plus those settings as overrides.
+//! What a user asks for, flag by flag: explicit per-flag settings ([`HvConfig`]) and their
+//! values. A request (a profile plus these settings) is [`crate::request::HvRequest`].
+//!
+//! Layer 4: depends on [`crate::flags`], [`crate::error`] and [`crate::tlfs`].
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -9,7 +11,6 @@ use serde::{Serialize, Serializer};
 
 use crate::error::ModelError;
 use crate::flags::{Enlightenment, ValueKind};
-use crate::profiles::Profile;
 use crate::tlfs;
 
 /// A validated Hyper-V vendor string: 1 to 12 printable ASCII characters (it fills
@@ -38,6 +39,13 @@ impl VendorId {
         if s.contains(',') {
             return Err(bad(
                 "',' cannot appear in a QEMU -cpu list; choose another".into()
+            ));
+        }
+        if s.starts_with(' ') || s.ends_with(' ') {
+            return Err(bad(
+                "it starts or ends with a space, which QEMU command lines and configuration \
+                 files do not keep; remove it (the vendor string is padded with zero bytes)"
+                    .into(),
             ));
         }
         if s.len() > 12 {
@@ -443,49 +451,5 @@ impl Serialize for HvConfig {
             map.serialize_entry("tsc-frequency", &hz)?;
         }
         map.end()
-    }
-}
-
-/// A user's request: start from a profile (optional) and apply explicit overrides.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-pub struct HvRequest {
-    /// Profile to start from; its flags are on "where possible" (off with a reason when the
-    /// host cannot provide them).
-    pub profile: Option<Profile>,
-    /// Explicit settings; an explicit flag the host cannot provide is an error.
-    pub overrides: HvConfig,
-}
-
-impl HvRequest {
-    /// A request for a profile without overrides.
-    pub fn from_profile(profile: Profile) -> HvRequest {
-        HvRequest {
-            profile: Some(profile),
-            overrides: HvConfig::new(),
-        }
-    }
-
-    /// A request without profile.
-    pub fn from_config(overrides: HvConfig) -> HvRequest {
-        HvRequest {
-            profile: None,
-            overrides,
-        }
-    }
-
-    /// Whether it asks for nothing at all.
-    pub fn is_empty(&self) -> bool {
-        self.profile.is_none() && self.overrides.is_empty()
-    }
-}
-
-impl fmt::Display for HvRequest {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match (&self.profile, self.overrides.is_empty()) {
-            (None, true) => f.write_str("(nothing)"),
-            (None, false) => write!(f, "--hv {}", self.overrides),
-            (Some(p), true) => write!(f, "--profile {p}"),
-            (Some(p), false) => write!(f, "--profile {p} --hv {}", self.overrides),
-        }
     }
 }

@@ -5,53 +5,11 @@
 
 use std::collections::BTreeMap;
 
-use serde::{Deserialize, Serialize};
-
 use crate::flags::{Enlightenment as E, Enlightenment, FlagKind};
 use crate::resolve::Resolution;
 use crate::tlfs::{self, Reg};
 
-/// One CPUID leaf, as `kvm_cpuid_entry2` carries it (without flags).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub struct CpuidLeaf {
-    /// Leaf (EAX input).
-    pub function: u32,
-    /// Subleaf (ECX input); 0 for every hypervisor leaf.
-    #[serde(default)]
-    pub index: u32,
-    /// EAX output.
-    pub eax: u32,
-    /// EBX output.
-    pub ebx: u32,
-    /// ECX output.
-    pub ecx: u32,
-    /// EDX output.
-    pub edx: u32,
-}
-
-impl CpuidLeaf {
-    /// A leaf with subleaf 0.
-    pub fn new(function: u32, eax: u32, ebx: u32, ecx: u32, edx: u32) -> CpuidLeaf {
-        CpuidLeaf {
-            function,
-            index: 0,
-            eax,
-            ebx,
-            ecx,
-            edx,
-        }
-    }
-
-    /// One output register.
-    pub fn reg(&self, reg: Reg) -> u32 {
-        match reg {
-            Reg::Eax => self.eax,
-            Reg::Ebx => self.ebx,
-            Reg::Ecx => self.ecx,
-            Reg::Edx => self.edx,
-        }
-    }
-}
+pub use crate::tlfs::CpuidLeaf;
 
 /// The leaves for this resolution, sorted by function. Empty when no Hyper-V enlightenment is
 /// on: the VMM then keeps KVM's own leaves at 0x40000000 (or hides them for `kvm=off`).

@@ -1,7 +1,9 @@
 //! Errors of the model. Every message names the problem and how to fix it.
+//!
+//! Layer 4: depends on [`crate::flags`] and [`crate::backend`] (for the names in messages).
 
 use crate::backend::Backend;
-use crate::flags::Enlightenment;
+use crate::flags::{Enlightenment, UnknownFlag};
 
 /// Joins flag names as `hv-synic and hv-time` (for prose).
 pub(crate) fn and_list(flags: &[Enlightenment]) -> String {
@@ -21,6 +23,15 @@ pub(crate) fn comma_list(flags: &[Enlightenment]) -> String {
 fn did_you_mean(s: &Option<&'static str>) -> String {
     s.map(|n| format!("; did you mean '{n}'?"))
         .unwrap_or_default()
+}
+
+impl From<UnknownFlag> for ModelError {
+    fn from(e: UnknownFlag) -> ModelError {
+        ModelError::UnknownFlag {
+            name: e.name,
+            suggestion: e.suggestion,
+        }
+    }
 }
 
 /// What can go wrong while parsing, validating or resolving a Hyper-V selection.

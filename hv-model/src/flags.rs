@@ -5,14 +5,18 @@
 //!
 //! Bits and dependencies follow QEMU's `kvm_hyperv_properties[]` (target/i386/kvm/kvm.c) and
 //! the TLFS; doc-only recommendations from QEMU's hyperv.rst are kept apart in `recommends`.
+//! `qemu_since` is the first QEMU release with the `-cpu` property (see docs/enlightenments.md,
+//! "Target versions", for how each was established).
+//!
+//! Layer 1: depends only on [`crate::tlfs`] and [`crate::version`].
 
 use std::fmt;
 use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::ModelError;
 use crate::tlfs::{self, bit, CpuidBits, KvmCap, Reg};
+use crate::version::Version;
 
 /// One configurable item of the Hyper-V/KVM paravirt interface a guest is offered: a Hyper-V
 /// enlightenment (`hv-synic`), an identification value (`hv-vendor-id`), a supplementary mode
@@ -133,8 +137,36 @@ pub struct FlagDef {
     pub enable_cap: Option<KvmCap>,
     /// `hv-passthrough` never turns it on (QEMU `skip_passthrough`).
     pub skip_passthrough: bool,
+    /// The first QEMU release whose x86 CPU has this `-cpu` property. [`QEMU_BASELINE`] means
+    /// "in every QEMU hvkvm exports for" (present in Debian 11's QEMU 5.2).
+    pub qemu_since: Version,
     /// One-line description.
     pub summary: &'static str,
+}
+
+/// The oldest QEMU the table's `qemu_since` data reaches (`Tool::Qemu.oldest()`).
+pub const QEMU_BASELINE: Version = Version::new(5, 2);
+/// QEMU 6.0: `kvm-msi-ext-dest-id`.
+const QEMU_6_0: Version = Version::new(6, 0);
+/// QEMU 6.2: `hv-avic` (alias `hv-apicv`), `hv-enforce-cpuid`, `hv-version-id-*`.
+const QEMU_6_2: Version = Version::new(6, 2);
+/// QEMU 7.1: `hv-syndbg`, `hv-xmm-input`, `hv-tlbflush-ext`, `hv-tlbflush-direct`,
+/// `hv-emsr-bitmap`.
+const QEMU_7_1: Version = Version::new(7, 1);
+/// QEMU 9.0: `kvm-asyncpf-vmexit`.
+const QEMU_9_0: Version = Version::new(9, 0);
+
+/// A name that is no flag.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "unknown Hyper-V flag '{name}'{}; `hvkvm hv flags` lists every flag and its spellings",
+    suggestion.map(|n| format!("; did you mean '{n}'?")).unwrap_or_default()
+)]
+pub struct UnknownFlag {
+    /// What the user wrote.
+    pub name: String,
+    /// Closest known name.
+    pub suggestion: Option<&'static str>,
 }
 
 use Enlightenment as E;
@@ -168,6 +200,7 @@ const fn row(flag: Enlightenment, name: &'static str, summary: &'static str) -> 
         kvm_cap: None,
         enable_cap: None,
         skip_passthrough: false,
+        qemu_since: QEMU_BASELINE,
         summary,
     }
 }
@@ -192,6 +225,7 @@ const fn version(flag: Enlightenment, name: &'static str, width: u32) -> FlagDef
         kind: FlagKind::Identity,
         value: ValueKind::Number(width),
         enables_hyperv: false,
+        qemu_since: QEMU_6_2,
         ..row(
             flag,
             name,
@@ -318,6 +352,7 @@ pub static FLAGS: &[FlagDef] = &[
         aliases: &["tlbflush-extended"],
         cpuid: &[bit(HV3, Reg::Edx, 14)],
         requires: &[E::Tlbflush],
+        qemu_since: QEMU_7_1,
         ..row(
             E::TlbflushExt,
             "hv-tlbflush-ext",
@@ -328,6 +363,7 @@ pub static FLAGS: &[FlagDef] = &[
         cpuid: &[bit(HVA, Reg::Eax, 17)],
         requires: &[E::Vapic],
         recommends: &[E::Evmcs],
+        qemu_since: QEMU_7_1,
         ..row(
             E::TlbflushDirect,
             "hv-tlbflush-direct",
@@ -388,6 +424,7 @@ pub static FLAGS: &[FlagDef] = &[
     FlagDef {
         cpuid: &[bit(HVA, Reg::Eax, 19)],
         recommends: &[E::Evmcs],
+        qemu_since: QEMU_7_1,
         ..row(
             E::EmsrBitmap,
             "hv-emsr-bitmap",
@@ -397,11 +434,13 @@ pub static FLAGS: &[FlagDef] = &[
     FlagDef {
         cpuid: &[bit(HV3, Reg::Edx, 4)],
         kvm_cap: Some(tlfs::KVM_CAP_HYPERV_ENFORCE_CPUID),
+        qemu_since: QEMU_7_1,
         ..row(E::XmmInput, "hv-xmm-input", "XMM fast hypercall input")
     },
     FlagDef {
         aliases: &["apicv"],
         cpuid: &[bit(HV4, Reg::Eax, 9)],
+        qemu_since: QEMU_6_2,
         ..row(
             E::Avic,
             "hv-avic",
@@ -423,6 +462,7 @@ pub static FLAGS: &[FlagDef] = &[
         requires: &[E::Synic, E::Relaxed],
         recommends: &[E::Time, E::Vapic, E::Vpindex, E::Runtime, E::Stimer],
         skip_passthrough: true,
+        qemu_since: QEMU_7_1,
         ..row(
             E::Syndbg,
             "hv-syndbg",
@@ -443,6 +483,7 @@ pub static FLAGS: &[FlagDef] = &[
         enables_hyperv: false,
         kvm_cap: Some(tlfs::KVM_CAP_HYPERV_ENFORCE_CPUID),
         enable_cap: Some(tlfs::KVM_CAP_HYPERV_ENFORCE_CPUID),
+        qemu_since: QEMU_6_2,
         ..row(
             E::EnforceCpuid,
             "hv-enforce-cpuid",
@@ -490,11 +531,14 @@ pub static FLAGS: &[FlagDef] = &[
         "kvm-pv-tlb-flush",
         &[bit(KVMF, Reg::Eax, 9)],
     ),
-    kvm_pv(
-        E::KvmAsyncpfVmexit,
-        "kvm-asyncpf-vmexit",
-        &[bit(KVMF, Reg::Eax, 10)],
-    ),
+    FlagDef {
+        qemu_since: QEMU_9_0,
+        ..kvm_pv(
+            E::KvmAsyncpfVmexit,
+            "kvm-asyncpf-vmexit",
+            &[bit(KVMF, Reg::Eax, 10)],
+        )
+    },
     kvm_pv(E::KvmPvIpi, "kvm-pv-ipi", &[bit(KVMF, Reg::Eax, 11)]),
     kvm_pv(
         E::KvmPollControl,
@@ -511,11 +555,14 @@ pub static FLAGS: &[FlagDef] = &[
         "kvm-asyncpf-int",
         &[bit(KVMF, Reg::Eax, 14)],
     ),
-    kvm_pv(
-        E::KvmMsiExtDestId,
-        "kvm-msi-ext-dest-id",
-        &[bit(KVMF, Reg::Eax, 15)],
-    ),
+    FlagDef {
+        qemu_since: QEMU_6_0,
+        ..kvm_pv(
+            E::KvmMsiExtDestId,
+            "kvm-msi-ext-dest-id",
+            &[bit(KVMF, Reg::Eax, 15)],
+        )
+    },
     kvm_pv(
         E::KvmClockStableBit,
         "kvmclock-stable-bit",
@@ -553,13 +600,13 @@ impl Enlightenment {
 
     /// Looks a flag up by any accepted spelling: `hv-relaxed`, `hv_relaxed`, `relaxed`,
     /// libvirt names (`vendor_id`, `emsr_bitmap`, `hypervclock`), `hv-apicv`, `kvm_pv_ipi`.
-    pub fn from_name(name: &str) -> Result<Enlightenment, ModelError> {
+    pub fn from_name(name: &str) -> Result<Enlightenment, UnknownFlag> {
         let key = normalize(name);
         FLAGS
             .iter()
             .find(|d| short(d.name) == key || d.aliases.contains(&key.as_str()))
             .map(|d| d.flag)
-            .ok_or_else(|| ModelError::UnknownFlag {
+            .ok_or_else(|| UnknownFlag {
                 name: name.trim().to_string(),
                 suggestion: suggest(&key),
             })
@@ -573,7 +620,7 @@ impl fmt::Display for Enlightenment {
 }
 
 impl FromStr for Enlightenment {
-    type Err = ModelError;
+    type Err = UnknownFlag;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         Enlightenment::from_name(s)
     }
@@ -586,7 +633,7 @@ impl From<Enlightenment> for &'static str {
 }
 
 impl TryFrom<String> for Enlightenment {
-    type Error = ModelError;
+    type Error = UnknownFlag;
     fn try_from(s: String) -> Result<Self, Self::Error> {
         Enlightenment::from_name(&s)
     }
@@ -677,11 +724,29 @@ mod tests {
 
     #[test]
     fn unknown_name_suggests_the_closest() {
-        match Enlightenment::from_name("hv-frequencys") {
-            Err(ModelError::UnknownFlag { suggestion, .. }) => {
-                assert_eq!(suggestion, Some("hv-frequencies"))
+        let err = Enlightenment::from_name("hv-frequencys").unwrap_err();
+        assert_eq!(err.suggestion, Some("hv-frequencies"));
+        assert!(
+            err.to_string().contains("did you mean 'hv-frequencies'"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn dependencies_are_never_newer_than_their_dependents() {
+        // An export for an old QEMU drops flags newer than it; this keeps every flag it
+        // keeps together with what QEMU requires for it.
+        for d in FLAGS {
+            for dep in d.requires {
+                assert!(
+                    dep.def().qemu_since <= d.qemu_since,
+                    "{} (QEMU {}) requires {} (QEMU {})",
+                    d.name,
+                    d.qemu_since,
+                    dep.name(),
+                    dep.def().qemu_since
+                );
             }
-            other => panic!("unexpected {other:?}"),
         }
     }
 

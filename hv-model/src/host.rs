@@ -7,8 +7,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use crate::cpuid::CpuidLeaf;
-use crate::tlfs::{self, KvmCap, Reg};
+use crate::tlfs::{self, CpuidLeaf, KvmCap, Reg};
 
 /// Host CPU vendor.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -49,10 +48,10 @@ pub struct HostCapabilities {
     /// The kvm_intel/kvm_amd `nested` module parameter; `None` when unknown/not loaded.
     #[serde(default)]
     pub nested: Option<bool>,
-    /// `KVM_CHECK_EXTENSION` answers by uAPI name (e.g. `"KVM_CAP_HYPERV_SYNIC2": 1`);
-    /// absent or 0 means unsupported.
+    /// `KVM_CHECK_EXTENSION` answers, keyed by capability number and written in JSON by uAPI
+    /// name (e.g. `"KVM_CAP_HYPERV_SYNIC2": 1`); absent or 0 means unsupported.
     #[serde(default)]
-    pub kvm_caps: BTreeMap<String, i64>,
+    pub kvm_caps: KvmCaps,
     /// The leaves of `KVM_GET_SUPPORTED_HV_CPUID` (0x40000000..0x40000082), when the kernel
     /// has it (cap 167/191). The primary source of truth for the kernel backend.
     #[serde(default)]
@@ -93,6 +92,105 @@ pub struct HostCapabilities {
     pub apicv: Option<bool>,
 }
 
+/// `KVM_CHECK_EXTENSION` answers, keyed by capability number (`kvm_bindings::KVM_CAP_*`).
+///
+/// JSON keeps the readable form `hvkvm probe --json` has always written: an object from uAPI
+/// name to answer, `{"KVM_CAP_HYPERV": 1, "KVM_CAP_HYPERV_SYNIC2": 1}`. A key may also be a
+/// capability number in decimal (`"148": 1`). A `KVM_CAP_*` name this model does not know
+/// (from a newer probe) is kept as it is and ignored; any other key is an error.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KvmCaps {
+    known: BTreeMap<u32, i64>,
+    /// Well-formed names of capabilities this model does not know, kept for round trips.
+    unknown: BTreeMap<String, i64>,
+}
+
+impl KvmCaps {
+    /// The answer for `cap`, if the host description has one.
+    pub fn get(&self, cap: KvmCap) -> Option<i64> {
+        self.known.get(&cap.number).copied()
+    }
+
+    /// Records the answer for `cap`.
+    pub fn set(&mut self, cap: KvmCap, value: i64) {
+        self.known.insert(cap.number, value);
+    }
+
+    /// Whether there are no answers at all.
+    pub fn is_empty(&self) -> bool {
+        self.known.is_empty() && self.unknown.is_empty()
+    }
+
+    /// Every answer by capability number, in number order (unknown names excluded).
+    pub fn iter(&self) -> impl Iterator<Item = (u32, i64)> + '_ {
+        self.known.iter().map(|(n, v)| (*n, *v))
+    }
+
+    fn insert_key(&mut self, key: &str, value: i64) -> Result<(), String> {
+        if let Some(cap) = KvmCap::from_name(key) {
+            self.known.insert(cap.number, value);
+        } else if let Ok(number) = key.parse::<u32>() {
+            self.known.insert(number, value);
+        } else if is_cap_name(key) {
+            self.unknown.insert(key.to_string(), value);
+        } else {
+            return Err(format!(
+                "kvm_caps key '{key}' is not a KVM capability: use the uAPI name (e.g. \
+                 KVM_CAP_HYPERV_SYNIC2) or the capability number, as `hvkvm probe --json` writes"
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn is_cap_name(key: &str) -> bool {
+    key.strip_prefix("KVM_CAP_").is_some_and(|rest| {
+        !rest.is_empty()
+            && rest
+                .bytes()
+                .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
+    })
+}
+
+/// Capability numbers with their answers, as the VMM's probe has them.
+impl FromIterator<(u32, i64)> for KvmCaps {
+    fn from_iter<I: IntoIterator<Item = (u32, i64)>>(iter: I) -> Self {
+        KvmCaps {
+            known: iter.into_iter().collect(),
+            unknown: BTreeMap::new(),
+        }
+    }
+}
+
+impl Serialize for KvmCaps {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = serializer.serialize_map(Some(self.known.len() + self.unknown.len()))?;
+        for (number, value) in &self.known {
+            match KvmCap::from_number(*number) {
+                Some(cap) => map.serialize_entry(cap.name, value)?,
+                None => map.serialize_entry(&number.to_string(), value)?,
+            }
+        }
+        for (name, value) in &self.unknown {
+            map.serialize_entry(name, value)?;
+        }
+        map.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for KvmCaps {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let raw = BTreeMap::<String, i64>::deserialize(deserializer)?;
+        let mut caps = KvmCaps::default();
+        for (key, value) in raw {
+            caps.insert_key(&key, value)
+                .map_err(serde::de::Error::custom)?;
+        }
+        Ok(caps)
+    }
+}
+
 /// Why a host description could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum HostLoadError {
@@ -101,9 +199,9 @@ pub enum HostLoadError {
     Read {
         /// The path.
         path: String,
-        /// The I/O error.
+        /// Why (missing, not a regular file, too large, not UTF-8).
         #[source]
-        source: std::io::Error,
+        source: input_file::InputError,
     },
     /// Not JSON, or a field has the wrong type.
     #[error("{path} is not a valid host description")]
@@ -131,10 +229,11 @@ pub enum HostLoadError {
 impl HostCapabilities {
     /// Loads a probe document (`{"host_capabilities": {...}, ...}`) or a bare object.
     pub fn load(path: &Path) -> Result<HostCapabilities, HostLoadError> {
-        let text = std::fs::read_to_string(path).map_err(|source| HostLoadError::Read {
-            path: path.display().to_string(),
-            source,
-        })?;
+        let text = input_file::read_text(path, &input_file::Role::config("host description"))
+            .map_err(|source| HostLoadError::Read {
+                path: path.display().to_string(),
+                source,
+            })?;
         HostCapabilities::from_json(&text, &path.display().to_string())
     }
 
@@ -174,7 +273,7 @@ impl HostCapabilities {
 
     /// Whether `KVM_CHECK_EXTENSION(cap)` was positive.
     pub fn has_cap(&self, cap: KvmCap) -> bool {
-        self.kvm_caps.get(cap.name).is_some_and(|v| *v > 0)
+        self.kvm_caps.get(cap).is_some_and(|v| v > 0)
     }
 
     /// Whether the kernel has in-kernel Hyper-V emulation at all (`CONFIG_KVM_HYPERV`).
@@ -223,7 +322,7 @@ impl HostCapabilities {
             vmx: true,
             svm: false,
             nested: Some(true),
-            kvm_caps: caps.iter().map(|c| (c.name.to_string(), 1)).collect(),
+            kvm_caps: caps.iter().map(|c| (c.number, 1)).collect(),
             supported_hv_cpuid: Some(kvm_supported_hv_cpuid(true, false)),
             // kvmclock..msi-ext-dest-id and the stable bit, as KVM ≈6.x reports.
             kvm_pv_features: 0x0100_FEFB,
@@ -246,8 +345,7 @@ impl HostCapabilities {
         host.cpu_vendor = CpuVendor::Amd;
         host.vmx = false;
         host.svm = true;
-        host.kvm_caps
-            .insert(tlfs::KVM_CAP_HYPERV_ENLIGHTENED_VMCS.name.into(), 0);
+        host.kvm_caps.set(tlfs::KVM_CAP_HYPERV_ENLIGHTENED_VMCS, 0);
         host.supported_hv_cpuid = Some(kvm_supported_hv_cpuid(false, false));
         host.tsc_khz = Some(3_000_000);
         host
@@ -355,6 +453,46 @@ mod tests {
         let h = HostCapabilities::from_json(r#"{"cpu_vendor": "amd"}"#, "x").unwrap();
         assert_eq!(h.cpu_vendor, CpuVendor::Amd);
         assert!(!h.kernel_hyperv());
+    }
+
+    #[test]
+    fn kvm_caps_keep_the_probe_json_format() {
+        // What `hvkvm probe --json` has always written: uAPI names, including platform caps.
+        let text = r#"{"cpu_vendor": "intel", "kvm_caps": {"KVM_CAP_HYPERV": 1,
+            "KVM_CAP_HYPERV_SYNIC2": 1, "KVM_CAP_IRQCHIP": 1, "KVM_CAP_HYPERV_TIME": 0,
+            "KVM_CAP_FROM_A_NEWER_PROBE": 3, "163": 1}}"#;
+        let h = HostCapabilities::from_json(text, "t").unwrap();
+        assert!(h.has_cap(tlfs::KVM_CAP_HYPERV_SYNIC2));
+        assert!(
+            h.has_cap(tlfs::KVM_CAP_HYPERV_ENLIGHTENED_VMCS),
+            "numeric key 163"
+        );
+        assert!(!h.has_cap(tlfs::KVM_CAP_HYPERV_TIME), "answer 0");
+        assert!(!h.has_cap(tlfs::KVM_CAP_HYPERV_VAPIC), "absent");
+        let json = serde_json::to_value(&h).unwrap();
+        let caps = &json["kvm_caps"];
+        assert_eq!(
+            caps["KVM_CAP_HYPERV_ENLIGHTENED_VMCS"], 1,
+            "written by name: {caps}"
+        );
+        assert_eq!(caps["KVM_CAP_FROM_A_NEWER_PROBE"], 3, "kept: {caps}");
+        let again = HostCapabilities::from_json(&json.to_string(), "again").unwrap();
+        assert_eq!(again, h);
+    }
+
+    #[test]
+    fn a_misspelt_cap_key_names_the_fix() {
+        let err = HostCapabilities::from_json(
+            r#"{"cpu_vendor": "intel", "kvm_caps": {"hyperv_synic2": 1}}"#,
+            "t",
+        )
+        .unwrap_err();
+        let source = std::error::Error::source(&err).map(ToString::to_string);
+        let text = format!("{err}: {}", source.unwrap_or_default());
+        assert!(
+            text.contains("'hyperv_synic2'") && text.contains("KVM_CAP_HYPERV_SYNIC2"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -1,10 +1,12 @@
 //! What prevents live migration of a guest with a given set of enlightenments
 //! (reference §7.6; QEMU's migration blockers in target/i386/kvm/kvm.c).
+//!
+//! Layer 9: reads [`crate::decision`] data; [`crate::resolve`] calls it.
 
 use crate::config::{Coresharing, HvConfig};
+use crate::decision::{MigrationBlocker, Slot};
 use crate::flags::Enlightenment as E;
 use crate::host::HostCapabilities;
-use crate::resolve::{MigrationBlocker, Slot};
 use crate::tlfs::{self, Reg};
 
 /// The blockers for the flags that are on.

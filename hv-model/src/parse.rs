@@ -1,10 +1,14 @@
 //! Parsing of QEMU-style comma lists: `hv-relaxed,hv-vapic,hv-spinlocks=0x1fff`,
 //! `relaxed,vapic` (no prefix), `hv_time` spellings, `+hv-ipi`/`-hv-ipi` and `=on/off` forms,
 //! plus `kvm=on|off` and `tsc-frequency=HZ`.
+//!
+//! Layer 8: depends on [`crate::config`], [`crate::request`], [`crate::flags`],
+//! [`crate::error`].
 
-use crate::config::{parse_number, HvConfig, HvRequest};
+use crate::config::{parse_number, HvConfig};
 use crate::error::ModelError;
 use crate::flags::Enlightenment;
+use crate::request::HvRequest;
 
 /// Parses a `--hv` list into a request without profile. Later items win, as on QEMU's
 /// command line. Unknown names are errors (with a "did you mean").

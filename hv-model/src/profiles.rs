@@ -1,6 +1,9 @@
 //! Starting points a user can pick with `--profile` and adjust with `--hv`. Every flag a profile
 //! turns on is on "where possible": if the host or backend cannot provide it, it is off with
 //! the reason, instead of failing (explicit `--hv` flags fail instead).
+//!
+//! Layer 5: depends on [`crate::backend`], [`crate::config`], [`crate::error`],
+//! [`crate::flags`], [`crate::host`], [`crate::options`], [`crate::tlfs`].
 
 use std::fmt;
 
@@ -11,7 +14,7 @@ use crate::config::{Coresharing, FlagValue, HvConfig};
 use crate::error::ModelError;
 use crate::flags::{Enlightenment as E, Enlightenment, FlagKind, FLAGS};
 use crate::host::HostCapabilities;
-use crate::resolve::{HostChecks, ResolveOptions};
+use crate::options::{HostChecks, Irqchip, ResolveOptions};
 use crate::tlfs::{self, Reg};
 
 /// A named starting set of enlightenments.
@@ -25,8 +28,8 @@ pub enum Profile {
     /// Windows desktop/server without nesting: the QEMU-recommended set minus nested-only,
     /// debug and migration-hostile flags.
     Windows,
-    /// What Linux's Hyper-V guest code (arch/x86/hyperv, drivers/hv) uses, plus KVM's
-    /// paravirt features which Linux also reads.
+    /// What Linux's Hyper-V guest code (arch/x86/hyperv, drivers/hv) uses, with KVM's own
+    /// leaves hidden (`kvm=off`) so that Linux really runs as a Hyper-V guest.
     Linux,
     /// The `windows` set restricted to what migrates between KVM hosts: no host-dependent
     /// hints, KVM paravirt features listed explicitly, and migration blockers are errors.
@@ -79,10 +82,22 @@ impl Profile {
                 "Windows as L1 Hyper-V host (Hyper-V role, WSL2, VBS/HVCI): windows + nesting"
             }
             Profile::Windows => "Windows desktop/server without nesting",
-            Profile::Linux => "Linux guest: what its Hyper-V code uses, plus KVM PV features",
+            Profile::Linux => "Linux guest: what its Hyper-V code uses, KVM's leaves hidden",
             Profile::Migratable => "windows restricted to what migrates between KVM hosts",
             Profile::Minimal => "relaxed, vapic, time, enforce-cpuid",
             Profile::Host => "everything this host can do, listed explicitly (needs --host)",
+        }
+    }
+
+    /// Why this profile turns `flag` off, where the profile's purpose is the reason.
+    pub fn why_off(self, flag: Enlightenment) -> Option<&'static str> {
+        match (self, flag) {
+            (Profile::Linux, E::Kvm) => Some(
+                "Linux runs as the guest of the hypervisor whose detection ranks highest, and \
+                 KVM's signature (moved to 0x40000100) outranks Hyper-V's: with KVM's leaves \
+                 present Linux would run as a KVM guest and none of its Hyper-V code would run",
+            ),
+            _ => None,
         }
     }
 
@@ -112,7 +127,7 @@ impl Profile {
             }
             Profile::Linux => {
                 on(&mut c, LINUX)?;
-                on(&mut c, KVM_PV_COMMON)?;
+                c.disable(E::Kvm);
             }
             Profile::Migratable => {
                 windows(&mut c)?;
@@ -231,7 +246,7 @@ fn host_profile(
     for d in FLAGS {
         let never = matches!(d.flag, E::Syndbg | E::Passthrough | E::Kvm | E::KvmHintDedicated)
             // Depends on the VM's irqchip, not on the host.
-            || (d.flag == E::KvmMsiExtDestId && opts.irqchip != crate::resolve::Irqchip::Split);
+            || (d.flag == E::KvmMsiExtDestId && opts.irqchip != Irqchip::Split);
         if never || d.kind == FlagKind::Identity || d.value != crate::flags::ValueKind::Switch {
             continue;
         }

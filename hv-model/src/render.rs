@@ -2,11 +2,12 @@
 
 use std::fmt::Write as _;
 
+use crate::backend::USER_BACKEND_IMPLEMENTS;
 use crate::baseline::Baseline;
 use crate::cpuid::CpuidLeaf;
 use crate::flags::{FlagKind, FLAGS};
+use crate::formats::qemu::QemuEquivalent;
 use crate::resolve::Resolution;
-use crate::USER_BACKEND_IMPLEMENTS;
 
 const SECTIONS: [(FlagKind, &str); 4] = [
     (FlagKind::Enlightenment, "Hyper-V enlightenments"),
@@ -16,7 +17,12 @@ const SECTIONS: [(FlagKind, &str); 4] = [
 ];
 
 /// The `explain` table: flags, blockers, warnings, CPUID, the equivalent explicit list.
-pub(crate) fn explain(title: &str, r: &Resolution, leaves: &[CpuidLeaf]) -> String {
+pub(crate) fn explain(
+    title: &str,
+    r: &Resolution,
+    leaves: &[CpuidLeaf],
+    qemu: &QemuEquivalent,
+) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "{title}");
     for (kind, heading) in SECTIONS {
@@ -69,6 +75,22 @@ pub(crate) fn explain(title: &str, r: &Resolution, leaves: &[CpuidLeaf]) -> Stri
         "\nEquivalent explicit list (no profile needed):\n  --hv {}",
         r.config
     );
+    // Only the command line: whether QEMU then shows the guest the same CPUID is not
+    // compared here.
+    let _ = writeln!(
+        s,
+        "\nQEMU {} command line for this set:\n  -cpu {}",
+        qemu.version, qemu.cpu
+    );
+    for d in &qemu.dropped {
+        let effect = if d.lost { "" } else { " (no effect)" };
+        let _ = writeln!(
+            s,
+            "  left out{effect}: {}: {}",
+            d.names().join(","),
+            d.reason
+        );
+    }
     s
 }
 
@@ -127,8 +149,8 @@ pub(crate) fn baseline(b: &Baseline) -> String {
 /// The `flags` table, from the definition table.
 pub(crate) fn flags() -> String {
     let mut s = format!(
-        "{:<26} {:<30} {:<22} {:<22} {:<32} {}\n",
-        "FLAG", "ALIASES", "CPUID", "REQUIRES", "KVM CAP (legacy check)", "USER BACKEND"
+        "{:<26} {:<30} {:<22} {:<22} {:<32} {:<12} {}\n",
+        "FLAG", "ALIASES", "CPUID", "REQUIRES", "KVM CAP (legacy check)", "USER BACKEND", "QEMU"
     );
     for d in FLAGS {
         let aliases: Vec<String> = d.aliases.iter().map(|a| a.to_string()).collect();
@@ -147,15 +169,21 @@ pub(crate) fn flags() -> String {
             _ if USER_BACKEND_IMPLEMENTS.contains(&d.flag) => "yes",
             _ => "not yet",
         };
+        let qemu = if d.qemu_since <= crate::flags::QEMU_BASELINE {
+            format!("<={}", d.qemu_since)
+        } else {
+            format!("{}+", d.qemu_since)
+        };
         let _ = writeln!(
             s,
-            "{:<26} {:<30} {:<22} {:<22} {:<32} {}",
+            "{:<26} {:<30} {:<22} {:<22} {:<32} {:<12} {}",
             d.name,
             or_dash(&aliases.join(",")),
             bits.join(" "),
             or_dash(&requires.join(",")),
             d.kvm_cap.map_or("-", |c| c.name),
-            user
+            user,
+            qemu
         );
     }
     s

@@ -13,158 +13,27 @@
 //! 4. availability on the host and backend: explicit → error, profile/default → off with reason;
 //! 5. migration: blockers are listed; when migration is required they are errors for explicit
 //!    flags and turn profile flags off.
+//!
+//! Layer 7: the decision data lives in [`crate::decision`] and the options in
+//! [`crate::options`] (both re-exported here), so that the modules this one calls need not
+//! import it.
 
 use serde::Serialize;
 
 use crate::advice;
 use crate::backend::{availability, Backend};
-use crate::config::{Coresharing, FlagValue, HvConfig, HvRequest, VendorId};
+use crate::config::{Coresharing, FlagValue, HvConfig, VendorId};
 use crate::error::{and_list, ModelError};
 use crate::flags::{Enlightenment as E, Enlightenment, FlagKind};
 use crate::host::HostCapabilities;
 use crate::migration;
 use crate::profiles::Profile;
+use crate::request::HvRequest;
 use crate::tlfs::{self, KvmCap, Reg};
 
-/// Whether to check the host at all.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum HostChecks {
-    /// Check every flag against the host description.
-    #[default]
-    Enforce,
-    /// No host description: validate syntax and dependencies only; host-dependent values
-    /// (coresharing=auto, passthrough, profile `host`) cannot be decided.
-    Skip,
-}
-
-/// How the VM's interrupt controller is set up (stimer-direct and hv-ipi need an in-kernel
-/// LAPIC; kvm-msi-ext-dest-id needs a split irqchip).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum Irqchip {
-    /// In-kernel LAPIC, IOAPIC and PIC.
-    #[default]
-    Kernel,
-    /// In-kernel LAPIC, user-space IOAPIC/PIC.
-    Split,
-    /// Everything in user space.
-    Userspace,
-}
-
-/// Knobs of a resolution besides the request and the host.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-pub struct ResolveOptions {
-    /// Check the host (default) or skip host checks (no probe available).
-    pub host_checks: HostChecks,
-    /// The guest must be migratable: blockers are errors (explicit flags) or turn flags off.
-    pub require_migration: bool,
-    /// The VM's irqchip.
-    pub irqchip: Irqchip,
-    /// Guest TSC frequency in kHz, if the VM fixes it (alternative to `tsc-frequency=`).
-    pub tsc_khz: Option<u32>,
-    /// 40000005.EAX (max virtual processors); default QEMU's "no limit" (0xffffffff).
-    pub max_vps: Option<u32>,
-}
-
-/// Where a flag's state came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Origin {
-    /// Given in `--hv` (or an imported config): failures are errors.
-    Explicit,
-    /// From the profile: on where possible.
-    Profile,
-    /// Turned on by hv-passthrough.
-    Passthrough,
-    /// Default (kvm and KVM paravirt features).
-    Default,
-    /// Nobody asked for it.
-    NotRequested,
-}
-
-impl Origin {
-    fn is_soft(self) -> bool {
-        matches!(
-            self,
-            Origin::Profile | Origin::Passthrough | Origin::Default
-        )
-    }
-}
-
-/// The decision for one flag.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Decision {
-    /// The flag.
-    pub flag: Enlightenment,
-    /// On or off.
-    pub on: bool,
-    /// Where the state came from.
-    pub origin: Origin,
-    /// Whether the request (profile, explicit flags, passthrough or default) wanted it on,
-    /// before host, backend, dependency and migration checks.
-    pub requested: bool,
-    /// The effective value for value flags (spinlocks, vendor, version, coresharing).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub value: Option<String>,
-    /// Why, in words.
-    pub reason: String,
-}
-
-/// Something that prevents live migration.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct MigrationBlocker {
-    /// The flag responsible.
-    pub flag: Enlightenment,
-    /// Why, and how to avoid it.
-    pub reason: String,
-}
-
-/// The Hyper-V version the guest sees (40000002).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-pub struct HvVersion {
-    /// EAX: build number.
-    pub build: u32,
-    /// `EBX[31:16]`.
-    pub major: u32,
-    /// `EBX[15:0]`.
-    pub minor: u32,
-    /// ECX: service pack.
-    pub service_pack: u32,
-    /// `EDX[31:24]`: service branch.
-    pub service_branch: u32,
-    /// `EDX[23:0]`: service number.
-    pub service_number: u32,
-}
-
-/// Every value the CPUID builder and the VMM need, decided.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct GuestSettings {
-    /// 40000004.EBX (0xffffffff: never notify).
-    pub spinlock_retries: u32,
-    /// 40000000.EBX:ECX:EDX.
-    pub vendor_id: String,
-    /// 40000002.
-    pub version: HvVersion,
-    /// `40000004.EAX[18]`.
-    pub no_nonarch_coresharing: bool,
-    /// 40000005.EAX.
-    pub max_vps: u32,
-    /// 40000005.EBX.
-    pub max_lps: u32,
-    /// `4000000A.EAX[15:0]` when eVMCS is on.
-    pub evmcs_version: Option<u16>,
-    /// `03.EAX[5]`: the backend serves the hypercall MSRs.
-    pub hypercall_interface: bool,
-    /// KVM's signature leaf is exposed (`kvm=on`).
-    pub kvm_signature: bool,
-    /// KVM feature leaf EAX (0x40000101 while Hyper-V is on).
-    pub kvm_features: u32,
-    /// KVM feature leaf EDX (hints).
-    pub kvm_hints: u32,
-    /// Fixed guest TSC frequency in Hz, if any.
-    pub tsc_frequency_hz: Option<u64>,
-}
+pub(crate) use crate::decision::Slot;
+pub use crate::decision::{Decision, GuestSettings, HvVersion, MigrationBlocker, Origin};
+pub use crate::options::{HostChecks, Irqchip, ResolveOptions};
 
 /// The outcome of [`resolve`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -230,15 +99,6 @@ impl Resolution {
             .filter_map(|d| d.flag.def().enable_cap)
             .collect()
     }
-}
-
-/// Working state of one flag.
-#[derive(Debug, Clone)]
-pub(crate) struct Slot {
-    pub(crate) on: bool,
-    pub(crate) requested: bool,
-    pub(crate) origin: Origin,
-    pub(crate) reason: String,
 }
 
 /// Resolves a request against a host and backend. Errors are dependency and value problems,
@@ -341,10 +201,10 @@ fn initial_slot(flag: Enlightenment, request: &HvRequest, profile_cfg: &HvConfig
         };
     }
     if let (Some(on), Some(p)) = (profile_cfg.state(flag), request.profile) {
-        let reason = if on {
-            format!("profile {p}")
-        } else {
-            format!("profile {p} turns it off")
+        let reason = match (on, p.why_off(flag)) {
+            (true, _) => format!("profile {p}"),
+            (false, Some(why)) => format!("profile {p} turns it off: {why}"),
+            (false, None) => format!("profile {p} turns it off"),
         };
         return Slot {
             on,

@@ -1,7 +1,7 @@
 //! CPUID leaf numbers and bit positions from the Hyper-V TLFS (`feature-discovery.md`) and
-//! KVM's paravirt ABI (`Documentation/virt/kvm/x86/cpuid.rst`), plus the KVM capabilities
-//! that report them. Only constants live here; the flag table (`flags.rs`) says which flag
-//! sets which bit.
+//! KVM's paravirt ABI (`Documentation/virt/kvm/x86/cpuid.rst`), the KVM capabilities that
+//! report them, and the plain data types for CPUID leaves. This is the bottom layer: it
+//! depends on no other module. The flag table (`flags.rs`) says which flag sets which bit.
 
 use serde::{Deserialize, Serialize};
 
@@ -136,42 +136,119 @@ pub const fn bit(leaf: u32, reg: Reg, n: u32) -> CpuidBits {
     }
 }
 
-/// A KVM capability (`KVM_CHECK_EXTENSION` number and uAPI name). Numbers are from the KVM
-/// uAPI (`include/uapi/linux/kvm.h`) as bound by kvm-bindings and crosvm.
+/// A KVM capability: its `KVM_CHECK_EXTENSION` number, taken from kvm-bindings (the KVM uAPI
+/// as bound by rust-vmm), and its uAPI name, which is how host descriptions spell it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct KvmCap {
-    /// uAPI name, the key used in [`crate::HostCapabilities::kvm_caps`].
+    /// uAPI name, the key used in the JSON of [`crate::HostCapabilities::kvm_caps`].
     pub name: &'static str,
-    /// Capability number.
+    /// Capability number (`kvm_bindings::KVM_CAP_*`).
     pub number: u32,
 }
 
+impl KvmCap {
+    /// The capability with this uAPI name, if the model knows it.
+    pub fn from_name(name: &str) -> Option<KvmCap> {
+        ALL_CAPS.iter().copied().find(|c| c.name == name)
+    }
+
+    /// The capability with this number, if the model knows it.
+    pub fn from_number(number: u32) -> Option<KvmCap> {
+        ALL_CAPS.iter().copied().find(|c| c.number == number)
+    }
+}
+
+/// Declares each capability once: the name is the constant's own name and the number is
+/// kvm-bindings' constant of that name, so the two cannot disagree.
 macro_rules! caps {
-    ($($id:ident = $num:expr;)*) => {
+    ($($id:ident),* $(,)?) => {
         $(
-            #[doc = concat!("`", stringify!($id), "` (", stringify!($num), ").")]
-            pub const $id: KvmCap = KvmCap { name: stringify!($id), number: $num };
+            #[doc = concat!("`", stringify!($id), "`.")]
+            pub const $id: KvmCap = KvmCap { name: stringify!($id), number: kvm_bindings::$id };
         )*
-        /// Every capability the model knows, for `hvkvm hv flags` and docs.
+        /// Every capability the model knows by name: the Hyper-V ones and the platform ones
+        /// `hvkvm probe` reports beside them (host descriptions may carry all of them).
         pub const ALL_CAPS: &[KvmCap] = &[$($id),*];
     };
 }
 
 caps! {
-    KVM_CAP_HYPERV = 44;
-    KVM_CAP_HYPERV_VAPIC = 45;
-    KVM_CAP_HYPERV_SPIN = 46;
-    KVM_CAP_HYPERV_TIME = 96;
-    KVM_CAP_HYPERV_SYNIC = 123;
-    KVM_CAP_HYPERV_SYNIC2 = 148;
-    KVM_CAP_HYPERV_VP_INDEX = 149;
-    KVM_CAP_HYPERV_EVENTFD = 154;
-    KVM_CAP_HYPERV_TLBFLUSH = 155;
-    KVM_CAP_HYPERV_SEND_IPI = 161;
-    KVM_CAP_HYPERV_ENLIGHTENED_VMCS = 163;
-    KVM_CAP_HYPERV_CPUID = 167;
-    KVM_CAP_SYS_HYPERV_CPUID = 191;
-    KVM_CAP_HYPERV_ENFORCE_CPUID = 199;
+    KVM_CAP_HYPERV,
+    KVM_CAP_HYPERV_VAPIC,
+    KVM_CAP_HYPERV_SPIN,
+    KVM_CAP_HYPERV_TIME,
+    KVM_CAP_HYPERV_SYNIC,
+    KVM_CAP_HYPERV_SYNIC2,
+    KVM_CAP_HYPERV_VP_INDEX,
+    KVM_CAP_HYPERV_EVENTFD,
+    KVM_CAP_HYPERV_TLBFLUSH,
+    KVM_CAP_HYPERV_SEND_IPI,
+    KVM_CAP_HYPERV_ENLIGHTENED_VMCS,
+    KVM_CAP_HYPERV_CPUID,
+    KVM_CAP_HYPERV_DIRECT_TLBFLUSH,
+    KVM_CAP_SYS_HYPERV_CPUID,
+    KVM_CAP_HYPERV_ENFORCE_CPUID,
+    KVM_CAP_IRQCHIP,
+    KVM_CAP_SPLIT_IRQCHIP,
+    KVM_CAP_PIT2,
+    KVM_CAP_X2APIC_API,
+    KVM_CAP_TSC_DEADLINE_TIMER,
+    KVM_CAP_NESTED_STATE,
+    KVM_CAP_TSC_CONTROL,
+    KVM_CAP_GET_TSC_KHZ,
+    KVM_CAP_X86_USER_SPACE_MSR,
+    KVM_CAP_X86_MSR_FILTER,
+    KVM_CAP_EXIT_HYPERCALL,
+    KVM_CAP_EXIT_ON_EMULATION_FAILURE,
+    KVM_CAP_IMMEDIATE_EXIT,
+    KVM_CAP_SET_GUEST_DEBUG,
+    KVM_CAP_SIGNAL_MSI,
+    KVM_CAP_IRQFD,
+    KVM_CAP_IOEVENTFD,
+    KVM_CAP_ADJUST_CLOCK,
+    KVM_CAP_MAX_VCPUS,
+}
+
+/// One CPUID leaf, as `kvm_cpuid_entry2` carries it (without flags).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct CpuidLeaf {
+    /// Leaf (EAX input).
+    pub function: u32,
+    /// Subleaf (ECX input); 0 for every hypervisor leaf.
+    #[serde(default)]
+    pub index: u32,
+    /// EAX output.
+    pub eax: u32,
+    /// EBX output.
+    pub ebx: u32,
+    /// ECX output.
+    pub ecx: u32,
+    /// EDX output.
+    pub edx: u32,
+}
+
+impl CpuidLeaf {
+    /// A leaf with subleaf 0.
+    pub fn new(function: u32, eax: u32, ebx: u32, ecx: u32, edx: u32) -> CpuidLeaf {
+        CpuidLeaf {
+            function,
+            index: 0,
+            eax,
+            ebx,
+            ecx,
+            edx,
+        }
+    }
+
+    /// One output register.
+    pub fn reg(&self, reg: Reg) -> u32 {
+        match reg {
+            Reg::Eax => self.eax,
+            Reg::Ebx => self.ebx,
+            Reg::Ecx => self.ecx,
+            Reg::Edx => self.edx,
+        }
+    }
 }
 
 /// Packs up to 12 ASCII bytes into three little-endian registers, zero padded (the layout of
@@ -203,6 +280,25 @@ mod tests {
             [0x7263_694D, 0x666F_736F, 0x7648_2074]
         );
         assert_eq!(unpack_signature(pack_signature("KVMKVMKVM")), "KVMKVMKVM");
+    }
+
+    #[test]
+    fn capability_numbers_are_kvms() {
+        // Spot checks against the uAPI (include/uapi/linux/kvm.h); the rest follows from
+        // the macro taking number and name from the same kvm-bindings constant.
+        assert_eq!(KVM_CAP_HYPERV.number, 44);
+        assert_eq!(KVM_CAP_HYPERV_SYNIC2.number, 148);
+        assert_eq!(KVM_CAP_HYPERV_ENFORCE_CPUID.number, 199);
+        let mut numbers: Vec<u32> = ALL_CAPS.iter().map(|c| c.number).collect();
+        numbers.sort_unstable();
+        numbers.dedup();
+        assert_eq!(numbers.len(), ALL_CAPS.len(), "two names share a number");
+        assert_eq!(
+            KvmCap::from_name("KVM_CAP_HYPERV_TIME"),
+            Some(KVM_CAP_HYPERV_TIME)
+        );
+        assert_eq!(KvmCap::from_number(96), Some(KVM_CAP_HYPERV_TIME));
+        assert_eq!(KvmCap::from_name("KVM_CAP_HYPERV_TYPO"), None);
     }
 
     #[test]

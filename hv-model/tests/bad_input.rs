@@ -97,7 +97,7 @@ fn generated_garbage_never_panics() {
                     Backend::Kernel,
                     &ResolveOptions::default(),
                 );
-                let _ = hv_model::export(format, &imported.request.overrides);
+                let _ = hv_model::export(format, &imported.request.overrides, &Default::default());
             }
         }
         // Garbage inside otherwise valid framing reaches the deeper parsers.
@@ -233,4 +233,70 @@ fn host_json_errors_say_what_was_expected() {
     );
     let err = HostCapabilities::from_json("{", "p.json").unwrap_err();
     assert!(common::chain(&err).contains("p.json is not a valid host description"));
+}
+
+#[test]
+fn input_without_any_hyperv_setting_is_refused_in_every_format() {
+    for (format, text) in [
+        (Format::Qemu, "qemu-system-x86_64 -m 2048 -cpu host -smp 2"),
+        (Format::Proxmox, "ostype: l26\ncores: 2\nmemory: 2048\n"),
+        (
+            Format::Libvirt,
+            "<domain><features><hyperv/></features></domain>",
+        ),
+        (
+            Format::Kubevirt,
+            "spec:\n  domain:\n    features:\n      hyperv: {}\n",
+        ),
+    ] {
+        let err = import(format, text).unwrap_err();
+        let msg = common::chain(&err);
+        assert!(msg.contains("no Hyper-V settings"), "{format}: {msg}");
+    }
+    // Explicitly turning a flag off is a setting.
+    assert!(import(Format::Qemu, "-cpu host,hv-relaxed=off").is_ok());
+}
+
+/// Found by fuzz/config_import: a vendor id with a leading space imported from a Proxmox `cpu:`
+/// line, exported as QEMU `hv-vendor-id= ovmz`, came back as "ovmz" (the QEMU list trims).
+/// Spaces at either end are refused wherever a vendor id enters, so every format round-trips.
+#[test]
+fn vendor_ids_with_spaces_at_either_end_are_refused_in_every_format() {
+    for (format, text) in [
+        (Format::Proxmox, "ostype: win11\ncpu: host,hv-vendor-id= ovmz\n"),
+        (
+            Format::Libvirt,
+            "<domain><features><hyperv><vendor_id state='on' value='ovmz '/></hyperv></features></domain>",
+        ),
+        (
+            Format::Kubevirt,
+            "spec:\n  domain:\n    features:\n      hyperv:\n        vendorid:\n          vendorid: \" ovmz\"\n",
+        ),
+    ] {
+        let err = import(format, text).unwrap_err();
+        let msg = common::chain(&err);
+        assert!(msg.contains("starts or ends with a space"), "{format}: {msg}");
+    }
+    assert!(
+        parse_hv_list("hv-vendor-id=Microsoft Hv").is_ok(),
+        "inner spaces are fine"
+    );
+}
+
+/// Found by fuzz/config_import: `hv-vendor-id='''c'y` exported as a QEMU flag list came back as
+/// "cy" (a bare list was split like a shell command line). Quotes and backslashes in a vendor id
+/// now survive QEMU and Proxmox export and import.
+#[test]
+fn vendor_ids_with_quotes_round_trip_through_qemu_and_proxmox() {
+    for vendor in ["'''c'y", "a\"b", "x\\y", "it's ok"] {
+        let config = parse_hv_list(&format!("hv-relaxed,hv-vendor-id={vendor}"))
+            .unwrap()
+            .overrides;
+        for format in [Format::Qemu, Format::Proxmox] {
+            let text = hv_model::export(format, &config, &Default::default()).text;
+            let back = import(format, &text)
+                .unwrap_or_else(|e| panic!("{format} {text:?}: {}", common::chain(&e)));
+            assert_eq!(back.request.overrides, config, "{format}: {text:?}");
+        }
+    }
 }

@@ -22,7 +22,7 @@ fn on(c: &HvConfig, flags: &[Enlightenment]) {
 /// import → export → import gives the same request, and export is stable.
 fn round_trip(format: Format, text: &str) -> HvRequest {
     let first = import(format, text).unwrap_or_else(|e| panic!("{format}: {}", common::chain(&e)));
-    let exported = export(format, &first.request.overrides);
+    let exported = export(format, &first.request.overrides, &common::newest());
     let second = import(format, &exported.text).unwrap_or_else(|e| {
         panic!(
             "{format} re-import: {}\n{}",
@@ -36,7 +36,7 @@ fn round_trip(format: Format, text: &str) -> HvRequest {
         exported.text
     );
     assert_eq!(
-        export(format, &second.request.overrides).text,
+        export(format, &second.request.overrides, &common::newest()).text,
         exported.text,
         "{format}: export is stable"
     );
@@ -93,7 +93,7 @@ fn libvirt_passthrough_and_host_model_modes() {
     )
     .unwrap();
     assert_eq!(r.request.overrides.state(E::Passthrough), Some(true));
-    let exported = export(Format::Libvirt, &r.request.overrides);
+    let exported = export(Format::Libvirt, &r.request.overrides, &common::newest());
     assert!(
         exported.text.contains("<hyperv mode='passthrough'/>"),
         "{}",
@@ -184,7 +184,7 @@ fn proxmox_config_imports_the_automatic_set() {
         imported.notes
     );
     // Export writes args: -cpu, which imports back to the same set.
-    let exported = export(Format::Proxmox, c);
+    let exported = export(Format::Proxmox, c, &common::newest());
     assert!(
         exported.text.contains("args: -cpu host,"),
         "{}",
@@ -235,42 +235,45 @@ fn qemu_command_line_imports_and_round_trips() {
     );
 }
 
-/// Every resolved profile exports to every format and imports back to the same settings,
-/// minus what the format reports as dropped.
+/// Every resolved profile exports to every format, for the default and the newest target
+/// releases, and imports back to the same settings, minus what the export reports as dropped.
 #[test]
 fn resolved_profiles_round_trip_through_every_format() {
-    for host in [
-        HostCapabilities::example_intel(),
-        HostCapabilities::example_amd(),
-    ] {
-        for profile in Profile::ALL {
-            let mut req =
-                hv_model::parse_hv_list("hv-vendor-id=KVM Hv,tsc-frequency=2500000000").unwrap();
-            req.profile = Some(profile);
-            let r = resolve(&req, &host, Backend::Kernel, &ResolveOptions::default()).unwrap();
-            for format in Format::ALL {
-                let exported = export(format, &r.config);
-                let back = import(format, &exported.text).unwrap_or_else(|e| {
-                    panic!(
-                        "{profile} {format}: {}\n{}",
-                        common::chain(&e),
+    for targets in [hv_model::Targets::default(), common::newest()] {
+        for host in [
+            HostCapabilities::example_intel(),
+            HostCapabilities::example_amd(),
+        ] {
+            for profile in Profile::ALL {
+                let mut req =
+                    hv_model::parse_hv_list("hv-vendor-id=KVM Hv,tsc-frequency=2500000000")
+                        .unwrap();
+                req.profile = Some(profile);
+                let r = resolve(&req, &host, Backend::Kernel, &ResolveOptions::default()).unwrap();
+                for format in Format::ALL {
+                    let exported = export(format, &r.config, &targets);
+                    let back = import(format, &exported.text).unwrap_or_else(|e| {
+                        panic!(
+                            "{profile} {format}: {}\n{}",
+                            common::chain(&e),
+                            exported.text
+                        )
+                    });
+                    let mut expected = r.config.clone();
+                    for d in &exported.dropped {
+                        for f in &d.flags {
+                            expected.forget(*f);
+                        }
+                        if d.tsc_frequency {
+                            expected.tsc_frequency_hz = None;
+                        }
+                    }
+                    assert_eq!(
+                        back.request.overrides, expected,
+                        "{profile} via {format}:\n{}",
                         exported.text
-                    )
-                });
-                let mut expected = r.config.clone();
-                for d in &exported.dropped {
-                    for f in &d.flags {
-                        expected.forget(*f);
-                    }
-                    if d.tsc_frequency {
-                        expected.tsc_frequency_hz = None;
-                    }
+                    );
                 }
-                assert_eq!(
-                    back.request.overrides, expected,
-                    "{profile} via {format}:\n{}",
-                    exported.text
-                );
             }
         }
     }
@@ -284,7 +287,7 @@ fn exports_say_what_they_drop() {
     .unwrap()
     .overrides;
     for format in [Format::Libvirt, Format::Kubevirt] {
-        let exported = export(format, &config);
+        let exported = export(format, &config, &common::newest());
         let dropped: Vec<Enlightenment> = exported
             .dropped
             .iter()
@@ -298,8 +301,12 @@ fn exports_say_what_they_drop() {
             );
         }
     }
-    assert!(export(Format::Qemu, &config).dropped.is_empty());
-    assert!(export(Format::Proxmox, &config).dropped.is_empty());
+    assert!(export(Format::Qemu, &config, &common::newest())
+        .dropped
+        .is_empty());
+    assert!(export(Format::Proxmox, &config, &common::newest())
+        .dropped
+        .is_empty());
 }
 
 #[test]
@@ -307,10 +314,68 @@ fn libvirt_vendor_is_escaped() {
     let config = hv_model::parse_hv_list("hv-relaxed,hv-vendor-id=a&b<'\">")
         .unwrap()
         .overrides;
-    let exported = export(Format::Libvirt, &config);
+    let exported = export(Format::Libvirt, &config, &common::newest());
     let back = import(Format::Libvirt, &exported.text).unwrap();
     assert_eq!(
         back.request.overrides.vendor_id().unwrap().as_str(),
         "a&b<'\">"
     );
+}
+
+/// What libvirt writes (hv-model/tests/real-tools/make-fixtures.sh): its own rendering of a
+/// domain (`virsh dumpxml`) and the QEMU command line it builds from it (`domxml-to-native`).
+/// Both must import, and to the same guest: resolved on the same host they give the same
+/// explicit set.
+#[test]
+fn imports_what_libvirt_writes() {
+    let host = HostCapabilities::example_intel();
+    for name in ["windows-vbs", "linux-kvm", "passthrough"] {
+        let xml = fixture(&format!("libvirt-{name}.dumpxml.xml"));
+        let argv = fixture(&format!("libvirt-{name}.qemu-argv.txt"));
+        let from_xml = import(Format::Libvirt, &xml)
+            .unwrap_or_else(|e| panic!("{name} dumpxml: {}", common::chain(&e)));
+        let from_argv = import(Format::Qemu, &argv)
+            .unwrap_or_else(|e| panic!("{name} qemu-argv: {}", common::chain(&e)));
+        let resolved = |req: &HvRequest| {
+            resolve(req, &host, Backend::Kernel, &ResolveOptions::default())
+                .unwrap_or_else(|e| panic!("{name}: {e}"))
+                .config
+        };
+        assert_eq!(
+            resolved(&from_xml.request),
+            resolved(&from_argv.request),
+            "{name}: libvirt's XML and its QEMU command line differ for hvkvm"
+        );
+        assert!(
+            from_argv.notes.iter().any(|n| n.contains("migratable=on")),
+            "{name}: {:?}",
+            from_argv.notes
+        );
+    }
+    let vbs = import(Format::Libvirt, &fixture("libvirt-windows-vbs.dumpxml.xml")).unwrap();
+    let c = &vbs.request.overrides;
+    on(
+        c,
+        &[
+            E::Evmcs,
+            E::Avic,
+            E::StimerDirect,
+            E::Crash,
+            E::Time,
+            E::Reenlightenment,
+        ],
+    );
+    assert_eq!(c.vendor_id().unwrap().as_str(), "KVM Hv");
+    assert_eq!(c.state(E::Kvm), Some(false));
+    let argv = import(Format::Qemu, &fixture("libvirt-windows-vbs.qemu-argv.txt")).unwrap();
+    assert_eq!(
+        argv.request.overrides.vendor_id().unwrap().as_str(),
+        "KVM Hv"
+    );
+    let linux = import(Format::Libvirt, &fixture("libvirt-linux-kvm.dumpxml.xml")).unwrap();
+    let c = &linux.request.overrides;
+    assert_eq!(c.state(E::KvmHintDedicated), Some(true));
+    assert_eq!(c.state(E::KvmPvIpi), Some(false));
+    let pt = import(Format::Qemu, &fixture("libvirt-passthrough.qemu-argv.txt")).unwrap();
+    assert_eq!(pt.request.overrides.state(E::Passthrough), Some(true));
 }

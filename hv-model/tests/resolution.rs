@@ -348,7 +348,7 @@ fn legacy_probe_without_hv_cpuid_uses_capabilities() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("cannot tell"), "{err}");
-    host.kvm_caps.insert("KVM_CAP_HYPERV_SYNIC2".into(), 0);
+    host.kvm_caps.set(hv_model::tlfs::KVM_CAP_HYPERV_SYNIC2, 0);
     let err = resolve_on(&host, "hv-vpindex,hv-synic")
         .unwrap_err()
         .to_string();
@@ -465,4 +465,25 @@ fn max_vps_can_be_set() {
     )
     .unwrap();
     assert_eq!(regs(&cpuid_leaves(&r), 0x4000_0005), [240, 64, 0, 0]);
+}
+
+#[test]
+fn linux_profile_hides_kvm_so_linux_runs_its_hyperv_code() {
+    let r = resolve_profile(&intel(), Profile::Linux, "").unwrap();
+    assert!(!r.is_on(E::Kvm));
+    let why = &r.decision(E::Kvm).reason;
+    assert!(
+        why.contains("profile linux") && why.contains("0x40000100"),
+        "{why}"
+    );
+    // No KVM signature anywhere in the hypervisor range: Linux finds only Hyper-V.
+    let leaves = cpuid_leaves(&r);
+    let kvm_sig = leaves
+        .iter()
+        .any(|l| l.ebx == 0x4b4d_564b && l.ecx == 0x564b_4d56);
+    assert!(!kvm_sig, "KVM's signature is still offered: {leaves:x?}");
+    assert!(r.is_on(E::Synic) && r.is_on(E::StimerDirect) && r.is_on(E::Ipi));
+    // An explicit kvm=on still wins over the profile.
+    let r = resolve_profile(&intel(), Profile::Linux, "kvm=on").unwrap();
+    assert!(r.is_on(E::Kvm));
 }

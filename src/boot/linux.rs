@@ -61,6 +61,26 @@ pub enum LinuxError {
         /// Its size.
         size: u64,
     },
+    /// A vmlinux ELF (given, or extracted from a bzImage) that is not a loadable x86-64 kernel.
+    #[error("the kernel is not a loadable vmlinux")]
+    Vmlinux(#[source] vmlinux::VmlinuxError),
+    /// A kernel segment that does not lie in guest RAM above the first MiB.
+    #[error(
+        "kernel segment {index} at {start:#x}..{end:#x} lies outside guest RAM \
+         {min:#x}..{max:#x}; raise --memory, or pass a kernel linked at a lower physical address"
+    )]
+    SegmentOutsideRam {
+        /// Program header index.
+        index: usize,
+        /// First byte.
+        start: u64,
+        /// One past the last byte (u64::MAX when it wraps).
+        end: u64,
+        /// Lowest address a kernel segment may use.
+        min: u64,
+        /// End of low guest RAM.
+        max: u64,
+    },
     /// Guest memory write failed.
     #[error("cannot write {0} into guest memory")]
     Write(&'static str, #[source] vm_memory::GuestMemoryError),
@@ -80,9 +100,56 @@ struct LoadedKernel {
     format: String,
 }
 
-fn load_kernel(mem: &GuestMemory, kernel: &[u8]) -> Result<LoadedKernel, LinuxError> {
+/// Checks that every PT_LOAD segment of a vmlinux (already checked by
+/// [`vmlinux::check_vmlinux_elf`]: its program headers lie in the file) lies in low guest RAM
+/// above the reserved first MiB.
+pub fn check_kernel_segments(elf: &[u8], ram_size: u64) -> Result<(), LinuxError> {
+    const PT_LOAD: u32 = 1;
+    let field = |off: usize, len: usize| -> u64 {
+        let mut w = [0u8; 8];
+        if let Some(b) = elf.get(off..off + len) {
+            w[..len].copy_from_slice(b);
+        }
+        u64::from_le_bytes(w)
+    };
+    let (min, max) = (layout::LOW_RESERVED_END, layout::low_ram_top(ram_size));
+    let phoff = field(32, 8);
+    let phentsize = field(54, 2);
+    for index in 0..field(56, 2) {
+        let Some(ph) = index
+            .checked_mul(phentsize)
+            .and_then(|o| o.checked_add(phoff))
+            .and_then(|o| usize::try_from(o).ok())
+        else {
+            break;
+        };
+        let (p_type, paddr, memsz) = (field(ph, 4) as u32, field(ph + 24, 8), field(ph + 40, 8));
+        if p_type != PT_LOAD || memsz == 0 {
+            continue;
+        }
+        let end = paddr.saturating_add(memsz);
+        if paddr < min || end > max {
+            return Err(LinuxError::SegmentOutsideRam {
+                index: index as usize,
+                start: paddr,
+                end,
+                min,
+                max,
+            });
+        }
+    }
+    Ok(())
+}
+
+fn load_kernel(
+    mem: &GuestMemory,
+    ram_size: u64,
+    kernel: &[u8],
+) -> Result<LoadedKernel, LinuxError> {
     let highmem = Some(GuestAddress(layout::LOW_RESERVED_END));
     let load_elf = |image: &[u8], format: String| {
+        vmlinux::check_vmlinux_elf(image).map_err(LinuxError::Vmlinux)?;
+        check_kernel_segments(image, ram_size)?;
         let r = Elf::load(mem, None, &mut Cursor::new(image), highmem).map_err(LinuxError::Load)?;
         Ok(LoadedKernel {
             entry: r.kernel_load.0,
@@ -94,8 +161,12 @@ fn load_kernel(mem: &GuestMemory, kernel: &[u8]) -> Result<LoadedKernel, LinuxEr
     if vmlinux::is_elf(kernel) {
         return load_elf(kernel, "vmlinux ELF".into());
     }
-    match vmlinux::extract_vmlinux(kernel) {
+    // The vmlinux must fit in guest RAM, so no larger one is worth decompressing.
+    let limit = usize::try_from(ram_size).unwrap_or(usize::MAX);
+    match vmlinux::extract_vmlinux_within(kernel, limit) {
         Ok(elf) => load_elf(&elf, "bzImage, decompressed on the host".into()),
+        // Its own decompressor would run out of guest RAM just the same.
+        Err(e @ vmlinux::VmlinuxError::TooLarge { .. }) => Err(LinuxError::Vmlinux(e)),
         Err(e) => {
             log::info!("loading the bzImage as is (its own decompressor will run): {e}");
             let r = BzImage::load(mem, None, &mut Cursor::new(kernel), highmem)
@@ -145,7 +216,7 @@ pub fn load(
     cpus: u32,
     image: &LinuxImage,
 ) -> Result<BootPlan, LinuxError> {
-    let kernel = load_kernel(mem, &image.kernel)?;
+    let kernel = load_kernel(mem, ram_size, &image.kernel)?;
     let cmdline = image.cmdline.as_bytes();
     if cmdline.len() >= CMDLINE_MAX || cmdline.contains(&0) {
         return Err(LinuxError::Cmdline {
@@ -219,6 +290,48 @@ pub fn load(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::boot::payload::elf_from_code;
+
+    fn image(kernel: Vec<u8>) -> LinuxImage {
+        LinuxImage {
+            kernel,
+            initrd: None,
+            cmdline: "console=ttyS0".into(),
+        }
+    }
+
+    #[test]
+    fn a_vmlinux_with_a_segment_outside_ram_is_refused_naming_it() {
+        let mem = crate::memory::allocate(16).unwrap();
+        let high = elf_from_code(0x1000_0000, &[0xf4]);
+        let err = load(&mem, 16 << 20, 1, &image(high)).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                LinuxError::SegmentOutsideRam {
+                    index: 0,
+                    start: 0x1000_0000,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(err.to_string().contains("raise --memory"), "{err}");
+        let low = elf_from_code(0x8000, &[0xf4]);
+        let err = load(&mem, 16 << 20, 1, &image(low)).unwrap_err();
+        assert!(matches!(err, LinuxError::SegmentOutsideRam { .. }), "{err}");
+        let fits = elf_from_code(0x20_0000, &[0xf4]);
+        let plan = load(&mem, 16 << 20, 1, &image(fits)).unwrap();
+        assert_eq!(plan.vcpus[0].regs.rip, 0x20_0000);
+    }
+
+    #[test]
+    fn a_truncated_vmlinux_is_refused_before_loading() {
+        let mem = crate::memory::allocate(16).unwrap();
+        let elf = elf_from_code(0x20_0000, &[0xf4]);
+        let err = load(&mem, 16 << 20, 1, &image(elf[..70].to_vec())).unwrap_err();
+        assert!(matches!(err, LinuxError::Vmlinux(_)), "{err}");
+    }
 
     #[test]
     fn e820_reserves_the_bios_area_and_skips_the_mmio_hole() {

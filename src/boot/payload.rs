@@ -210,6 +210,12 @@ pub fn payload_area(ram_top: u64, cpus: u32) -> Result<Range<u64>, PayloadError>
     Ok(PAYLOAD_MIN_ADDR..stack_base)
 }
 
+/// Checks `image` against the payload contract for `cpus` vCPUs and `ram_size` bytes of RAM
+/// without loading it: what [`load`] would refuse, refused before a VM exists.
+pub fn check(image: &[u8], ram_size: u64, cpus: u32) -> Result<(), PayloadError> {
+    parse(image, payload_area(layout::low_ram_top(ram_size), cpus)?).map(drop)
+}
+
 /// Loads `image` into `mem` and returns the entry state of `cpus` vCPUs.
 pub fn load(
     mem: &GuestMemory,
@@ -227,10 +233,17 @@ pub fn load(
         };
         mem.write_slice(&image[seg.file.clone()], GuestAddress(seg.paddr))
             .map_err(write_err)?;
-        let filesz = seg.file.len() as u64;
-        let bss = vec![0u8; (seg.memsz - filesz) as usize];
-        mem.write_slice(&bss, GuestAddress(seg.paddr + filesz))
-            .map_err(write_err)?;
+        // Zero the rest of the segment a chunk at a time: a large p_memsz must not cost a host
+        // buffer of its size on top of the guest RAM it fills.
+        static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
+        let mut at = seg.paddr + seg.file.len() as u64;
+        let end = seg.paddr + seg.memsz;
+        while at < end {
+            let n = (end - at).min(ZEROS.len() as u64) as usize;
+            mem.write_slice(&ZEROS[..n], GuestAddress(at))
+                .map_err(write_err)?;
+            at += n as u64;
+        }
     }
     long_mode::write_tables(mem)?;
     let vcpus = (0..cpus)

@@ -54,7 +54,7 @@ pub struct RunArgs {
     #[arg(long, value_name = "FILE")]
     pub serial_file: Option<PathBuf>,
     /// Stop the VM after this many seconds (exit status 124).
-    #[arg(long, value_name = "SECONDS", value_parser = parse_seconds)]
+    #[arg(long, value_name = "SECONDS", value_parser = parse_seconds, allow_negative_numbers = true)]
     pub timeout: Option<f64>,
     /// Workarounds for hosts that cannot run ordinary guests unaided (kvm_pvm): auto, on, off.
     #[arg(long, default_value = "auto", value_name = "MODE")]
@@ -82,21 +82,27 @@ pub struct RunArgs {
     /// Write the Hyper-V usage report as JSON to FILE when the VM ends.
     #[arg(long, value_name = "FILE")]
     pub hv_report_json: Option<PathBuf>,
+    /// Serve a control socket at PATH (mode 0600) while the VM runs: `hvkvm ctl --api-socket
+    /// PATH pause|resume|info|report|snapshot DIR`.
+    #[arg(long, value_name = "PATH")]
+    pub api_socket: Option<PathBuf>,
 }
 
 /// Errors of `hvkvm run`.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
-    /// An input file could not be read.
-    #[error("cannot read {what} '{path}'")]
-    Read {
-        /// Which input.
-        what: &'static str,
+    /// An input file could not be read (the error names the file, and the limit if it was
+    /// too large).
+    #[error(transparent)]
+    Input(#[from] input_file::InputError),
+    /// The payload breaks the payload contract (checked before creating the VM).
+    #[error("cannot load the payload '{}'", path.display())]
+    Payload {
         /// Its path.
         path: PathBuf,
-        /// The I/O error.
+        /// What is wrong with it.
         #[source]
-        source: std::io::Error,
+        source: crate::boot::payload::PayloadError,
     },
     /// The serial output file could not be created.
     #[error("cannot create the serial output file '{path}'")]
@@ -131,6 +137,9 @@ pub enum RunError {
     /// Probing the host failed.
     #[error(transparent)]
     Probe(#[from] crate::kvm::ProbeError),
+    /// The control socket could not be set up.
+    #[error(transparent)]
+    Api(#[from] crate::api::ApiError),
     /// Writing the outcome JSON.
     #[error("cannot write the outcome to '{path}'")]
     OutcomeJson {
@@ -150,12 +159,54 @@ pub fn parse_seconds(s: &str) -> Result<f64, String> {
     }
 }
 
-fn read(what: &'static str, path: &Path) -> Result<Vec<u8>, RunError> {
-    fs::read(path).map_err(|source| RunError::Read {
-        what,
-        path: path.to_owned(),
-        source,
-    })
+/// The role of a file that is copied into guest RAM: at most `max_bytes`, which is the guest
+/// RAM (`--memory`) or what is left of it.
+fn ram_role(name: &'static str, max_bytes: u64, limit: String) -> input_file::Role {
+    input_file::Role::new(
+        name,
+        max_bytes,
+        limit,
+        "it must fit in guest RAM: raise --memory, or check that this is the right file",
+    )
+}
+
+/// What `hvkvm run` boots, read and checked.
+enum Inputs {
+    /// Kernel and initrd.
+    Linux {
+        kernel: Vec<u8>,
+        initrd: Option<Vec<u8>>,
+    },
+    /// ELF payload and its name.
+    Payload(Vec<u8>, String),
+}
+
+/// Reads the kernel and initrd; together they must fit in guest RAM.
+fn read_linux_inputs(
+    kernel: &Path,
+    initrd: Option<&Path>,
+    memory_mib: u64,
+) -> Result<(Vec<u8>, Option<Vec<u8>>), RunError> {
+    let ram = memory_mib << 20;
+    let kernel = input_file::read(
+        kernel,
+        &ram_role(
+            "kernel",
+            ram,
+            format!("the guest RAM (--memory {memory_mib})"),
+        ),
+    )?;
+    let initrd = initrd
+        .map(|path| {
+            let left = ram - kernel.len() as u64;
+            let limit = format!(
+                "is left of the guest RAM (--memory {memory_mib}) after the kernel ({})",
+                input_file::human(kernel.len() as u64)
+            );
+            input_file::read(path, &ram_role("initrd", left, limit))
+        })
+        .transpose()?;
+    Ok((kernel, initrd))
 }
 
 /// Kernel command-line additions a host's quirks need (hiding CPU features the CPL0
@@ -170,41 +221,51 @@ kfunc_init,cubictcp_register,load_system_certificate_list",
     )
 }
 
-/// Builds the VM configuration from the arguments.
+/// Builds the VM configuration from the arguments. Input files, the payload's ELF layout and
+/// the `--hv` selection are checked before the host is probed, so bad input is refused at
+/// once, on any host.
 pub fn config(args: &RunArgs) -> Result<VmConfig, RunError> {
-    let host = HostProbe::probe()?;
-    let boot = if let Some(kernel) = &args.kernel {
-        let quirks = HostQuirks::resolve(args.host_quirks, host.is_pvm());
-        let mut cmdline = args
-            .cmdline
-            .clone()
-            .unwrap_or_else(|| DEFAULT_CMDLINE.to_string());
-        if let Some(extra) = quirk_cmdline(quirks) {
-            // First, so that the user's own parameters (later on the line) win.
-            log::info!("host quirks: adding to the kernel command line: {extra}");
-            cmdline = format!("{extra} {cmdline}");
-        }
-        if args.cpus == 1 && !cmdline.split_whitespace().any(|w| w == "nosmp") {
-            cmdline.push_str(" nosmp");
-        }
-        BootSource::Linux(LinuxImage {
-            kernel: read("kernel", kernel)?,
-            initrd: args
-                .initrd
-                .as_deref()
-                .map(|p| read("initrd", p))
-                .transpose()?,
-            cmdline,
-        })
+    let inputs = if let Some(kernel) = &args.kernel {
+        let (kernel, initrd) = read_linux_inputs(kernel, args.initrd.as_deref(), args.memory)?;
+        Inputs::Linux { kernel, initrd }
     } else {
         let path = args.payload.as_deref().unwrap_or(Path::new(""));
-        BootSource::Payload {
-            image: read("payload", path)?,
-            name: path.display().to_string(),
+        let limit = format!("the guest RAM (--memory {})", args.memory);
+        let image = input_file::read(path, &ram_role("payload", args.memory << 20, limit))?;
+        crate::boot::payload::check(&image, args.memory << 20, args.cpus).map_err(|source| {
+            RunError::Payload {
+                path: path.to_owned(),
+                source,
+            }
+        })?;
+        Inputs::Payload(image, path.display().to_string())
+    };
+    let request = args.hv.request().map_err(RunError::HvSelection)?;
+    let host = HostProbe::probe()?;
+    let boot = match inputs {
+        Inputs::Linux { kernel, initrd } => {
+            let quirks = HostQuirks::resolve(args.host_quirks, host.is_pvm());
+            let mut cmdline = args
+                .cmdline
+                .clone()
+                .unwrap_or_else(|| DEFAULT_CMDLINE.to_string());
+            if let Some(extra) = quirk_cmdline(quirks) {
+                // First, so that the user's own parameters (later on the line) win.
+                log::info!("host quirks: adding to the kernel command line: {extra}");
+                cmdline = format!("{extra} {cmdline}");
+            }
+            if args.cpus == 1 && !cmdline.split_whitespace().any(|w| w == "nosmp") {
+                cmdline.push_str(" nosmp");
+            }
+            BootSource::Linux(LinuxImage {
+                kernel,
+                initrd,
+                cmdline,
+            })
         }
+        Inputs::Payload(image, name) => BootSource::Payload { image, name },
     };
     let mut config = VmConfig::new(boot);
-    let request = args.hv.request().map_err(RunError::HvSelection)?;
     if let Some(resolution) = crate::hyperv::resolve_for_vm(&request, &host, args.backend)? {
         for d in &resolution.decisions {
             let state = if d.on { "on" } else { "off" };
@@ -260,6 +321,9 @@ pub fn report(outcome: &VmOutcome) {
 
 /// Runs `hvkvm run`.
 pub fn execute(args: RunArgs) -> Result<i32, RunError> {
+    // From the start, so that an early SIGUSR1 (a live-report request) cannot end the process;
+    // Vm::new installs it too (and reports a failure there).
+    let _ = crate::vm::live_report::install();
     let name = args
         .payload
         .as_ref()
@@ -271,16 +335,31 @@ pub fn execute(args: RunArgs) -> Result<i32, RunError> {
         .timeout
         .map(|t| Instant::now() + Duration::from_secs_f64(t));
     let mut boot = 1u32;
+    let server = args
+        .api_socket
+        .as_deref()
+        .map(crate::api::ApiServer::start)
+        .transpose()?;
     let outcome = loop {
         let mut config = config(&args)?;
         if let Some(deadline) = deadline {
             let left = deadline.saturating_duration_since(Instant::now());
             config.timeout = Some(left.max(Duration::from_millis(1)));
         }
-        let outcome = vm::run(config).map_err(|source| RunError::Vm {
+        let vm_err = |source| RunError::Vm {
             name: name.clone(),
             source,
-        })?;
+        };
+        let running = vm::Vm::new(config)
+            .and_then(vm::Vm::start)
+            .map_err(vm_err)?;
+        if let Some(s) = &server {
+            s.set_target(Some(running.handle()));
+        }
+        let outcome = running.finish();
+        if let Some(s) = &server {
+            s.set_target(None);
+        }
         if outcome.reason != vm::StopReason::Reset || args.no_reboot {
             break outcome;
         }
@@ -290,6 +369,7 @@ pub fn execute(args: RunArgs) -> Result<i32, RunError> {
             "hvkvm: the guest reset; rebooting (boot {boot}; --no-reboot ends the VM instead)"
         );
     };
+    drop(server);
     report(&outcome);
     if let Some(hv) = &outcome.hyperv {
         if args.hv_report {

@@ -29,7 +29,37 @@ impl Default for AcpiPm {
     }
 }
 
+/// The saved PM1a registers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PmState {
+    /// PM1a_STS.
+    pub status: u16,
+    /// PM1a_EN.
+    pub enable: u16,
+    /// PM1a_CNT.
+    pub control: u16,
+}
+
 impl AcpiPm {
+    /// The registers (snapshots).
+    pub fn state(&self) -> PmState {
+        PmState {
+            status: self.status,
+            enable: self.enable,
+            control: self.control,
+        }
+    }
+
+    /// PM1a continuing `state` (SCI_EN stays set: hvkvm is always in ACPI mode).
+    pub fn from_state(state: &PmState) -> Self {
+        AcpiPm {
+            status: state.status,
+            enable: state.enable,
+            control: state.control | SCI_EN,
+        }
+    }
+
     fn register(&mut self, offset: u16) -> Option<&mut u16> {
         match offset & !1 {
             0 => Some(&mut self.status),

@@ -45,6 +45,28 @@ impl Cmos {
         }
     }
 
+    /// The index and NVRAM (snapshots; the clock registers follow the host clock).
+    pub fn state(&self) -> CmosState {
+        CmosState {
+            index: self.index,
+            nvram: self.nvram.to_vec(),
+        }
+    }
+
+    /// A CMOS continuing `state`.
+    pub fn from_state(state: &CmosState) -> Result<Self, String> {
+        let nvram: [u8; 128] = state
+            .nvram
+            .as_slice()
+            .try_into()
+            .map_err(|_| format!("the CMOS NVRAM has {} bytes, not 128", state.nvram.len()))?;
+        Ok(Cmos {
+            index: state.index & 0x7f,
+            nvram,
+            ..Cmos::default()
+        })
+    }
+
     fn register(&self, index: u8) -> u8 {
         let t = civil_time((self.now)());
         let bcd = |v: u32| (((v / 10) << 4) | (v % 10)) as u8;
@@ -89,6 +111,16 @@ impl PioDevice for Cmos {
         }
         PioOutcome::Done
     }
+}
+
+/// The saved CMOS.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CmosState {
+    /// The selected register.
+    pub index: u8,
+    /// The 128 bytes of NVRAM.
+    pub nvram: Vec<u8>,
 }
 
 struct CivilTime {

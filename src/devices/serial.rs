@@ -101,6 +101,60 @@ impl SerialPort {
     pub fn new(irq: IrqFdTrigger, sink: SerialSink) -> Self {
         SerialPort(Serial::new(irq, sink))
     }
+
+    /// The UART's registers and receive FIFO (snapshots).
+    pub fn state(&self) -> SerialState {
+        let s = self.0.state();
+        SerialState {
+            registers: [
+                s.baud_divisor_low,
+                s.baud_divisor_high,
+                s.interrupt_enable,
+                s.interrupt_identification,
+                s.line_control,
+                s.line_status,
+                s.modem_control,
+                s.modem_status,
+                s.scratch,
+            ],
+            in_buffer: s.in_buffer,
+        }
+    }
+
+    /// A UART continuing `state` (re-raising its interrupt if one was pending).
+    pub fn from_state(
+        state: &SerialState,
+        irq: IrqFdTrigger,
+        sink: SerialSink,
+    ) -> Result<Self, String> {
+        let [baud_divisor_low, baud_divisor_high, interrupt_enable, interrupt_identification, line_control, line_status, modem_control, modem_status, scratch] =
+            state.registers;
+        let s = vm_superio::serial::SerialState {
+            baud_divisor_low,
+            baud_divisor_high,
+            interrupt_enable,
+            interrupt_identification,
+            line_control,
+            line_status,
+            modem_control,
+            modem_status,
+            scratch,
+            in_buffer: state.in_buffer.clone(),
+        };
+        Serial::from_state(&s, irq, NoEvents, sink)
+            .map(SerialPort)
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// The saved UART: DLL, DLH, IER, IIR, LCR, LSR, MCR, MSR, SCR, and the receive FIFO.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SerialState {
+    /// The registers in the order above.
+    pub registers: [u8; 9],
+    /// Bytes received and not yet read by the guest.
+    pub in_buffer: Vec<u8>,
 }
 
 impl PioDevice for SerialPort {

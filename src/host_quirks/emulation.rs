@@ -70,6 +70,18 @@ impl EmulationAssist {
         self.syscall.on_msr_write(state, mem, index, value)
     }
 
+    /// After a snapshot restore: re-arms the SYSCALL repair for the LSTAR the guest had set
+    /// (the guest-debug breakpoint is host state a snapshot does not carry).
+    pub fn resume_after_restore(&mut self, state: &mut dyn VcpuState, mem: &GuestMemory) {
+        for &index in SyscallRepair::TRAPPED_MSRS {
+            if let Ok(value) = state.msr(index) {
+                if value != 0 && !self.syscall.on_msr_write(state, mem, index, value) {
+                    log::warn!("cannot re-arm the SYSCALL repair after the restore");
+                }
+            }
+        }
+    }
+
     /// Handles a KVM_EXIT_DEBUG this assist caused; false if it was not ours.
     pub fn on_debug_exit(
         &mut self,

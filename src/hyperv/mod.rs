@@ -69,6 +69,9 @@ pub struct HvConfig {
     /// What HvPostMessage and HvSignalEvent reach (user backend): handlers hvkvm code
     /// registered by connection ID.
     pub connections: user::connections::Connections,
+    /// Why the guest cannot move to another host, from the model (`flag: reason`); a
+    /// snapshot for migration is refused while there is any.
+    pub migration_blockers: Vec<String>,
 }
 
 impl HvConfig {
@@ -90,6 +93,11 @@ impl HvConfig {
             enforce_cpuid: resolution.is_on(hv_model::Enlightenment::EnforceCpuid),
             on_crash,
             connections: Default::default(),
+            migration_blockers: resolution
+                .migration_blockers
+                .iter()
+                .map(|b| format!("{}: {}", b.flag.name(), b.reason))
+                .collect(),
         })
     }
 
@@ -102,6 +110,7 @@ impl HvConfig {
             enforce_cpuid: true,
             on_crash: CrashAction::Log,
             connections: Default::default(),
+            migration_blockers: Vec::new(),
         }
     }
 }

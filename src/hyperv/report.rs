@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 pub use super::user::usage::MsrUse;
 
@@ -11,7 +11,7 @@ pub use super::user::usage::MsrUse;
 const MAX_REFUSALS: usize = 64;
 
 /// The usage report of one VM.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UsageReport {
     /// Which backend served the guest: "user" (hvkvm) or "kernel" (KVM).
     pub backend: String,
@@ -52,7 +52,7 @@ pub struct UsageReport {
 }
 
 /// GUEST_OS_ID, decoded (TLFS "Reporting the Guest OS Identity").
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct GuestOsId {
     /// The raw value.
     pub raw: u64,
@@ -110,6 +110,28 @@ impl GuestOsId {
 }
 
 impl UsageReport {
+    /// Adds the counts of `earlier`, the report of the same guest before a snapshot it was
+    /// restored from, so a restored guest's report covers its whole life. State (pages, OS
+    /// id, crash reports, which the snapshot restores) stays this report's.
+    pub fn add_earlier(&mut self, earlier: &UsageReport) {
+        for (name, u) in &earlier.msrs {
+            let e = self.msrs.entry(name.clone()).or_default();
+            e.reads += u.reads;
+            e.writes += u.writes;
+            e.faults += u.faults;
+        }
+        for (call, statuses) in &earlier.hypercalls {
+            let e = self.hypercalls.entry(call.clone()).or_default();
+            for (status, n) in statuses {
+                *e.entry(status.clone()).or_default() += n;
+            }
+        }
+        self.hypercall_ud += earlier.hypercall_ud;
+        self.synic_exits += earlier.synic_exits;
+        self.syndbg_exits += earlier.syndbg_exits;
+        self.add_refusals(earlier.refused.iter(), earlier.refused_dropped);
+    }
+
     /// Adds refusals (kept verbatim up to a bound, the rest counted), each once.
     pub fn add_refusals<T: std::fmt::Display>(
         &mut self,
@@ -155,24 +177,7 @@ impl UsageReport {
             out.push_str(&format!("  VP assist page: VP {vp} at {gpa:#x}\n"));
         }
         for view in &self.vp_assist {
-            match (&view.current_evmcs, &view.evmcs) {
-                (Some(_), Some(e)) => {
-                    out.push_str(&format!(
-                        "    VP {} eVMCS at {:#x}: revision {}, clean fields {:#06x}\n",
-                        view.vp, e.gpa, e.revision_id, e.clean_fields
-                    ));
-                    for (name, value) in &e.fields {
-                        out.push_str(&format!("      {name:<36} {value:#x}\n"));
-                    }
-                }
-                (Some(gpa), None) => out.push_str(&format!(
-                    "    VP {} announces an eVMCS at {gpa:#x} outside RAM\n",
-                    view.vp
-                )),
-                (None, _) => {
-                    out.push_str(&format!("    VP {}: no enlightened VM entry\n", view.vp))
-                }
-            }
+            render_assist_page(&mut out, view);
         }
         if !self.msrs.is_empty() {
             out.push_str("  MSRs used (reads / writes / #GP):\n");
@@ -232,6 +237,60 @@ impl UsageReport {
             ));
         }
         out
+    }
+}
+
+/// The nested part of the report for one VP: its assist page, whether it enters L2 through an
+/// eVMCS, and that eVMCS's key fields, or why any of it is invalid.
+fn render_assist_page(out: &mut String, view: &super::inspect::AssistPageView) {
+    let vp = view.vp;
+    if let Some(reason) = &view.invalid {
+        out.push_str(&format!(
+            "    VP {vp} assist page invalid: {reason}
+"
+        ));
+        return;
+    }
+    let versions = view
+        .evmcs_versions
+        .as_deref()
+        .map_or(String::new(), |v| format!(", eVMCS versions {v}"));
+    out.push_str(&format!(
+        "    VP {vp}: enlighten_vmentry {}, current_nested_vmcs {:#x}{versions}\n",
+        u8::from(view.enlighten_vmentry),
+        view.current_nested_vmcs
+    ));
+    let Some(e) = &view.evmcs else {
+        return;
+    };
+    if let Some(reason) = &e.invalid {
+        out.push_str(&format!("      eVMCS invalid: {reason}\n"));
+        return;
+    }
+    let revision = if e.revision_ok {
+        String::new()
+    } else {
+        " (not eVMCS v1: KVM fails the entry)".to_string()
+    };
+    let dirty = if e.dirty_groups.is_empty() {
+        "none".to_string()
+    } else {
+        e.dirty_groups.join(" ")
+    };
+    out.push_str(&format!(
+        "      eVMCS at {:#x}: revision {}{revision}, clean fields {:#06x} (changed: {dirty})\n",
+        e.gpa, e.revision_id, e.clean_fields
+    ));
+    out.push_str(&format!(
+        "      L2 RIP {:#x}, last exit {:#x} ({}), qualification {:#x}, VM-instruction error {}\n",
+        e.guest_rip,
+        e.exit_reason,
+        e.exit_reason_name,
+        e.exit_qualification,
+        e.vm_instruction_error
+    ));
+    for (name, value) in &e.fields {
+        out.push_str(&format!("      {name:<36} {value:#x}\n"));
     }
 }
 

@@ -30,7 +30,7 @@ pub fn host_capabilities(probe: &HostProbe) -> HostCapabilities {
         .hyperv_caps
         .iter()
         .chain(&probe.platform_caps)
-        .map(|c| (c.name.to_string(), i64::from(c.value)))
+        .map(|c| (c.number, i64::from(c.value)))
         .collect();
     HostCapabilities {
         cpu_vendor: match probe.cpu_vendor {

@@ -13,5 +13,6 @@ pub mod hyperv;
 pub mod kick;
 pub mod nested;
 pub mod run_data;
+pub mod vcpu_state;
 
 pub use caps::{HostProbe, ProbeError};

@@ -111,6 +111,20 @@ impl NestedState {
     pub fn size(&self) -> u32 {
         self.buffer.size
     }
+
+    /// The whole buffer as bytes (for a snapshot file).
+    pub fn to_bytes(&self) -> Vec<u8> {
+        zerocopy::IntoBytes::as_bytes(&*self.buffer).to_vec()
+    }
+
+    /// A buffer from [`NestedState::to_bytes`]; `None` unless `bytes` has exactly the
+    /// buffer's size and the header's size fits in it.
+    pub fn from_bytes(bytes: &[u8]) -> Option<Self> {
+        let buffer = <KvmNestedStateBuffer as zerocopy::FromBytes>::read_from_bytes(bytes).ok()?;
+        (buffer.size as usize <= bytes.len()).then(|| NestedState {
+            buffer: Box::new(buffer),
+        })
+    }
 }
 
 /// KVM_GET_NESTED_STATE; `None` when the vCPU has no nested state (VMX never turned on).

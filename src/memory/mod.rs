@@ -7,6 +7,7 @@
 #![allow(unsafe_code)]
 
 pub mod layout;
+pub mod ram_file;
 
 use kvm_bindings::kvm_userspace_memory_region;
 use kvm_ioctls::VmFd;

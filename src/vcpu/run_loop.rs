@@ -29,7 +29,15 @@ pub fn run(mut fd: VcpuFd, mut handler: ExitHandler, control: Arc<VmControl>) {
 fn run_until_stopped(fd: &mut VcpuFd, handler: &mut ExitHandler, control: &VmControl) {
     let vcpu = handler.vcpu;
     loop {
-        if control.wait_runnable() == RunState::Stopping {
+        if control.pausing() {
+            // Whoever paused the VM may want its state (a live report): read it back before
+            // parking.
+            if let Some(hv) = handler.hyperv.as_mut() {
+                hv.vcpu_stopped(fd);
+            }
+        }
+        let state = control.wait_runnable(vcpu, &mut |job| job(&mut *fd, &mut *handler));
+        if state == RunState::Stopping {
             return;
         }
         if let Some(hv) = handler.hyperv.as_mut() {

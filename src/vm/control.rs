@@ -1,6 +1,12 @@
 //! The run state shared by a VM's vCPU threads and the thread that waits for the VM.
+//!
+//! Besides running, paused and stopping, the pause protocol carries work for paused vCPUs: a
+//! vCPU thread owns its `VcpuFd`, so whoever needs that vCPU's state (a snapshot) posts a
+//! [`VcpuJob`] with [`VmControl::post_job`]; the parked thread runs it on its own thread and
+//! answers through whatever channel the job carries. Only paused vCPUs take jobs, and the
+//! exit path is unchanged: a running vCPU still checks one atomic per exit.
 
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -22,7 +28,24 @@ pub enum RunState {
     Stopping,
 }
 
-#[derive(Debug)]
+/// Work a paused vCPU thread runs on its own thread with its vCPU fd and exit handler.
+pub type VcpuJob =
+    Box<dyn FnOnce(&mut kvm_ioctls::VcpuFd, &mut crate::vcpu::ExitHandler) + Send + 'static>;
+
+/// Why a job could not be posted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum JobError {
+    /// The VM is not paused.
+    #[error("the VM is not paused (pause it first)")]
+    NotPaused,
+    /// No such vCPU thread.
+    #[error("vCPU {0} has no thread")]
+    NoVcpu(u32),
+    /// A job for that vCPU is already waiting.
+    #[error("vCPU {0} already has a request waiting")]
+    Busy(u32),
+}
+
 struct Shared {
     state: RunState,
     reason: Option<StopReason>,
@@ -32,6 +55,25 @@ struct Shared {
     started_threads: usize,
     /// vCPU threads parked by a pause.
     parked_threads: usize,
+    /// The VM's vCPU count, once known: a pause is complete only when that many are parked.
+    vcpus: usize,
+    /// One slot per vCPU for work its thread runs while parked.
+    jobs: Vec<Option<VcpuJob>>,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("state", &self.state)
+            .field("reason", &self.reason)
+            .field("started_threads", &self.started_threads)
+            .field("parked_threads", &self.parked_threads)
+            .field(
+                "jobs_waiting",
+                &self.jobs.iter().filter(|j| j.is_some()).count(),
+            )
+            .finish_non_exhaustive()
+    }
 }
 
 /// Shared control block of one VM.
@@ -44,6 +86,8 @@ pub struct VmControl {
     fast_state: AtomicU8,
     changed: Condvar,
     threads: Mutex<Vec<(u32, Arc<JoinHandle<()>>)>>,
+    /// Pause the VM at every ucall SYNC (the guest-test harness's snapshot mode).
+    pause_on_sync: AtomicBool,
 }
 
 impl Default for VmControl {
@@ -56,10 +100,13 @@ impl Default for VmControl {
                 prints: Vec::new(),
                 started_threads: 0,
                 parked_threads: 0,
+                vcpus: 0,
+                jobs: Vec::new(),
             }),
             fast_state: AtomicU8::new(RunState::Running as u8),
             changed: Condvar::new(),
             threads: Mutex::new(Vec::new()),
+            pause_on_sync: AtomicBool::new(false),
         }
     }
 }
@@ -134,6 +181,10 @@ impl VmControl {
                 s.reason = Some(reason);
             }
             self.set_state(&mut s, RunState::Stopping);
+            // Jobs nobody will run: dropping them tells their posters (their channels close).
+            for job in s.jobs.iter_mut() {
+                job.take();
+            }
         }
         self.changed.notify_all();
         self.kick_all();
@@ -162,9 +213,15 @@ impl VmControl {
         self.changed.notify_all();
     }
 
-    /// Called by a vCPU thread before KVM_RUN: blocks while paused, returns the state to act
-    /// on (Running or Stopping).
-    pub fn wait_runnable(&self) -> RunState {
+    /// Whether a pause is asked for (a lock-free check for vCPU threads).
+    pub fn pausing(&self) -> bool {
+        self.fast_state.load(Ordering::SeqCst) == RunState::Paused as u8
+    }
+
+    /// Called by vCPU `vcpu`'s thread before KVM_RUN: blocks while paused, running the jobs
+    /// posted for this vCPU through `serve`; returns the state to act on (Running or
+    /// Stopping). The fast path (running) is one atomic load.
+    pub fn wait_runnable(&self, vcpu: u32, serve: &mut dyn FnMut(VcpuJob)) -> RunState {
         if self.fast_state.load(Ordering::SeqCst) == RunState::Running as u8 {
             return RunState::Running;
         }
@@ -173,11 +230,51 @@ impl VmControl {
             s.parked_threads += 1;
             self.changed.notify_all();
             while s.state == RunState::Paused {
+                if let Some(job) = s.jobs.get_mut(vcpu as usize).and_then(Option::take) {
+                    // Run it unlocked: it may take a while (a snapshot reads all the state).
+                    drop(s);
+                    serve(job);
+                    s = self.lock();
+                    continue;
+                }
                 s = self.changed.wait(s).unwrap_or_else(|p| p.into_inner());
             }
             s.parked_threads -= 1;
         }
         s.state
+    }
+
+    /// Posts `job` for vCPU `vcpu`, which runs it on its own thread once it is parked (at
+    /// once if it already is). The VM must be paused; the job's own channel carries its
+    /// answer, and is closed without one if the VM stops first.
+    pub fn post_job(&self, vcpu: u32, job: VcpuJob) -> Result<(), JobError> {
+        let mut s = self.lock();
+        if s.state != RunState::Paused {
+            return Err(JobError::NotPaused);
+        }
+        let known = s.started_threads.max(s.vcpus);
+        if s.jobs.len() < known {
+            s.jobs.resize_with(known, || None);
+        }
+        let slot = s
+            .jobs
+            .get_mut(vcpu as usize)
+            .ok_or(JobError::NoVcpu(vcpu))?;
+        if slot.is_some() {
+            return Err(JobError::Busy(vcpu));
+        }
+        *slot = Some(job);
+        drop(s);
+        self.changed.notify_all();
+        Ok(())
+    }
+
+    /// Sets the VM's vCPU count (before its threads start): pauses then wait for every vCPU,
+    /// including threads that have not started yet, and each vCPU has a job slot.
+    pub fn set_vcpu_count(&self, vcpus: u32) {
+        let mut s = self.lock();
+        s.vcpus = vcpus as usize;
+        s.jobs.resize_with(vcpus as usize, || None);
     }
 
     /// Called once by each vCPU thread as it starts.
@@ -189,7 +286,7 @@ impl VmControl {
     pub fn wait_paused(&self, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
         let mut s = self.lock();
-        while s.parked_threads < s.started_threads && s.state == RunState::Paused {
+        while s.parked_threads < s.started_threads.max(s.vcpus) && s.state == RunState::Paused {
             let Some(left) = deadline.checked_duration_since(Instant::now()) else {
                 return false;
             };
@@ -199,12 +296,46 @@ impl VmControl {
                 .unwrap_or_else(|p| p.into_inner())
                 .0;
         }
-        s.parked_threads == s.started_threads
+        s.parked_threads == s.started_threads.max(s.vcpus)
     }
 
-    /// Records a ucall SYNC.
+    /// Records a ucall SYNC (and pauses the VM when asked to pause at every SYNC).
     pub fn record_sync(&self, event: SyncEvent) {
         self.lock().syncs.push(event);
+        if self.pause_on_sync.load(Ordering::Relaxed) {
+            self.pause();
+        }
+    }
+
+    /// How many ucall SYNCs were recorded (and not yet taken by [`VmControl::take_reports`]).
+    pub fn sync_count(&self) -> usize {
+        self.lock().syncs.len()
+    }
+
+    /// Makes every ucall SYNC pause the VM (the vCPU that made it completes the ucall first).
+    pub fn set_pause_on_sync(&self, on: bool) {
+        self.pause_on_sync.store(on, Ordering::Relaxed);
+    }
+
+    /// Waits while the VM runs, up to `timeout`; returns the state then.
+    pub fn wait_while_running(&self, timeout: Option<Duration>) -> RunState {
+        let deadline = timeout.map(|t| Instant::now() + t);
+        let mut s = self.lock();
+        while s.state == RunState::Running {
+            s = match deadline {
+                None => self.changed.wait(s).unwrap_or_else(|p| p.into_inner()),
+                Some(d) => {
+                    let Some(left) = d.checked_duration_since(Instant::now()) else {
+                        break;
+                    };
+                    self.changed
+                        .wait_timeout(s, left)
+                        .unwrap_or_else(|p| p.into_inner())
+                        .0
+                }
+            };
+        }
+        s.state
     }
 
     /// Records a ucall PRINT.
@@ -290,7 +421,7 @@ mod tests {
         c.pause();
         let waiter = {
             let c = c.clone();
-            std::thread::spawn(move || c.wait_runnable())
+            std::thread::spawn(move || c.wait_runnable(0, &mut |_| {}))
         };
         assert!(c.wait_paused(Duration::from_secs(5)));
         c.resume();
@@ -298,9 +429,60 @@ mod tests {
         c.pause();
         let waiter = {
             let c = c.clone();
-            std::thread::spawn(move || c.wait_runnable())
+            std::thread::spawn(move || c.wait_runnable(0, &mut |_| {}))
         };
         c.stop(StopReason::GuestDone);
         assert_eq!(waiter.join().unwrap(), RunState::Stopping);
+    }
+
+    #[test]
+    fn a_paused_vcpu_runs_posted_jobs_and_stays_parked() {
+        let c = Arc::new(VmControl::default());
+        c.thread_started();
+        assert_eq!(
+            c.post_job(0, Box::new(|_, _| {})),
+            Err(JobError::NotPaused),
+            "a running VM takes no jobs"
+        );
+        c.pause();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let waiter = {
+            let c = c.clone();
+            std::thread::spawn(move || {
+                let mut served = 0;
+                let state = c.wait_runnable(0, &mut |job| {
+                    served += 1;
+                    drop(job);
+                    tx.send(served).unwrap();
+                });
+                (state, served)
+            })
+        };
+        assert!(c.wait_paused(Duration::from_secs(5)));
+        c.post_job(0, Box::new(|_, _| {})).unwrap();
+        assert_eq!(rx.recv_timeout(Duration::from_secs(5)), Ok(1));
+        assert!(
+            c.wait_paused(Duration::from_secs(5)),
+            "still parked after the job"
+        );
+        assert_eq!(c.post_job(3, Box::new(|_, _| {})), Err(JobError::NoVcpu(3)));
+        c.post_job(0, Box::new(|_, _| {})).unwrap();
+        assert_eq!(rx.recv_timeout(Duration::from_secs(5)), Ok(2));
+        c.resume();
+        assert_eq!(waiter.join().unwrap(), (RunState::Running, 2));
+    }
+
+    #[test]
+    fn stopping_drops_waiting_jobs() {
+        let c = VmControl::default();
+        c.thread_started();
+        c.pause();
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        c.post_job(0, Box::new(move |_, _| drop(tx))).unwrap();
+        c.stop(StopReason::PowerOff);
+        assert_eq!(
+            rx.recv_timeout(Duration::from_secs(1)),
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected)
+        );
     }
 }

@@ -55,6 +55,10 @@ impl VpLink for VmLink {
     fn stopping(&self) -> bool {
         self.control.is_stopping()
     }
+
+    fn paused(&self) -> bool {
+        self.control.pausing()
+    }
 }
 
 #[cfg(test)]

@@ -7,8 +7,11 @@
 
 pub mod config;
 pub mod control;
+pub mod handle;
 pub mod link;
+pub mod live_report;
 pub mod outcome;
+pub mod snapshot;
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -22,7 +25,9 @@ use kvm_ioctls::{Kvm, VcpuFd, VmFd};
 use vmm_sys_util::eventfd::EventFd;
 
 pub use config::{BootSource, ConfigError, VmConfig};
+pub use handle::{RunEvent, RunningVm, VmHandle, VmInfo};
 pub use outcome::{StopReason, SyncEvent, VmOutcome};
+pub use snapshot::RestoreParams;
 
 use crate::boot;
 use crate::cpu::cpuid::{self, CX16_BIT};
@@ -30,8 +35,11 @@ use crate::devices::{self, bus::Sink, IoBus};
 use crate::host_quirks::{EmulationAssist, HostQuirks};
 use crate::hyperv::backend::{BackendParams, HvSetupError};
 use crate::hyperv::HvBackend;
+use crate::kvm::vcpu_state::StateCaps;
 use crate::kvm::{kick, HostProbe};
 use crate::memory::{self, GuestMemory};
+use crate::snapshot::format::SavedConfig;
+use crate::snapshot::SnapshotError;
 use crate::vcpu::{msr::MsrBus, run_loop, stats::VcpuStats, ExitHandler};
 use control::VmControl;
 
@@ -88,6 +96,9 @@ pub enum VmError {
     /// The Hyper-V backend could not be set up.
     #[error("cannot set up the Hyper-V backend")]
     HyperV(#[from] HvSetupError),
+    /// A snapshot could not be restored.
+    #[error("cannot restore the snapshot")]
+    Restore(#[from] SnapshotError),
 }
 
 fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
@@ -96,22 +107,47 @@ fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
 
 /// A built, not yet running VM.
 pub struct Vm {
-    // Field order is drop order: vCPU fds and devices before the VM fd, guest memory last.
+    // Field order is drop order: vCPU fds before the VM fd and guest memory (in `core`).
     vcpus: Vec<(VcpuFd, ExitHandler)>,
-    control: Arc<VmControl>,
-    boot_description: String,
+    core: Arc<VmCore>,
     timeout: Option<Duration>,
-    stats: Vec<Arc<VcpuStats>>,
-    hyperv: Option<HvBackend>,
-    _serial_irq: EventFd,
-    _vm: Arc<VmFd>,
-    _mem: GuestMemory,
+    serial_irq: EventFd,
+}
+
+/// What the thread waiting for a VM, the API socket and snapshots share: everything of a VM
+/// but its vCPU fds, which their threads own.
+pub(crate) struct VmCore {
+    pub(crate) control: Arc<VmControl>,
+    pub(crate) boot_description: String,
+    pub(crate) stats: Vec<Arc<VcpuStats>>,
+    pub(crate) hyperv: Option<HvBackend>,
+    pub(crate) devices: devices::Platform,
+    /// What a snapshot needs to rebuild this VM.
+    pub(crate) saved: SavedConfig,
+    /// Which vCPU state this host's KVM has, and the MSRs saved.
+    pub(crate) caps: StateCaps,
+    /// The guest's TSC rate (vCPU 0's).
+    pub(crate) guest_tsc_khz: u32,
+    /// Why this guest cannot move to another host (from the Hyper-V model).
+    pub(crate) migration_blockers: Vec<String>,
+    pub(crate) host: crate::snapshot::format::HostIdentity,
+    pub(crate) started: Mutex<Option<Instant>>,
+    pub(crate) vm: Arc<VmFd>,
+    pub(crate) mem: GuestMemory,
+}
+
+impl std::fmt::Debug for VmCore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VmCore")
+            .field("boot", &self.boot_description)
+            .finish_non_exhaustive()
+    }
 }
 
 impl std::fmt::Debug for Vm {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Vm")
-            .field("boot", &self.boot_description)
+            .field("boot", &self.core.boot_description)
             .finish_non_exhaustive()
     }
 }
@@ -119,10 +155,28 @@ impl std::fmt::Debug for Vm {
 impl Vm {
     /// Creates the VM, its devices and vCPUs, and loads the guest.
     pub fn new(config: VmConfig) -> Result<Vm, VmError> {
+        Vm::build(config, None)
+    }
+
+    /// Creates a VM continuing the snapshot `reader` opened (`vm::snapshot` has the rules).
+    pub fn restore(
+        reader: &crate::snapshot::SnapshotReader,
+        params: RestoreParams,
+    ) -> Result<Vm, VmError> {
+        let (config, restore) = snapshot::prepare(reader, params)?;
+        Vm::build(config, Some(restore))
+    }
+
+    fn build(config: VmConfig, mut restore: Option<snapshot::Restore<'_>>) -> Result<Vm, VmError> {
         config.validate()?;
         kick::install_handler().map_err(VmError::Signal)?;
+        live_report::install().map_err(VmError::Signal)?;
         let host = HostProbe::probe()?;
-        let quirks = HostQuirks::resolve(config.host_quirks, host.is_pvm());
+        let mut quirks = HostQuirks::resolve(config.host_quirks, host.is_pvm());
+        if let Some(r) = &restore {
+            // The VM's shape follows the snapshot, whatever this host would choose.
+            quirks.no_pit = !r.saved().pit;
+        }
         if host.cap("KVM_CAP_IRQCHIP") <= 0 {
             return Err(VmError::MissingCapability(
                 "KVM_CAP_IRQCHIP (in-kernel irqchip)",
@@ -134,11 +188,26 @@ impl Vm {
         let mem = memory::allocate(config.memory_mib)?;
         memory::register_with_kvm(&vm, &mem)?;
         let ram_size = config.memory_mib << 20;
-        let plan = match &config.boot {
-            BootSource::Payload { image, name } => {
-                boot::payload::load(&mem, ram_size, config.cpus, image, name)?
+        let plan = match (&restore, &config.boot) {
+            (Some(r), _) => {
+                r.load_ram(&mem)?;
+                None
             }
-            BootSource::Linux(image) => boot::linux::load(&mem, ram_size, config.cpus, image)?,
+            (None, BootSource::Payload { image, name }) => Some(boot::payload::load(
+                &mem,
+                ram_size,
+                config.cpus,
+                image,
+                name,
+            )?),
+            (None, BootSource::Linux(image)) => {
+                Some(boot::linux::load(&mem, ram_size, config.cpus, image)?)
+            }
+        };
+        let boot_description = match (&plan, &restore) {
+            (Some(p), _) => p.description.clone(),
+            (None, Some(r)) => r.saved().boot.clone(),
+            (None, None) => String::new(),
         };
 
         let serial_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(VmError::EventFd)?;
@@ -146,7 +215,15 @@ impl Vm {
             .map_err(kvm_err("KVM_IRQFD (COM1)"))?;
         let trigger =
             devices::serial::IrqFdTrigger(serial_irq.try_clone().map_err(VmError::EventFd)?);
-        let io = build_io_bus(trigger, config.serial, config.extra_pio)?;
+        let saved_devices = restore.as_ref().map(|r| r.devices());
+        let extra_ports: Vec<[u16; 2]> =
+            config.extra_pio.iter().map(|(b, l, _)| [*b, *l]).collect();
+        let extra_msrs: Vec<[u32; 2]> = config
+            .msr_handlers
+            .iter()
+            .map(|(r, _)| [*r.start(), *r.end()])
+            .collect();
+        let (io, platform) = build_io_bus(trigger, config.serial, config.extra_pio, saved_devices)?;
         let supported = kvm
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
             .map_err(kvm_err("KVM_GET_SUPPORTED_CPUID"))?;
@@ -158,51 +235,125 @@ impl Vm {
             overrides: &config.cpuid_overrides,
             quirks,
         };
-        let control = Arc::new(VmControl::default());
-        let mut vcpus = Vec::new();
-        let mut stats = Vec::new();
-        let mut hyperv: Option<HvBackend> = None;
-        for (index, state) in plan.vcpus.iter().enumerate() {
-            let index = index as u32;
+        let backend_kind = config.hyperv.as_ref().map(|h| h.backend);
+        let caps = StateCaps::probe(
+            &kvm,
+            &vm,
+            if backend_kind == Some(hv_model::Backend::Kernel) {
+                hyperv_tlfs::msr::KVM_EMULATED
+            } else {
+                &[]
+            },
+            backend_kind.and_then(HvBackend::filters_msrs),
+        )
+        .map_err(kvm_err("KVM_GET_MSR_INDEX_LIST"))?;
+
+        // The vCPUs with their CPUID (the snapshot's tables on restore).
+        let mut fds = Vec::new();
+        let mut tables = Vec::new();
+        for index in 0..config.cpus {
             let fd = vm
                 .create_vcpu(u64::from(index))
                 .map_err(kvm_err("KVM_CREATE_VCPU"))?;
-            let table = cpu.table_for(index);
-            if let (0, Some(hv)) = (index, &config.hyperv) {
-                let (guest_tsc, tsc_khz) = guest_tsc(&fd, &host)?;
-                hyperv = Some(HvBackend::new(BackendParams {
-                    config: hv,
-                    cpuid: &table,
-                    vcpus: config.cpus,
-                    mem: mem.clone(),
-                    guest_tsc,
-                    tsc_khz,
-                    link: Arc::new(link::VmLink::new(vm.clone(), control.clone())),
-                    time_dilation: config.time_dilation.unwrap_or(match config.boot {
-                        // Test payloads check exact timing against real time; the quirk is
-                        // for operating systems' periodic housekeeping.
-                        BootSource::Payload { .. } => 1,
-                        BootSource::Linux(_) => quirks.time_dilation,
-                    }),
-                }));
-            }
+            let table = match &restore {
+                Some(r) => r.cpuid(index),
+                None => cpu.table_for(index),
+            };
             let kvm_table = cpuid::to_kvm(&table).map_err(|_| VmError::CpuidTooLarge)?;
             fd.set_cpuid2(&kvm_table)
                 .map_err(kvm_err("KVM_SET_CPUID2"))?;
-            setup_vcpu(&fd, state)?;
-            let mut msrs = MsrBus::default();
-            let hv_vp = match &hyperv {
-                Some(backend) => {
-                    backend.setup_vcpu(index, &fd)?;
-                    Some(backend.attach_vcpu(index, &mut msrs))
+            fds.push(fd);
+            tables.push(table);
+        }
+        let host_tsc_khz = fds[0].get_tsc_khz().ok().or(host.tsc_khz);
+        let control = Arc::new(VmControl::default());
+        control.set_vcpu_count(config.cpus);
+        let link: Arc<dyn crate::hyperv::user::link::VpLink> =
+            Arc::new(link::VmLink::new(vm.clone(), control.clone()));
+        let time_dilation = config.time_dilation.unwrap_or(match config.boot {
+            // Test payloads check exact timing against real time; the quirk is for operating
+            // systems' periodic housekeeping.
+            BootSource::Payload { .. } => 1,
+            BootSource::Linux(_) => quirks.time_dilation,
+        });
+        // The kernel backend's capabilities come before any MSR is written.
+        let mut hyperv: Option<HvBackend> = None;
+        if let Some(hv) = config
+            .hyperv
+            .as_ref()
+            .filter(|h| h.backend == hv_model::Backend::Kernel)
+        {
+            let backend = HvBackend::new(BackendParams {
+                config: hv,
+                cpuid: &tables[0],
+                vcpus: config.cpus,
+                mem: mem.clone(),
+                guest_tsc: 0,
+                tsc_khz: host_tsc_khz.unwrap_or(0),
+                link: link.clone(),
+                time_dilation: 1,
+            });
+            for (index, fd) in (0u32..).zip(&fds) {
+                backend.setup_vcpu(index, fd)?;
+            }
+            hyperv = Some(backend);
+        }
+        let guest_tsc_khz = match restore.as_mut() {
+            Some(r) => {
+                r.plan_tsc(host_tsc_khz, caps.tsc_control)?;
+                for (index, fd) in (0u32..).zip(&fds) {
+                    r.restore_vcpu(fd, index, &caps)?;
                 }
-                None => None,
+                r.guest_tsc_khz()
+            }
+            None => {
+                let plan = plan.as_ref().expect("a boot plan without a snapshot");
+                for (fd, state) in fds.iter().zip(plan.vcpus.iter()) {
+                    setup_vcpu(fd, state)?;
+                }
+                // 0: unknown (KVM_GET_TSC_KHZ fails on hosts with an unstable TSC); a snapshot
+                // then records no rate to keep.
+                host_tsc_khz.unwrap_or(0)
+            }
+        };
+        if let Some(hv) = config
+            .hyperv
+            .as_ref()
+            .filter(|h| h.backend == hv_model::Backend::User)
+        {
+            let (guest_tsc, _) = guest_tsc(&fds[0], &host)?;
+            let params = BackendParams {
+                config: hv,
+                cpuid: &tables[0],
+                vcpus: config.cpus,
+                mem: mem.clone(),
+                guest_tsc,
+                tsc_khz: guest_tsc_khz,
+                link,
+                time_dilation,
             };
+            hyperv = Some(match restore.as_mut() {
+                Some(r) => r.user_backend(params)?,
+                None => HvBackend::new(params),
+            });
+        }
+
+        let mut vcpus = Vec::new();
+        let mut stats = Vec::new();
+        for (index, mut fd) in (0u32..).zip(fds) {
+            let mut msrs = MsrBus::default();
+            let hv_vp = hyperv
+                .as_ref()
+                .map(|backend| backend.attach_vcpu(index, &mut msrs));
             for (range, handler) in &config.msr_handlers {
                 msrs.insert_shared(index, range.clone(), handler.clone());
             }
             let vcpu_stats = Arc::new(VcpuStats::default());
             stats.push(vcpu_stats.clone());
+            let mut assist = quirks.emulation_assist.then(EmulationAssist::default);
+            if let (Some(a), Some(_)) = (assist.as_mut(), &restore) {
+                a.resume_after_restore(&mut fd, &mem);
+            }
             let handler = ExitHandler {
                 vcpu: index,
                 io: io.clone(),
@@ -210,90 +361,96 @@ impl Vm {
                 mem: mem.clone(),
                 control: control.clone(),
                 stats: vcpu_stats,
-                assist: quirks.emulation_assist.then(EmulationAssist::default),
+                assist,
                 hyperv: hv_vp,
             };
             vcpus.push((fd, handler));
         }
-        Ok(Vm {
-            vcpus,
+        if let Some(r) = restore.as_ref() {
+            // VM-wide state last: interrupt controllers, PIT, then the clock, right before
+            // the vCPUs may run; then the reenlightenment interrupt, if the rules call for it.
+            r.restore_vm(&vm, &mem)?;
+        }
+        let saved = SavedConfig {
+            cpus: config.cpus,
+            memory_mib: config.memory_mib,
+            boot: boot_description.clone(),
+            pit: !quirks.no_pit,
+            nested: config.nested,
+            cpuid: tables
+                .iter()
+                .map(|t| {
+                    t.iter()
+                        .map(crate::snapshot::format::CpuidRow::from)
+                        .collect()
+                })
+                .collect(),
+            hyperv: config.hyperv.as_ref().map(snapshot::saved_hyperv),
+            extra_ports,
+            extra_msrs,
+        };
+        let core = VmCore {
             control,
-            boot_description: plan.description.clone(),
-            timeout: config.timeout,
+            boot_description,
             stats,
             hyperv,
-            _serial_irq: serial_irq,
-            _vm: vm,
-            _mem: mem,
+            devices: platform,
+            saved,
+            caps,
+            guest_tsc_khz,
+            migration_blockers: config
+                .hyperv
+                .as_ref()
+                .map(|h| h.migration_blockers.clone())
+                .unwrap_or_default(),
+            host: snapshot::host_identity(&host),
+            started: Mutex::new(None),
+            vm,
+            mem,
+        };
+        Ok(Vm {
+            vcpus,
+            core: Arc::new(core),
+            timeout: config.timeout,
+            serial_irq,
         })
     }
 
     /// The control block, e.g. to pause, resume or stop the VM from another thread.
     pub fn control(&self) -> Arc<VmControl> {
-        self.control.clone()
+        self.core.control.clone()
     }
 
-    /// Runs every vCPU until the VM stops or the timeout expires.
-    pub fn run(self) -> Result<VmOutcome, VmError> {
+    /// A handle to control the VM while it runs (pause, resume, info, report, snapshot).
+    pub fn handle(&self) -> VmHandle {
+        VmHandle::new(self.core.clone())
+    }
+
+    /// Starts every vCPU thread; the VM runs until it stops or its timeout expires.
+    pub fn start(self) -> Result<RunningVm, VmError> {
         let Vm {
             vcpus,
-            control,
-            boot_description,
+            core,
             timeout,
-            stats,
-            hyperv,
-            _serial_irq,
-            _vm,
-            _mem,
+            serial_irq,
         } = self;
         let start = Instant::now();
+        *core.started.lock().unwrap_or_else(|p| p.into_inner()) = Some(start);
         for (fd, handler) in vcpus {
             let index = handler.vcpu;
-            let thread_control = control.clone();
+            let thread_control = core.control.clone();
             let handle = std::thread::Builder::new()
                 .name(format!("vcpu{index}"))
                 .spawn(move || run_loop::run(fd, handler, thread_control))
                 .map_err(|e| VmError::Thread(index, e))?;
-            control.add_thread(index, Arc::new(handle));
+            core.control.add_thread(index, Arc::new(handle));
         }
-        let reason = match control.wait_for_stop(timeout) {
-            Some(reason) => reason,
-            None => {
-                let after_ms = timeout.map_or(0, |t| t.as_millis() as u64);
-                control.stop(StopReason::Timeout { after_ms });
-                control
-                    .wait_for_stop(Some(Duration::ZERO))
-                    .unwrap_or(StopReason::Timeout { after_ms })
-            }
-        };
-        let elapsed = start.elapsed();
-        let stuck_vcpus = control.join_threads(STOP_GRACE);
-        if let Some(backend) = &hyperv {
-            backend.shutdown();
-        }
-        for vcpu in &stuck_vcpus {
-            log::error!(
-                "vCPU {vcpu} did not leave KVM_RUN within {STOP_GRACE:?} of the stop; abandoning it"
-            );
-        }
-        let (syncs, prints) = control.take_reports();
-        let outcome = VmOutcome {
-            reason,
-            elapsed,
-            boot: boot_description,
-            syncs,
-            prints,
-            vcpu_stats: stats.iter().map(|s| s.snapshot()).collect(),
-            stuck_vcpus,
-            hyperv: hyperv.map(|b| b.report()),
-        };
-        if !outcome.stuck_vcpus.is_empty() {
-            // A thread stuck in KVM_RUN still uses the VM and guest memory: leak them rather
-            // than unmap memory under it.
-            std::mem::forget(_vm);
-            std::mem::forget(_mem);
-        }
-        Ok(outcome)
+        Ok(RunningVm::new(core, start, timeout, serial_irq))
+    }
+
+    /// Runs every vCPU until the VM stops or the timeout expires.
+    pub fn run(self) -> Result<VmOutcome, VmError> {
+        Ok(self.start()?.finish())
     }
 }
 
@@ -445,29 +602,41 @@ fn build_io_bus(
     trigger: devices::serial::IrqFdTrigger,
     serial: devices::serial::SerialSink,
     extra: Vec<(u16, u16, devices::bus::SharedPioDevice)>,
-) -> Result<IoBus, VmError> {
+    saved: Option<&devices::PlatformState>,
+) -> Result<(IoBus, devices::Platform), VmError> {
     use devices::{
         acpi_pm::AcpiPm, cmos::Cmos, i8042::I8042, serial::SerialPort, test_exit::TestExit,
     };
+    let device = |device: &'static str| {
+        move |problem: String| VmError::Restore(SnapshotError::Device { device, problem })
+    };
+    let platform = match saved {
+        None => devices::Platform {
+            serial: Arc::new(Mutex::new(SerialPort::new(trigger, serial))),
+            cmos: Arc::new(Mutex::new(Cmos::default())),
+            pm: Arc::new(Mutex::new(AcpiPm::default())),
+        },
+        Some(s) => devices::Platform {
+            serial: Arc::new(Mutex::new(
+                SerialPort::from_state(&s.serial, trigger, serial).map_err(device("UART"))?,
+            )),
+            cmos: Arc::new(Mutex::new(
+                Cmos::from_state(&s.cmos).map_err(device("CMOS"))?,
+            )),
+            pm: Arc::new(Mutex::new(AcpiPm::from_state(&s.pm))),
+        },
+    };
     let mut bus = IoBus::new();
-    bus.insert(
-        devices::COM1_PORT,
-        8,
-        Arc::new(Mutex::new(SerialPort::new(trigger, serial))),
-    )?;
+    bus.insert(devices::COM1_PORT, 8, platform.serial.clone())?;
     bus.insert(0x60, 5, Arc::new(Mutex::new(I8042)))?;
-    bus.insert(0x70, 2, Arc::new(Mutex::new(Cmos::default())))?;
+    bus.insert(0x70, 2, platform.cmos.clone())?;
     bus.insert(0x80, 1, Arc::new(Mutex::new(Sink)))?;
     bus.insert(devices::TEST_EXIT_PORT, 1, Arc::new(Mutex::new(TestExit)))?;
-    bus.insert(
-        devices::PM1A_EVT_PORT,
-        8,
-        Arc::new(Mutex::new(AcpiPm::default())),
-    )?;
+    bus.insert(devices::PM1A_EVT_PORT, 8, platform.pm.clone())?;
     for (base, len, device) in extra {
         bus.insert(base, len, device)?;
     }
-    Ok(bus)
+    Ok((bus, platform))
 }
 
 /// Registers, LAPIC LINT pins and MP state of one vCPU.

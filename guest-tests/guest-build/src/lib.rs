@@ -98,6 +98,18 @@ const FORBIDDEN_MNEMONIC_PREFIXES: &[(&str, &str)] = &[
     ("(bad)", "bytes objdump cannot decode"),
 ];
 
+/// Payloads that are L1 hypervisors: they execute VMX instructions, which the scan otherwise
+/// rejects with every other `v…` mnemonic. They run only where the guest has VMX (a VMX host
+/// with nested virtualization, e.g. the emulated Intel host); there the instructions exit to
+/// KVM's nested VMX rather than to an instruction emulator. `vmcall` stays forbidden for them too.
+pub const VMX_PAYLOADS: &[&str] = &["l1_hypervisor"];
+
+/// The VMX instructions a payload in [`VMX_PAYLOADS`] may use.
+const VMX_MNEMONICS: &[&str] = &[
+    "vmxon", "vmxoff", "vmclear", "vmptrld", "vmptrst", "vmread", "vmwrite", "vmlaunch",
+    "vmresume", "invept", "invvpid",
+];
+
 /// Register-name fragments (AT&T syntax) whose presence in an operand means SSE/AVX/MMX/x87 use.
 const FORBIDDEN_REGISTERS: &[(&str, &str)] = &[
     ("%xmm", "SSE register"),
@@ -439,7 +451,7 @@ impl GuestBuild {
             let elf = out_dir.join(bin);
             check_elf(&elf)?;
             if self.check_instructions && !objdump_missing {
-                match check_instructions(&elf)? {
+                match check_instructions_of(&elf, VMX_PAYLOADS.contains(&bin.as_str()))? {
                     InstructionCheck::Clean => {}
                     InstructionCheck::ObjdumpMissing => {
                         objdump_missing = true;
@@ -675,6 +687,12 @@ pub enum InstructionCheck {
 /// Disassembles `path` with `objdump -d --no-show-raw-insn` (or `$OBJDUMP`) and fails if any
 /// instruction is one KVM's emulator cannot execute ([`find_forbidden_instructions`]).
 pub fn check_instructions(path: &Path) -> Result<InstructionCheck, Error> {
+    check_instructions_of(path, false)
+}
+
+/// [`check_instructions`], with the VMX instructions allowed when `allow_vmx` (an L1
+/// hypervisor payload, [`VMX_PAYLOADS`]).
+pub fn check_instructions_of(path: &Path, allow_vmx: bool) -> Result<InstructionCheck, Error> {
     let objdump = std::env::var_os("OBJDUMP").unwrap_or_else(|| OsString::from("objdump"));
     let output = match Command::new(&objdump)
         .args(["-d", "--no-show-raw-insn"])
@@ -700,7 +718,8 @@ pub fn check_instructions(path: &Path) -> Result<InstructionCheck, Error> {
             output: text,
         });
     }
-    let findings = find_forbidden_instructions(&String::from_utf8_lossy(&output.stdout));
+    let findings =
+        find_forbidden_instructions_of(&String::from_utf8_lossy(&output.stdout), allow_vmx);
     if findings.is_empty() {
         Ok(InstructionCheck::Clean)
     } else {
@@ -715,6 +734,11 @@ pub fn check_instructions(path: &Path) -> Result<InstructionCheck, Error> {
 /// per instruction that uses an SSE/AVX/MMX/x87 register or is on the forbidden list. The line
 /// names the enclosing function, so the offending Rust code is easy to find.
 pub fn find_forbidden_instructions(disassembly: &str) -> Vec<String> {
+    find_forbidden_instructions_of(disassembly, false)
+}
+
+/// [`find_forbidden_instructions`]; with `allow_vmx` the VMX instructions (not `vmcall`) pass.
+pub fn find_forbidden_instructions_of(disassembly: &str, allow_vmx: bool) -> Vec<String> {
     let mut findings = Vec::new();
     let mut function = String::new();
     for line in disassembly.lines() {
@@ -749,6 +773,9 @@ pub fn find_forbidden_instructions(disassembly: &str) -> Vec<String> {
                 None => break "",
             }
         };
+        if allow_vmx && VMX_MNEMONICS.contains(&mnemonic.trim_end_matches('q')) {
+            continue;
+        }
         let reason = FORBIDDEN_MNEMONIC_PREFIXES
             .iter()
             .find(|(prefix, _)| mnemonic.starts_with(prefix))
@@ -794,6 +821,19 @@ mod tests {
         assert_eq!(found.len(), 11, "{found:#?}");
         assert!(found[0].contains("SSE register") && found[0].ends_with("in f"));
         assert!(found[3].contains("CMPXCHG16B"), "{}", found[3]);
+    }
+
+    #[test]
+    fn vmx_instructions_pass_only_for_l1_hypervisors() {
+        let dis = "0000000000200000 <l1>:\n  200000:\tvmxon  (%rax)\n  200003:\tvmread %rax,%rcx\n\
+                   \x20 200006:\tvmwrite %rcx,%rax\n  200009:\tvmlaunch\n  20000c:\tvmresume\n\
+                   \x20 20000f:\tvmptrld (%rdi)\n  200012:\tvmclear (%rdi)\n  200015:\tvmcall\n";
+        assert_eq!(find_forbidden_instructions(dis).len(), 8);
+        let found = find_forbidden_instructions_of(dis, true);
+        assert_eq!(found.len(), 1, "{found:#?}");
+        assert!(found[0].contains("vmcall"), "{}", found[0]);
+        let avx = "0000000000200000 <f>:\n  200000:\tvpxor  %ymm1,%ymm1,%ymm1\n";
+        assert_eq!(find_forbidden_instructions_of(avx, true).len(), 1);
     }
 
     fn elf_with(entry: u64, loads: &[(u64, u64, u64, u32)], extra_type: Option<u32>) -> Vec<u8> {

@@ -29,6 +29,7 @@ pub mod uart;
 pub mod ucall;
 pub mod user_mp;
 pub mod usermode;
+pub mod vmx;
 pub mod x86;
 
 pub use sync::{spin_wait, SpinLock};

@@ -7,9 +7,32 @@ use std::fmt::Write as _;
 
 use serde_norway::{Mapping, Value};
 
-use crate::config::{HvConfig, HvRequest};
+use crate::config::HvConfig;
 use crate::flags::{Enlightenment as E, Enlightenment, FlagKind};
 use crate::formats::{DropList, Exported, FormatError, Imported};
+use crate::version::Version;
+
+/// `kubevirt.io/v1` fields newer than the oldest supported KubeVirt, with their flag and the
+/// KubeVirt release that added them (from the tags of the kubevirt.io/api module: `TLBFlush`
+/// got `direct`/`extended` in v1.8.0, `Features` got `hypervPassthrough` in v1.3.0).
+pub const NEWER_FIELDS: &[(&str, Enlightenment, Version)] = &[
+    (
+        "features.hyperv.tlbflush.direct",
+        E::TlbflushDirect,
+        Version::new(1, 8),
+    ),
+    (
+        "features.hyperv.tlbflush.extended",
+        E::TlbflushExt,
+        Version::new(1, 8),
+    ),
+    (
+        "features.hypervPassthrough",
+        E::Passthrough,
+        Version::new(1, 3),
+    ),
+];
+use crate::request::HvRequest;
 
 /// `FeatureHyperv` fields and their flags. Fields with sub-features are handled apart.
 const HYPERV_FIELDS: &[(&str, Enlightenment)] = &[
@@ -227,9 +250,23 @@ fn wrong(path: &str, what: &str) -> FormatError {
     FormatError::Structure(format!("{path} must be {what}"))
 }
 
-/// Writes a VirtualMachineInstance `spec.domain` fragment.
-pub fn export(config: &HvConfig) -> Exported {
+/// Writes a VirtualMachineInstance `spec.domain` fragment for KubeVirt `version`; fields that
+/// release lacks are left out and listed in `dropped`.
+pub fn export(config: &HvConfig, version: Version) -> Exported {
     let mut drops = DropList::default();
+    let mut kept = config.clone();
+    for &(field, flag, since) in NEWER_FIELDS {
+        if let (Some(on), true) = (config.state(flag), version < since) {
+            kept.forget(flag);
+            drops.too_new(
+                flag,
+                on,
+                &format!("KubeVirt {version} has no {field} (added in KubeVirt {since})"),
+                true,
+            );
+        }
+    }
+    let config = &kept;
     let mut hv = String::new();
     let state = |on: bool| if on { "{}" } else { "{enabled: false}" };
     for &(name, flag) in HYPERV_FIELDS {

@@ -7,37 +7,81 @@ use std::fmt::Write as _;
 
 use roxmltree::{Document, Node};
 
-use crate::config::{parse_number, HvConfig, HvRequest};
+use crate::config::{parse_number, HvConfig};
 use crate::flags::{Enlightenment as E, Enlightenment, FlagKind};
 use crate::formats::{DropList, Exported, FormatError, Imported};
 use crate::profiles::Profile;
+use crate::version::Version;
 
-/// `<hyperv>` children and their flags (QEMU flag ↔ libvirt element, reference §5).
-const HYPERV_ELEMENTS: &[(&str, Enlightenment)] = &[
-    ("relaxed", E::Relaxed),
-    ("vapic", E::Vapic),
-    ("spinlocks", E::Spinlocks),
-    ("vpindex", E::Vpindex),
-    ("runtime", E::Runtime),
-    ("synic", E::Synic),
-    ("stimer", E::Stimer),
-    ("reset", E::Reset),
-    ("vendor_id", E::VendorId),
-    ("frequencies", E::Frequencies),
-    ("reenlightenment", E::Reenlightenment),
-    ("tlbflush", E::Tlbflush),
-    ("ipi", E::Ipi),
-    ("evmcs", E::Evmcs),
-    ("avic", E::Avic),
-    ("emsr_bitmap", E::EmsrBitmap),
-    ("xmm_input", E::XmmInput),
+const fn v(major: u16, minor: u16) -> Version {
+    Version::new(major, minor)
+}
+
+/// libvirt 8.0.0: `<hyperv mode=...>` (custom and passthrough).
+pub const MODE_SINCE: Version = v(8, 0);
+use crate::request::HvRequest;
+
+/// `<hyperv>` children, their flags (QEMU flag ↔ libvirt element, reference §5) and the
+/// libvirt release that added each (libvirt's formatdomain documentation; checked against the
+/// schemas of Debian's libvirt 7.0.0, 9.0.0, 11.3.0 and 12.9.0).
+pub const HYPERV_ELEMENTS: &[(&str, Enlightenment, Version)] = &[
+    ("relaxed", E::Relaxed, v(1, 0)),
+    ("vapic", E::Vapic, v(1, 1)),
+    ("spinlocks", E::Spinlocks, v(1, 1)),
+    ("vpindex", E::Vpindex, v(1, 3)),
+    ("runtime", E::Runtime, v(1, 3)),
+    ("synic", E::Synic, v(1, 3)),
+    ("stimer", E::Stimer, v(1, 3)),
+    ("reset", E::Reset, v(1, 3)),
+    ("vendor_id", E::VendorId, v(1, 3)),
+    ("frequencies", E::Frequencies, v(4, 7)),
+    ("reenlightenment", E::Reenlightenment, v(4, 7)),
+    ("tlbflush", E::Tlbflush, v(4, 7)),
+    ("ipi", E::Ipi, v(4, 10)),
+    ("evmcs", E::Evmcs, v(4, 10)),
+    ("avic", E::Avic, v(8, 10)),
+    ("emsr_bitmap", E::EmsrBitmap, v(10, 7)),
+    ("xmm_input", E::XmmInput, v(10, 7)),
 ];
 
-/// `<kvm>` children libvirt knows; `hidden` is inverted (`hidden on` = `kvm=off`).
-const KVM_ELEMENTS: &[(&str, Enlightenment)] = &[
-    ("hint-dedicated", E::KvmHintDedicated),
-    ("poll-control", E::KvmPollControl),
-    ("pv-ipi", E::KvmPvIpi),
+/// Sub-elements: `<stimer><direct/>` and `<tlbflush><direct/><extended/>`, with their
+/// parent's flag and the libvirt release that added them.
+pub const SUB_ELEMENTS: &[(Enlightenment, &str, Enlightenment, Version)] = &[
+    (E::Stimer, "direct", E::StimerDirect, v(5, 7)),
+    (E::Tlbflush, "direct", E::TlbflushDirect, v(11, 0)),
+    (E::Tlbflush, "extended", E::TlbflushExt, v(11, 0)),
+];
+
+/// Which states of a `<kvm>` child libvirt passes to QEMU. Seen with `virsh domxml-to-native`
+/// on libvirt 9.0: it writes `kvm-hint-dedicated=on` and `kvm-poll-control=on` but never
+/// `=off`, and `kvm-pv-ipi=off` but never `=on`. A state libvirt does not pass is left to the
+/// CPU model (with host-passthrough, KVM features are on where KVM has them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KvmWrites {
+    /// Only "on" reaches QEMU, and QEMU's default is off: "off" is still exact.
+    OnlyOnDefaultOff,
+    /// Only "on" reaches QEMU: "off" cannot be pinned.
+    OnlyOn,
+    /// Only "off" reaches QEMU: "on" cannot be pinned.
+    OnlyOff,
+}
+
+/// `<kvm>` children libvirt knows, with their libvirt release and what libvirt passes on;
+/// `hidden` (1.2.8) is inverted (`hidden on` = `kvm=off`).
+pub const KVM_ELEMENTS: &[(&str, Enlightenment, Version, KvmWrites)] = &[
+    (
+        "hint-dedicated",
+        E::KvmHintDedicated,
+        v(5, 7),
+        KvmWrites::OnlyOnDefaultOff,
+    ),
+    (
+        "poll-control",
+        E::KvmPollControl,
+        v(6, 10),
+        KvmWrites::OnlyOn,
+    ),
+    ("pv-ipi", E::KvmPvIpi, v(7, 10), KvmWrites::OnlyOff),
 ];
 
 /// Reads libvirt XML.
@@ -144,8 +188,8 @@ pub fn import(text: &str) -> Result<Imported, FormatError> {
 fn import_hyperv(hv: Node, config: &mut HvConfig) -> Result<(), FormatError> {
     for el in hv.children().filter(Node::is_element) {
         let name = el.tag_name().name();
-        let Some(&(_, flag)) = HYPERV_ELEMENTS.iter().find(|(n, _)| *n == name) else {
-            let known: Vec<&str> = HYPERV_ELEMENTS.iter().map(|(n, _)| *n).collect();
+        let Some(&(_, flag, _)) = HYPERV_ELEMENTS.iter().find(|(n, _, _)| *n == name) else {
+            let known: Vec<&str> = HYPERV_ELEMENTS.iter().map(|(n, _, _)| *n).collect();
             return Err(FormatError::Structure(format!(
                 "{}: unknown libvirt Hyper-V feature <{name}>; known: {}",
                 at(el),
@@ -178,13 +222,11 @@ fn import_hyperv(hv: Node, config: &mut HvConfig) -> Result<(), FormatError> {
             }
             _ => set(config, flag, on, el)?,
         }
-        let sub: &[(&str, Enlightenment)] = match flag {
-            E::Stimer => &[("direct", E::StimerDirect)],
-            E::Tlbflush => &[("direct", E::TlbflushDirect), ("extended", E::TlbflushExt)],
-            _ => &[],
-        };
         for c in el.children().filter(Node::is_element) {
-            let Some(&(_, sub_flag)) = sub.iter().find(|(n, _)| c.has_tag_name(*n)) else {
+            let Some(&(_, _, sub_flag, _)) = SUB_ELEMENTS
+                .iter()
+                .find(|(parent, n, _, _)| *parent == flag && c.has_tag_name(*n))
+            else {
                 return Err(FormatError::Structure(format!(
                     "{}: unexpected <{}> inside <{name}>",
                     at(c),
@@ -208,7 +250,7 @@ fn import_kvm(
         let on = switch(el, "state", "on")?;
         if name == "hidden" {
             set(config, E::Kvm, !on, el)?;
-        } else if let Some(&(_, flag)) = KVM_ELEMENTS.iter().find(|(n, _)| *n == name) {
+        } else if let Some(&(_, flag, _, _)) = KVM_ELEMENTS.iter().find(|(n, _, _, _)| *n == name) {
             set(config, flag, on, el)?;
         } else {
             notes.push(format!(
@@ -251,12 +293,76 @@ fn at(el: Node) -> String {
     format!("<{}> (line {})", el.tag_name().name(), pos.row)
 }
 
-/// Writes a `<domain>` skeleton holding the Hyper-V parts; copy its children into a domain.
-pub fn export(config: &HvConfig) -> Exported {
+/// The settings libvirt `version` has elements for, and what it lacks.
+fn for_version(config: &HvConfig, version: Version, drops: &mut DropList) -> HvConfig {
+    let mut kept = config.clone();
+    // No "--" here: the reason also goes into an XML comment.
+    let workaround = "pass it with <qemu:commandline> (-cpu ...,flag) or export for a newer \
+                      libvirt";
+    let mut too_new = |flag: Enlightenment, element: String, since: Version, hv: bool| {
+        if let (Some(on), true) = (config.state(flag), version < since) {
+            kept.forget(flag);
+            // Hyper-V flags are off unless asked for; a KVM feature follows the CPU model.
+            drops.too_new(
+                flag,
+                on,
+                &format!(
+                    "libvirt {version} has no {element} (added in libvirt {since}); {workaround}"
+                ),
+                hv,
+            );
+        }
+    };
+    for &(name, flag, since) in HYPERV_ELEMENTS {
+        too_new(flag, format!("<hyperv><{name}> element"), since, true);
+    }
+    for &(parent, name, flag, since) in SUB_ELEMENTS {
+        let parent = HYPERV_ELEMENTS
+            .iter()
+            .find(|(_, f, _)| *f == parent)
+            .map_or("?", |(n, _, _)| *n);
+        too_new(flag, format!("<{parent}><{name}> element"), since, true);
+    }
+    for &(name, flag, since, _) in KVM_ELEMENTS {
+        too_new(flag, format!("<kvm><{name}> element"), since, false);
+    }
+    for &(name, flag, _, writes) in KVM_ELEMENTS {
+        let qemu = flag.name();
+        let reason = match (kept.state(flag), writes) {
+            (Some(false), KvmWrites::OnlyOn) => format!(
+                "libvirt passes <kvm><{name}> to QEMU only when on, so {qemu}=off cannot be \
+                 pinned: the CPU model decides (with host-passthrough it is on where KVM has it)"
+            ),
+            (Some(true), KvmWrites::OnlyOff) => format!(
+                "libvirt passes <kvm><{name}> to QEMU only when off, so {qemu}=on cannot be \
+                 pinned: the CPU model decides (with host-passthrough it is on where KVM has it)"
+            ),
+            _ => continue,
+        };
+        kept.forget(flag);
+        drops.add(flag, &reason);
+    }
+    if config.state(E::Passthrough) == Some(true) && version < MODE_SINCE {
+        kept.forget(E::Passthrough);
+        drops.add(
+            E::Passthrough,
+            &format!(
+                "libvirt {version} has no <hyperv mode='passthrough'> (added in libvirt \
+                 {MODE_SINCE}); list the flags instead, or {workaround}"
+            ),
+        );
+    }
+    kept
+}
+
+/// Writes a `<domain>` skeleton holding the Hyper-V parts for libvirt `version`; copy its
+/// children into a domain. Elements that release lacks are left out and listed in `dropped`.
+pub fn export(config: &HvConfig, version: Version) -> Exported {
     let mut drops = DropList::default();
+    let config = &for_version(config, version, &mut drops);
     let mut hv = String::new();
     let state = |on: bool| if on { "on" } else { "off" };
-    for &(name, flag) in HYPERV_ELEMENTS {
+    for &(name, flag, _) in HYPERV_ELEMENTS {
         let Some(on) = config.state(flag) else {
             // A sub-feature may be mentioned without its parent.
             if let Some(inner) = sub_elements(config, flag) {
@@ -289,7 +395,7 @@ pub fn export(config: &HvConfig) -> Exported {
     if let Some(on) = config.state(E::Kvm) {
         let _ = writeln!(kvm, "      <hidden state='{}'/>", state(!on));
     }
-    for &(name, flag) in KVM_ELEMENTS {
+    for &(name, flag, _, _) in KVM_ELEMENTS {
         if let Some(on) = config.state(flag) {
             let _ = writeln!(kvm, "      <{name} state='{}'/>", state(on));
         }
@@ -304,7 +410,7 @@ pub fn export(config: &HvConfig) -> Exported {
                 "libvirt has no element for hv-version-id-*"
             }
             f if f.kind() == FlagKind::KvmParavirt
-                && !KVM_ELEMENTS.iter().any(|(_, k)| *k == f) =>
+                && !KVM_ELEMENTS.iter().any(|(_, k, _, _)| *k == f) =>
             {
                 "libvirt has no <kvm> element; the CPU model decides it"
             }
@@ -316,15 +422,18 @@ pub fn export(config: &HvConfig) -> Exported {
     let mut out = String::from("<domain type='kvm'>\n");
     out.push_str(&drops.comments("  <!-- ", " -->"));
     out.push_str("  <features>\n");
-    let mode = if config.state(E::Passthrough) == Some(true) {
-        "passthrough"
-    } else {
-        "custom"
+    let mode = match (
+        version >= MODE_SINCE,
+        config.state(E::Passthrough) == Some(true),
+    ) {
+        (false, _) => String::new(),
+        (true, true) => " mode='passthrough'".to_string(),
+        (true, false) => " mode='custom'".to_string(),
     };
     if hv.is_empty() {
-        let _ = writeln!(out, "    <hyperv mode='{mode}'/>");
+        let _ = writeln!(out, "    <hyperv{mode}/>");
     } else {
-        let _ = write!(out, "    <hyperv mode='{mode}'>\n{hv}    </hyperv>\n");
+        let _ = write!(out, "    <hyperv{mode}>\n{hv}    </hyperv>\n");
     }
     if !kvm.is_empty() {
         let _ = write!(out, "    <kvm>\n{kvm}    </kvm>\n");
@@ -332,7 +441,9 @@ pub fn export(config: &HvConfig) -> Exported {
     out.push_str("  </features>\n");
     let time = config.state(E::Time);
     if time.is_some() || config.tsc_frequency_hz.is_some() {
-        out.push_str("  <clock>\n");
+        // libvirt's schema requires an offset; keep your domain's own (Windows guests usually
+        // run with localtime), only the timers below are hvkvm's.
+        out.push_str("  <clock offset='utc'>\n");
         if let Some(on) = time {
             let _ = writeln!(
                 out,
@@ -356,14 +467,10 @@ pub fn export(config: &HvConfig) -> Exported {
 }
 
 fn sub_elements(config: &HvConfig, flag: Enlightenment) -> Option<String> {
-    let subs: &[(&str, Enlightenment)] = match flag {
-        E::Stimer => &[("direct", E::StimerDirect)],
-        E::Tlbflush => &[("direct", E::TlbflushDirect), ("extended", E::TlbflushExt)],
-        _ => return None,
-    };
-    let inner: String = subs
+    let inner: String = SUB_ELEMENTS
         .iter()
-        .filter_map(|(name, f)| {
+        .filter(|(parent, _, _, _)| *parent == flag)
+        .filter_map(|(_, name, f, _)| {
             config.state(*f).map(|on| {
                 format!(
                     "        <{name} state='{}'/>\n",

@@ -7,10 +7,12 @@
 //! Import models all three; export writes `args: -cpu host,...` because only that can carry
 //! every flag.
 
-use crate::config::{HvConfig, HvRequest};
+use crate::config::HvConfig;
 use crate::flags::Enlightenment as E;
-use crate::formats::qemu::{cpu_value, import_cpu_value, shell_words};
+use crate::formats::qemu::{cpu_value, for_version, import_cpu_value, shell_words};
 use crate::formats::{Exported, FormatError, Imported};
+use crate::request::HvRequest;
+use crate::version::Version;
 
 /// Reads the main section of a Proxmox VM config.
 pub fn import(text: &str) -> Result<Imported, FormatError> {
@@ -198,22 +200,26 @@ fn parse_cpu_line(value: &str) -> Result<CpuLine<'_>, FormatError> {
     Ok(cpu)
 }
 
-/// Writes `args: -cpu host,...` (replace `host` with the CPU model you use).
-pub fn export(config: &HvConfig) -> Exported {
-    let value = format!("host,{}", config.to_hv_list());
-    // Proxmox splits args: like a shell; quote the value when the vendor id has spaces.
-    let value = if value.contains(' ') {
+/// Writes `args: -cpu host,...` (replace `host` with the CPU model you use) for the QEMU
+/// `version` Proxmox runs (`pveversion -v` lists it as pve-qemu-kvm).
+pub fn export(config: &HvConfig, version: Version) -> Exported {
+    let (kept, drops) = for_version(config, version);
+    let value = format!("host,{}", kept.to_hv_list());
+    // Proxmox splits args: like a shell; quote the value when the vendor id has characters a
+    // shell would interpret (spaces, quotes, backslashes).
+    let value = if value.contains([' ', '\'', '"', '\\']) {
         format!("'{}'", value.replace('\'', "'\\''"))
     } else {
         value
     };
-    let text = format!(
+    let mut text = drops.comments("# ", "");
+    text.push_str(&format!(
         "# hvkvm: 'args: -cpu' replaces the -cpu Proxmox builds from cpu: and ostype:; replace \
          'host' with your CPU model if needed\nargs: -cpu {value}\n"
-    );
+    ));
     Exported {
         text,
-        dropped: Vec::new(),
+        dropped: drops.into_vec(),
     }
 }
 

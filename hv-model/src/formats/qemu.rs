@@ -2,10 +2,21 @@
 //! Import accepts a bare flag list, a `-cpu` value with a CPU model, or a whole command line
 //! (the last `-cpu` wins, as in QEMU); non-Hyper-V CPU options are ignored with a note.
 
-use crate::config::{HvConfig, HvRequest};
+use serde::Serialize;
+
+use crate::config::HvConfig;
+use crate::cpuid::{cpuid_leaves, CpuidLeaf};
 use crate::error::ModelError;
-use crate::formats::{Exported, FormatError, Imported};
+use crate::formats::{DropList, Dropped, Exported, FormatError, Imported};
 use crate::parse::{parse_item, split_items, Item};
+use crate::request::HvRequest;
+use crate::resolve::Resolution;
+use crate::version::{Tool, Version};
+
+/// The first QEMU release of the `tsc-frequency` property, the one `-cpu` property hvkvm
+/// exports that is not in the flag table (`kvm=` is the table's `kvm` row). It is not newer
+/// than any supported target (present in QEMU 5.2), so it is never left out.
+pub const TSC_FREQUENCY_SINCE: Version = Version::new(5, 2);
 
 /// Reads a QEMU `-cpu` value or command line.
 pub fn import(text: &str) -> Result<Imported, FormatError> {
@@ -17,7 +28,9 @@ pub fn import(text: &str) -> Result<Imported, FormatError> {
     })
 }
 
-/// The `-cpu` argument of a command line (split like a shell does), or the text itself.
+/// The `-cpu` argument of a command line (split like a shell does), or the text itself. Text
+/// without `-cpu` is a bare flag list, as `export` writes it, and is taken literally: quotes in
+/// it are part of a value (found by fuzz/config_import: `hv-vendor-id='c'y` lost its quotes).
 pub(crate) fn cpu_value(text: &str) -> String {
     let words = shell_words(text);
     match words
@@ -27,7 +40,6 @@ pub(crate) fn cpu_value(text: &str) -> String {
         .map(|w| w[1].clone())
     {
         Some(value) => value,
-        None if words.len() == 1 => words[0].clone(),
         None => text.trim().to_string(),
     }
 }
@@ -113,12 +125,66 @@ fn looks_like_hyperv(name: &str) -> bool {
     n.starts_with("hv-") || n.starts_with("hv_")
 }
 
-/// Writes the flag list to append to `-cpu MODEL,` (also valid for hvkvm's `--hv`).
-pub fn export(config: &HvConfig) -> Exported {
-    let mut text = config.to_hv_list();
+/// The settings QEMU `version` can take, and what it cannot (properties newer than it).
+pub(crate) fn for_version(config: &HvConfig, version: Version) -> (HvConfig, DropList) {
+    let mut kept = config.clone();
+    let mut drops = DropList::default();
+    for (flag, on) in config.iter() {
+        let since = flag.def().qemu_since;
+        if version < since {
+            kept.forget(flag);
+            // A property QEMU does not have is a feature it never turns on.
+            drops.too_new(
+                flag,
+                on,
+                &format!("QEMU {version} has no {flag} property (added in QEMU {since})"),
+                true,
+            );
+        }
+    }
+    debug_assert!(TSC_FREQUENCY_SINCE <= Tool::Qemu.oldest());
+    (kept, drops)
+}
+
+/// Writes the flag list to append to `-cpu MODEL,` (also valid for hvkvm's `--hv`) for QEMU
+/// `version`; properties it lacks are left out and listed in `dropped`.
+pub fn export(config: &HvConfig, version: Version) -> Exported {
+    let (kept, drops) = for_version(config, version);
+    let mut text = kept.to_hv_list();
     text.push('\n');
     Exported {
         text,
-        dropped: Vec::new(),
+        dropped: drops.into_vec(),
+    }
+}
+
+/// What QEMU needs to give a guest the same Hyper-V interface as an hvkvm resolution, beside
+/// the CPUID hvkvm builds for it: the input of a CPUID comparison between the two.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct QemuEquivalent {
+    /// The QEMU release it is written for.
+    pub version: Version,
+    /// The whole `-cpu` value: `MODEL,flag,flag=value,...`.
+    pub cpu: String,
+    /// What that QEMU cannot be given; when not empty, its CPUID will differ from `leaves`.
+    pub dropped: Vec<Dropped>,
+    /// The hypervisor leaves hvkvm gives the guest for the same resolution.
+    pub leaves: Vec<CpuidLeaf>,
+}
+
+/// The `-cpu MODEL,...` value for QEMU `version` and hvkvm's CPUID leaves, for one resolution.
+pub fn equivalent(resolution: &Resolution, model: &str, version: Version) -> QemuEquivalent {
+    let (kept, drops) = for_version(&resolution.config, version);
+    let list = kept.to_hv_list();
+    let cpu = if list.is_empty() {
+        model.to_string()
+    } else {
+        format!("{model},{list}")
+    };
+    QemuEquivalent {
+        version,
+        cpu,
+        dropped: drops.into_vec(),
+        leaves: cpuid_leaves(resolution),
     }
 }

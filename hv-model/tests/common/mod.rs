@@ -68,6 +68,16 @@ pub fn bits(list: &[u32]) -> u32 {
     list.iter().fold(0, |acc, b| acc | (1 << b))
 }
 
+/// Releases that have every property and element hvkvm exports (QEMU 10.0, libvirt 11.3,
+/// KubeVirt 1.8), for tests of a format rather than of version filtering.
+pub fn newest() -> hv_model::Targets {
+    hv_model::Targets {
+        qemu: hv_model::Version::new(10, 0),
+        libvirt: hv_model::Version::new(11, 3),
+        kubevirt: hv_model::Version::new(1, 8),
+    }
+}
+
 /// The full message chain of an error.
 pub fn chain(err: &dyn std::error::Error) -> String {
     hv_model::cli::error_chain(err)

@@ -220,6 +220,18 @@ pub enum VmlinuxError {
         /// The size actually produced.
         actual: usize,
     },
+    /// The payload decompresses to more than the size recorded at its end (decoding stopped
+    /// one byte past it).
+    #[error(
+        "{format} kernel payload decompresses to more than the {expected} bytes its trailer \
+         records; the bzImage is corrupt"
+    )]
+    LongerThanTrailer {
+        /// The payload's format.
+        format: Compression,
+        /// The size recorded in the payload's last 4 bytes.
+        expected: u32,
+    },
     /// The result is not a 64-bit x86 ELF executable.
     #[error(
         "not a vmlinux: {reason}; an x86-64 kernel's vmlinux is an ELF64 little-endian \
@@ -355,13 +367,22 @@ pub fn detect_compression(payload: &[u8]) -> Option<Compression> {
 /// the size recorded at the payload's end and checks that the result is an ELF64 x86-64
 /// executable. Never produces more than [`MAX_VMLINUX_SIZE`] bytes.
 pub fn extract_vmlinux(bzimage: &[u8]) -> Result<Vec<u8>, VmlinuxError> {
+    extract_vmlinux_within(bzimage, MAX_VMLINUX_SIZE)
+}
+
+/// [`extract_vmlinux`] producing at most `limit` bytes (itself capped at [`MAX_VMLINUX_SIZE`]):
+/// a payload whose size trailer records more is refused before decompressing, and the decoder
+/// is stopped one byte past what the trailer records. The loader passes the guest RAM, so a
+/// hostile bzImage cannot make hvkvm allocate more than the guest it boots.
+pub fn extract_vmlinux_within(bzimage: &[u8], limit: usize) -> Result<Vec<u8>, VmlinuxError> {
+    let limit = limit.min(MAX_VMLINUX_SIZE);
     let payload = locate_payload(bzimage)?;
     let format = detect_compression(payload).ok_or_else(|| VmlinuxError::UnknownCompression {
         magic: hex_prefix(payload, 8),
     })?;
     // A decoder bug must not take the VMM down: turn a panic inside one into an error.
-    let vmlinux =
-        std::panic::catch_unwind(|| decompress_payload(payload, format)).unwrap_or_else(|_| {
+    let vmlinux = std::panic::catch_unwind(|| decompress_payload(payload, format, limit))
+        .unwrap_or_else(|_| {
             Err(VmlinuxError::Decompress {
                 format,
                 detail: "the decoder panicked on this input".to_string(),
@@ -395,8 +416,12 @@ fn hex_prefix(bytes: &[u8], n: usize) -> String {
 }
 
 /// Decompresses a payload (with its trailing 4-byte size) of a known format and checks the
-/// result's length against that size.
-fn decompress_payload(payload: &[u8], format: Compression) -> Result<Vec<u8>, VmlinuxError> {
+/// result's length against that size, which must not exceed `limit`.
+fn decompress_payload(
+    payload: &[u8],
+    format: Compression,
+    limit: usize,
+) -> Result<Vec<u8>, VmlinuxError> {
     if !format.is_supported() {
         return Err(VmlinuxError::UnsupportedCompression { format });
     }
@@ -409,34 +434,42 @@ fn decompress_payload(payload: &[u8], format: Compression) -> Result<Vec<u8>, Vm
         ));
     }
     let expected = le32(trailer, 0);
-    if expected as usize > MAX_VMLINUX_SIZE {
+    if expected as usize > limit {
         return Err(VmlinuxError::TooLarge {
             format,
-            limit: MAX_VMLINUX_SIZE as u64,
+            limit: limit as u64,
             detail: format!("its trailer records {expected} bytes"),
         });
     }
+    // Output past what the trailer records is a mismatch whatever follows: stop one byte
+    // after it, so the decoder's output is bounded by the trailer (and so by `limit`).
+    let cap = expected as usize;
     // Preallocate what the trailer promises, but never far more than the input could plausibly
     // expand to, so a lying trailer on a tiny file cannot force a large allocation.
     let hint = (expected as usize).min(payload.len().saturating_mul(32));
     let out = match format {
         // gzip's own trailer (CRC32, ISIZE) is the payload's end: the decoder reads all of it.
-        Compression::Gzip => read_bounded(flate2::bufread::GzDecoder::new(payload), format, hint)?,
+        Compression::Gzip => {
+            read_bounded(flate2::bufread::GzDecoder::new(payload), format, hint, cap)?
+        }
         Compression::Xz => {
             let reader = lzma_rust2::XzReader::new_mem_limit(
                 body,
                 false,
                 (MAX_DICT_SIZE >> 10) as u32 + 1024,
             );
-            read_bounded(reader, format, hint)?
+            read_bounded(reader, format, hint, cap)?
         }
-        Compression::Lzma => decompress_lzma(body, hint)?,
+        Compression::Lzma => decompress_lzma(body, hint, cap)?,
         Compression::Lz4 => decompress_lz4_legacy(body, expected as usize)?,
-        Compression::Zstd => decompress_zstd(body, hint)?,
+        Compression::Zstd => decompress_zstd(body, hint, cap)?,
         Compression::Bzip2 | Compression::Lzo => {
             return Err(VmlinuxError::UnsupportedCompression { format });
         }
     };
+    if out.len() > expected as usize {
+        return Err(VmlinuxError::LongerThanTrailer { format, expected });
+    }
     if out.len() != expected as usize {
         return Err(VmlinuxError::SizeMismatch {
             format,
@@ -462,15 +495,17 @@ fn too_large(format: Compression, detail: String) -> VmlinuxError {
     }
 }
 
-/// Reads a decoder to its end, refusing to produce more than [`MAX_VMLINUX_SIZE`] bytes.
+/// Reads a decoder to its end, or to one byte past `cap` (which the caller then reports as a
+/// size mismatch); never more than [`MAX_VMLINUX_SIZE`] bytes.
 fn read_bounded(
     reader: impl Read,
     format: Compression,
     hint: usize,
+    cap: usize,
 ) -> Result<Vec<u8>, VmlinuxError> {
     let mut out = Vec::with_capacity(hint);
     reader
-        .take(MAX_VMLINUX_SIZE as u64 + 1)
+        .take(cap.min(MAX_VMLINUX_SIZE) as u64 + 1)
         .read_to_end(&mut out)
         .map_err(|e| decompress_error(format, e))?;
     if out.len() > MAX_VMLINUX_SIZE {
@@ -479,7 +514,7 @@ fn read_bounded(
     Ok(out)
 }
 
-fn decompress_lzma(body: &[u8], hint: usize) -> Result<Vec<u8>, VmlinuxError> {
+fn decompress_lzma(body: &[u8], hint: usize, cap: usize) -> Result<Vec<u8>, VmlinuxError> {
     const FORMAT: Compression = Compression::Lzma;
     // .lzma header: properties (1 byte), dictionary size (le32), uncompressed size (le64,
     // all ones when unknown, as the kernel's piped `lzma -9` writes it).
@@ -500,7 +535,7 @@ fn decompress_lzma(body: &[u8], hint: usize) -> Result<Vec<u8>, VmlinuxError> {
     let reader =
         lzma_rust2::LzmaReader::new_mem_limit(body, (MAX_DICT_SIZE >> 10) as u32 + 1024, None)
             .map_err(|e| decompress_error(FORMAT, e))?;
-    read_bounded(reader, FORMAT, hint)
+    read_bounded(reader, FORMAT, hint, cap)
 }
 
 /// The zstd frame header's window size, checked before the decoder reserves it.
@@ -526,7 +561,7 @@ fn zstd_window_size(body: &[u8]) -> Result<u64, VmlinuxError> {
     Ok(if fcs_len == 2 { fcs + 256 } else { fcs })
 }
 
-fn decompress_zstd(body: &[u8], hint: usize) -> Result<Vec<u8>, VmlinuxError> {
+fn decompress_zstd(body: &[u8], hint: usize, cap: usize) -> Result<Vec<u8>, VmlinuxError> {
     const FORMAT: Compression = Compression::Zstd;
     let window = zstd_window_size(body)?;
     if window > MAX_DICT_SIZE {
@@ -537,7 +572,7 @@ fn decompress_zstd(body: &[u8], hint: usize) -> Result<Vec<u8>, VmlinuxError> {
     }
     let decoder =
         ruzstd::decoding::StreamingDecoder::new(body).map_err(|e| decompress_error(FORMAT, e))?;
-    read_bounded(decoder, FORMAT, hint)
+    read_bounded(decoder, FORMAT, hint, cap)
 }
 
 /// Decodes the legacy LZ4 frame format (as written by `lz4 -l`), size trailer already removed,

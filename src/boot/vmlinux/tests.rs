@@ -332,14 +332,7 @@ fn size_trailer_is_checked() {
             assert!(e.to_string().contains("runs past the 1000 bytes"), "{e}");
         } else {
             assert!(
-                matches!(
-                    e,
-                    VmlinuxError::SizeMismatch {
-                        expected: 1000,
-                        actual: 4216,
-                        ..
-                    }
-                ),
+                matches!(e, VmlinuxError::LongerThanTrailer { expected: 1000, .. }),
                 "{format}: {e}"
             );
         }
@@ -503,7 +496,7 @@ fn corrupted_payloads_never_panic() {
                 let at = (rand() % p.len() as u64) as usize;
                 p[at] ^= 1 << (rand() % 8);
             }
-            let _ = decompress_payload(&p, format);
+            let _ = decompress_payload(&p, format, MAX_VMLINUX_SIZE);
         }
     }
 }
@@ -562,4 +555,18 @@ fn real_debian_cloud_kernel() {
         vmlinux_from_image(&vmlinux).unwrap(),
         Cow::Borrowed(_)
     ));
+}
+
+#[test]
+fn a_limit_below_the_recorded_size_is_refused_before_decompressing() {
+    for format in SUPPORTED {
+        let image = bzimage(&payload(format));
+        let size = extract_vmlinux(&image).unwrap().len();
+        assert_eq!(extract_vmlinux_within(&image, size).unwrap().len(), size);
+        let e = extract_vmlinux_within(&image, size - 1).unwrap_err();
+        assert!(
+            matches!(e, VmlinuxError::TooLarge { limit, .. } if limit == size as u64 - 1),
+            "{format}: {e}"
+        );
+    }
 }

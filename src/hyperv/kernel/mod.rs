@@ -42,6 +42,8 @@ struct VpRecord {
     syndbg_exits: u64,
     /// Crash reports.
     crashes: Vec<[u64; 5]>,
+    /// The eVMCS version range KVM agreed when the backend enabled the enlightened VMCS.
+    evmcs_versions: Option<evmcs_layout::EvmcsVersionRange>,
 }
 
 /// The kernel backend of one VM.
@@ -97,8 +99,11 @@ impl KernelBackend {
             crate::kvm::hyperv::enable_synic2(fd).map_err(kvm("KVM_CAP_HYPERV_SYNIC2"))?;
         }
         if self.features.recommends(recommendation::ENLIGHTENED_VMCS) {
-            crate::kvm::nested::enable_evmcs(fd)
+            let range = crate::kvm::nested::enable_evmcs(fd)
                 .map_err(|source| HvSetupError::Evmcs { vcpu: vp, source })?;
+            if let Some(mut record) = self.record(vp) {
+                record.evmcs_versions = Some(range);
+            }
         }
         if self.enforce_cpuid {
             crate::kvm::hyperv::enable_enforce_cpuid(fd)
@@ -143,9 +148,11 @@ impl KernelBackend {
             }
             if let Some(gpa) = hyperv_tlfs::overlay_page_gpa(value(msr::VP_ASSIST_PAGE)) {
                 report.vp_assist_pages.insert(vp, gpa);
-                report
-                    .vp_assist
-                    .extend(super::inspect::assist_page(&self.mem, vp, gpa));
+                let mut view = super::inspect::assist_page(&self.mem, vp, gpa);
+                view.evmcs_versions = record
+                    .evmcs_versions
+                    .map(|r| format!("{}..={}", r.min(), r.max()));
+                report.vp_assist.push(view);
             }
             for (&index, &v) in &record.msrs {
                 report
@@ -266,7 +273,12 @@ impl KernelVp {
         let Some(mut record) = self.backend.record(self.vp) else {
             return;
         };
-        for &index in msr::KVM_EMULATED {
+        // Only what the guest was offered: KVM answers host reads of the rest too (SINTs read
+        // 0x10000 without SynIC), which would put MSRs in the report the guest never had.
+        let offered = msr::KVM_EMULATED
+            .iter()
+            .filter(|&&index| self.backend.features.msr_available(index));
+        for &index in offered {
             if let Ok(value) = state.msr(index) {
                 if value != 0 {
                     record.msrs.insert(index, value);

@@ -18,6 +18,9 @@ pub trait VpLink: Send + Sync + std::fmt::Debug {
     /// Whether the VM is stopping: no VP will run guest code again, so nothing needs to wait
     /// for one.
     fn stopping(&self) -> bool;
+
+    /// Whether the VM is paused: nothing may reach its VPs until it resumes.
+    fn paused(&self) -> bool;
 }
 
 /// A link that reaches nothing (a backend built without a VM: unit tests, tools).
@@ -30,6 +33,9 @@ impl VpLink for NoLink {
     }
     fn kick(&self, _vp: u32) {}
     fn stopping(&self) -> bool {
+        false
+    }
+    fn paused(&self) -> bool {
         false
     }
 }
@@ -65,6 +71,9 @@ impl VpLink for RecordingLink {
             .push(vp);
     }
     fn stopping(&self) -> bool {
+        false
+    }
+    fn paused(&self) -> bool {
         false
     }
 }

@@ -23,6 +23,7 @@ pub mod features;
 pub mod hypercall;
 pub mod link;
 pub mod partition;
+pub mod snapshot;
 pub mod stimer;
 pub mod synic;
 pub mod timers;
@@ -68,6 +69,8 @@ pub const APIC_FREQUENCY_HZ: u64 = 1_000_000_000;
 
 /// Most VPs a VM has (vm::config::MAX_VCPUS), for fixed-size per-call arrays.
 const MAX_VPS: usize = 256;
+/// While the VM is paused, how often the timer thread looks again (10 ms of reference time).
+const PAUSED_RECHECK: u64 = 100_000;
 
 const UD_VECTOR: u8 = 6;
 const EFER_LMA: u64 = 1 << 10;
@@ -96,6 +99,10 @@ pub struct UserBackend {
     partition: Mutex<Partition>,
     vps: Box<[Mutex<VpState>]>,
     flush: Box<[FlushSlot]>,
+    /// Held while the timer thread delivers expirations ([`UserBackend::quiesce`]).
+    timer_gate: Mutex<()>,
+    /// What the guest used before the snapshot this backend was restored from.
+    history: Option<UsageReport>,
 }
 
 /// What the user backend is built from.
@@ -152,6 +159,8 @@ impl UserBackend {
             partition: Mutex::new(Partition::default()),
             vps: (0..p.vps).map(|_| Mutex::new(VpState::default())).collect(),
             flush: (0..p.vps).map(|_| FlushSlot::default()).collect(),
+            timer_gate: Mutex::new(()),
+            history: None,
         }
     }
 
@@ -159,6 +168,28 @@ impl UserBackend {
     /// dropping the backend does it too.
     pub fn shutdown(&self) {
         self.timers.stop();
+    }
+
+    /// Arms the timer thread for the timers a restored backend already has.
+    pub fn resume_timers(self: &Arc<Self>) {
+        let next = self
+            .vps
+            .iter()
+            .flat_map(|vp| {
+                let vp = vp.lock().unwrap_or_else(|p| p.into_inner());
+                vp.timers.iter().filter_map(|t| t.deadline()).min()
+            })
+            .min();
+        if let Some(deadline) = next {
+            self.timers.request(self, deadline);
+        }
+    }
+
+    /// Returns once no timer expiration is being delivered, with none to come while the VM is
+    /// paused: the timer thread checks the pause under the same gate. The VM calls this after
+    /// pausing, before it reads vCPU state for a snapshot.
+    pub fn quiesce(&self) {
+        drop(self.timer_gate.lock().unwrap_or_else(|p| p.into_inner()));
     }
 
     /// The number of VPs.
@@ -275,9 +306,12 @@ impl UserBackend {
                 report.vp_assist_pages.insert(vp, gpa);
                 report
                     .vp_assist
-                    .extend(super::inspect::assist_page(&self.mem, vp, gpa));
+                    .push(super::inspect::assist_page(&self.mem, vp, gpa));
             }
             add_vp_usage(&mut report, &state.usage);
+        }
+        if let Some(earlier) = &self.history {
+            report.add_earlier(earlier);
         }
         report
     }
@@ -379,6 +413,12 @@ impl TimerHost for UserBackend {
     }
 
     fn run_timers(&self, now: u64) -> u64 {
+        let _gate = self.timer_gate.lock().unwrap_or_else(|p| p.into_inner());
+        if self.link.paused() {
+            // Nothing reaches a paused guest (a snapshot may be reading its state); look again
+            // later. Due expirations stay due and are delivered after the resume.
+            return now.saturating_add(PAUSED_RECHECK);
+        }
         let mut next = u64::MAX;
         for vp in 0..self.vp_count() {
             // The thread itself is what `arm` would wake: the returned deadline covers it.

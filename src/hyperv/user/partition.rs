@@ -177,7 +177,19 @@ impl Partition {
                 if value != 0 {
                     return Err(MsrFault);
                 }
+                let acknowledged = self.tsc_emulation_status != 0;
                 self.tsc_emulation_status = 0;
+                if acknowledged {
+                    // After a restore at a new TSC rate (user/snapshot.rs): the guest has
+                    // taken the new rate, so the TSC page describes it again.
+                    if let Some(gpa) = self.tsc_page() {
+                        if let Ok(seq) =
+                            clock::write_tsc_page(mem, gpa, clock, self.tsc_page_sequence)
+                        {
+                            self.tsc_page_sequence = seq;
+                        }
+                    }
+                }
             }
             TSC_INVARIANT_CONTROL => {
                 // Bit 0 only, and once set it stays set (KVM).
@@ -189,6 +201,61 @@ impl Partition {
             _ => return Err(MsrFault),
         }
         Ok(PartitionEffect::None)
+    }
+
+    /// The state a snapshot keeps (user/snapshot.rs).
+    pub(super) fn state(&self) -> super::snapshot::PartitionState {
+        super::snapshot::PartitionState {
+            guest_os_id: self.guest_os_id,
+            hypercall: self.hypercall,
+            reference_tsc: self.reference_tsc,
+            tsc_page_sequence: self.tsc_page_sequence,
+            crash: self.crash,
+            crash_ctl: self.crash_ctl,
+            reenlightenment_control: self.reenlightenment_control,
+            tsc_emulation_control: self.tsc_emulation_control,
+            tsc_emulation_status: self.tsc_emulation_status,
+            tsc_invariant_control: self.tsc_invariant_control,
+            crashes: self.crashes.clone(),
+        }
+    }
+
+    /// A partition continuing a snapshot's state.
+    pub(super) fn from_state(s: &super::snapshot::PartitionState) -> Self {
+        Partition {
+            guest_os_id: s.guest_os_id,
+            hypercall: s.hypercall,
+            reference_tsc: s.reference_tsc,
+            tsc_page_sequence: s.tsc_page_sequence,
+            crash: s.crash,
+            crash_ctl: s.crash_ctl,
+            reenlightenment_control: s.reenlightenment_control,
+            tsc_emulation_control: s.tsc_emulation_control,
+            tsc_emulation_status: s.tsc_emulation_status,
+            tsc_invariant_control: s.tsc_invariant_control,
+            crashes: s.crashes.iter().take(MAX_CRASHES).copied().collect(),
+            refusals: Refusals::default(),
+        }
+    }
+
+    /// The host sets TSC_EMULATION_STATUS.InProgress (a restore at a new TSC rate).
+    pub(super) fn begin_tsc_emulation(&mut self) {
+        self.tsc_emulation_status = 1;
+    }
+
+    /// Whether TSC_EMULATION_STATUS.InProgress is set.
+    pub(super) fn tsc_emulation_in_progress(&self) -> bool {
+        self.tsc_emulation_status & 1 != 0
+    }
+
+    /// The TSC page's last sequence.
+    pub(super) fn sequence(&self) -> u32 {
+        self.tsc_page_sequence
+    }
+
+    /// Records a sequence written to the TSC page.
+    pub(super) fn set_sequence(&mut self, sequence: u32) {
+        self.tsc_page_sequence = sequence;
     }
 
     fn write_hypercall(&mut self, value: u64, mem: &GuestMemory) -> Result<(), MsrFault> {

@@ -51,7 +51,43 @@ pub struct Stimer {
     msg_pending: bool,
 }
 
+/// A timer as a snapshot holds it. The expiration is an absolute reference time, and
+/// reference time continues across a restore: a timer due 3 ms after the snapshot fires 3 ms
+/// after the restore.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StimerState {
+    /// CONFIG.
+    pub config: u64,
+    /// COUNT.
+    pub count: u64,
+    /// The next expiration (0: not armed).
+    pub exp_time: u64,
+    /// An expiration waits for an EOM.
+    pub msg_pending: bool,
+}
+
 impl Stimer {
+    /// The state a snapshot keeps.
+    pub fn save(&self) -> StimerState {
+        StimerState {
+            config: self.config,
+            count: self.count,
+            exp_time: self.exp_time,
+            msg_pending: self.msg_pending,
+        }
+    }
+
+    /// The timer `state` describes.
+    pub fn from_state(state: &StimerState) -> Self {
+        Stimer {
+            config: state.config,
+            count: state.count,
+            exp_time: state.exp_time,
+            msg_pending: state.msg_pending,
+        }
+    }
+
     /// CONFIG as the guest reads it.
     pub fn config(&self) -> u64 {
         self.config

@@ -100,7 +100,70 @@ impl Default for Synic {
     }
 }
 
+/// A SynIC as a snapshot holds it: its MSRs and the messages hvkvm code queued (the pages
+/// themselves are guest RAM, saved with it).
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SynicState {
+    /// SCONTROL.
+    pub scontrol: u64,
+    /// SIEFP.
+    pub siefp: u64,
+    /// SIMP.
+    pub simp: u64,
+    /// SINT0..15.
+    pub sint: Vec<u64>,
+    /// Queued messages per SINT, oldest first: (message type, payload).
+    pub queues: Vec<Vec<(u32, Vec<u8>)>>,
+}
+
 impl Synic {
+    /// The state a snapshot keeps.
+    pub fn save(&self) -> SynicState {
+        SynicState {
+            scontrol: self.scontrol,
+            siefp: self.siefp,
+            simp: self.simp,
+            sint: self.sint.to_vec(),
+            queues: self
+                .queues
+                .iter()
+                .map(|q| {
+                    q.iter()
+                        .map(|m| {
+                            let len = usize::from(m.header.payload_size).min(m.payload.len());
+                            (m.header.message_type, m.payload[..len].to_vec())
+                        })
+                        .collect()
+                })
+                .collect(),
+        }
+    }
+
+    /// The SynIC `state` describes. A snapshot is checked before it is used, but its values
+    /// are taken as the guest could have written them: SINTs keep only what a write keeps,
+    /// queues at most [`QUEUE_LIMIT`] messages of at most 240 bytes.
+    pub fn from_state(state: &SynicState) -> Self {
+        let mut synic = Synic {
+            scontrol: state.scontrol,
+            siefp: state.siefp,
+            simp: state.simp,
+            ..Synic::default()
+        };
+        for (slot, value) in synic.sint.iter_mut().zip(&state.sint) {
+            *slot = *value;
+        }
+        for (queue, saved) in synic.queues.iter_mut().zip(&state.queues) {
+            queue.extend(
+                saved
+                    .iter()
+                    .take(QUEUE_LIMIT)
+                    .map(|(message_type, payload)| Message::new(*message_type, payload)),
+            );
+        }
+        synic
+    }
+
     /// Whether `index` is a SynIC MSR.
     pub fn owns(index: u32) -> bool {
         matches!(

@@ -8,7 +8,7 @@ use hyperv_tlfs::msr::{RANGE_LEN, RANGE_START};
 pub const MAX_REFUSALS: usize = 32;
 
 /// Reads, writes and #GPs of one MSR.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct MsrUse {
     /// RDMSRs answered.
     pub reads: u64,

@@ -1,9 +1,12 @@
 //! Robustness: hostile Hyper-V MSR accesses and pseudo-random hypercalls; the VMM must survive
 //! them and answer each with a value, a #GP/#UD, or a status, never by crashing or hanging.
 //!
-//! Parameters (optional): 0x400000F0 EAX | EBX << 32 = xorshift seed (0: the built-in seed).
-//! Define the leaf (zeros are fine): an undefined leaf above the hypervisor range's maximum reads
-//! as another leaf's values, which still gives a fixed, if host-dependent, seed.
+//! Parameters (optional): 0x400000F0 EAX | EBX << 32 = xorshift seed (0: the built-in seed),
+//! ECX = hypercalls in phase 2 (0: 200), EDX = random MSR accesses in phase 3 (0: 200). Define
+//! the leaf (zeros are fine): an undefined leaf above the hypervisor range's maximum reads as
+//! another leaf's values, which still gives a fixed, if host-dependent, seed and counts.
+//! `cargo bench --bench hv_fuzz` runs 50,000 of each (100,000 random inputs) and reports the
+//! rate.
 //!
 //! Phase 1, MSRs: every index in 0x40000000..=0x40000120 plus 0x400001FF, 0x40000200, 0x40001000,
 //! 0x40001080, 0x40001082, 0x40001083, 0x4FFFFFFF: one rdmsr, then wrmsr of
@@ -22,7 +25,7 @@
 //! skipped and counted.
 //!
 //! Phase 2, hypercalls, only if GUEST_OS_ID and HYPERCALL = (a dedicated ud2-filled .data page) | 1
-//! can be written and HYPERCALL reads back enabled: 200 calls with xorshift control words (known
+//! can be written and HYPERCALL reads back enabled: ECX calls with xorshift control words (known
 //! and random call codes, random fast bit, variable header size, rep count/start, sometimes
 //! reserved bits). Slow calls: input GPA among (input page, +8, +3, +0xFF8, the payload image at
 //! 0x200000, ram_top, 0xFFFF_FFFF_F000, 1 << 51, 0), output GPA among (output page, +8, +3,
@@ -30,7 +33,13 @@
 //! 0xFFFF_FFFF_FFFF_F000); the first 64 bytes of the input page are refreshed with random words.
 //! Fast calls: random RDX and R8.
 //!
-//! Phase 3, only where the SynIC exists (SCONTROL reads): the SynIC's message page outside RAM
+//! Phase 3, random MSR accesses (EDX of them): an index the TLFS defines (three in five), one
+//! from the swept set (one in five) or any 0x4000_xxxx index, then a read (one in three) or a write of a random value, ram_top | 1, the
+//! dedicated page | 1, a random value with bit 0 set, or 0, under the same exclusions and GPA
+//! filter as phase 1. These may disable the hypercall page or the other overlays; phase 3 runs
+//! after phase 2 and the report does not depend on their state.
+//!
+//! Phase 4, only where the SynIC exists (SCONTROL reads): the SynIC's message page outside RAM
 //! with a timer due at once into it, EOM with nothing deliverable, every SINT vector below 16
 //! unmasked (each must #GP), a direct-mode periodic timer with a 100 ns period left running for
 //! 10 ms (interrupts stay off), and a periodic timer with COUNT = u64::MAX; then all off.
@@ -42,8 +51,8 @@
 //!   filter, other faults (MSR accesses: any vector but #GP; hypercalls: any but #UD), hypercall
 //!   page enabled 0/1,
 //!   hypercalls that returned SUCCESS).
-//! - SYNC 3 (phase 3) = (SynIC present 0/1, SINT vectors below 16 that got #GP, phase-3 writes
-//!   that succeeded, phase-3 faults other than those #GPs, STIMER2_COUNT read back).
+//! - SYNC 3 (phase 4) = (SynIC present 0/1, SINT vectors below 16 that got #GP, phase-4 writes
+//!   that succeeded, phase-4 faults other than those #GPs, STIMER2_COUNT read back).
 //! - DONE.
 #![no_std]
 #![no_main]
@@ -70,7 +79,8 @@ const HV_BASE: u32 = 0x4000_0000;
 const HV_LAST: u32 = 0x4000_0120;
 const EXTRA_MSRS: [u32; 7] =
     [0x4000_01FF, 0x4000_0200, 0x4000_1000, 0x4000_1080, 0x4000_1082, 0x4000_1083, 0x4FFF_FFFF];
-const HYPERCALLS: u32 = 200;
+const DEFAULT_HYPERCALLS: u32 = 200;
+const DEFAULT_RANDOM_MSRS: u32 = 200;
 const DEFAULT_SEED: u64 = 0x9E37_79B9_7F4A_7C15;
 /// No RAM at or above this: hvkvm's RAM above 4 GiB ends below 4 GiB + 60 GiB.
 const NO_RAM_ABOVE: u64 = 64 << 30;
@@ -160,6 +170,14 @@ fn main(boot: BootInfo) -> ! {
         0 => DEFAULT_SEED,
         s => s,
     };
+    let hypercalls = match p0.ecx {
+        0 => DEFAULT_HYPERCALLS,
+        n => n,
+    };
+    let random_msrs = match p0.edx {
+        0 => DEFAULT_RANDOM_MSRS,
+        n => n,
+    };
     let mut rng = XorShift(seed);
     let mut st = Stats::default();
     let ram_top = boot.ram_top;
@@ -238,7 +256,7 @@ fn main(boot: BootInfo) -> ! {
         ];
         // Bits KVM treats as reserved: 31:27, 47:44, 63:60.
         const RESERVED: u64 = 0xF000_F000_F800_0000;
-        for _ in 0..HYPERCALLS {
+        for _ in 0..hypercalls {
             let r = rng.next();
             let mut control = if r & 3 == 0 { (r >> 8) & 0xFFFF } else { rng.pick(&CODES) };
             let fast = r & (1 << 20) != 0;
@@ -284,15 +302,73 @@ fn main(boot: BootInfo) -> ! {
         }
     }
 
-    let phase3 = hostile_synic(ram_top);
+    // Phase 3: random MSR accesses, mostly to MSRs the TLFS defines (the rest of the range
+    // only ever gives #GP).
+    let swept = (HV_LAST - HV_BASE + 1) as u64;
+    let mut defined = [0u32; (HV_LAST - HV_BASE + 1) as usize];
+    let mut n_defined = 0;
+    for msr in HV_BASE..=HV_LAST {
+        if is_defined(msr) {
+            if let Some(slot) = defined.get_mut(n_defined) {
+                *slot = msr;
+                n_defined += 1;
+            }
+        }
+    }
+    let defined = &defined[..n_defined];
+    for _ in 0..random_msrs {
+        let r = rng.next();
+        let msr = match r % 5 {
+            0..=2 => rng.pick(defined),
+            3 => {
+                let i = (r >> 8) % (swept + EXTRA_MSRS.len() as u64);
+                match i.checked_sub(swept) {
+                    None => HV_BASE + i as u32,
+                    Some(extra) => EXTRA_MSRS.get(extra as usize).copied().unwrap_or(HV_BASE),
+                }
+            }
+            _ => HV_BASE | ((r >> 8) as u32 & 0xFFFF),
+        };
+        if msr == GUEST_IDLE {
+            continue;
+        }
+        st.accesses += 1;
+        if (r >> 32) % 3 == 0 || msr == RESET || msr == ICR {
+            match rdmsr_safe(msr) {
+                Ok(_) => st.reads_ok += 1,
+                Err(v) => st.msr_fault(v),
+            }
+            continue;
+        }
+        let value = match (r >> 40) % 5 {
+            0 => rng.next(),
+            1 => ram_top | 1,
+            2 => MSR_PAGE.addr() | PAGE_ENABLE,
+            3 => rng.next() | 1,
+            _ => 0,
+        };
+        let value = if msr == CRASH_CTL { 0 } else { value };
+        if holds_gpa(msr) && !safe_gpa(value) {
+            st.skipped += 1;
+            continue;
+        }
+        // SAFETY: the same exclusions as phase 1: no reset, no IPI, no crash notification, and
+        // GPA-holding MSRs only point at MSR_PAGE or outside RAM.
+        match unsafe { wrmsr_safe(msr, value) } {
+            Ok(()) => st.writes_ok += 1,
+            Err(v) => st.msr_fault(v),
+        }
+    }
+
+    let phase4 = hostile_synic(ram_top);
 
     guest_sync!(1, st.accesses, st.gp, st.hypercalls, st.ud, st.statuses);
     guest_sync!(2, st.reads_ok, st.writes_ok, st.skipped, st.other_vector, enabled, st.successes);
-    guest_sync!(3, phase3[0], phase3[1], phase3[2], phase3[3], phase3[4]);
+    guest_sync!(3, phase4[0], phase4[1], phase4[2], phase4[3], phase4[4]);
     guest_done!()
 }
 
-/// Phase 3: (present, SINT #GPs, writes ok, other faults, STIMER2_COUNT).
+/// Phase 4: (present, SINT #GPs, writes ok, other faults, STIMER2_COUNT).
 fn hostile_synic(ram_top: u64) -> [u64; 5] {
     use hvkvm_guest::hyperv::{SCONTROL, SINT0, STIMER0_CONFIG, STIMER0_COUNT, TIME_REF_COUNT};
     let mut r = [0u64; 5];

@@ -1,0 +1,82 @@
+//! The guest test tables, as data: every case is a named closure that panics on failure.
+//!
+//! The same cases run on this machine's KVM (`tests/foundation.rs`, ...) and inside the
+//! emulated Intel host (`tests/intel_host.rs`), so a case must not assume which host it is on;
+//! where hosts legitimately differ (an instruction the PVM emulator refuses), the case asks
+//! the host and checks the answer that host must give. Case names are `suite/case` or
+//! `suite/table/row`; the harnesses prefix the host (`local/…`, `intel-host/…`).
+
+pub mod evmcs;
+pub mod foundation;
+pub mod hyperv_user;
+pub mod intel_only;
+pub mod kernel_backend;
+pub mod nested;
+
+use std::fmt;
+
+/// Which hosts a case belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hosts {
+    /// Any host with /dev/kvm.
+    Any,
+    /// Only inside the emulated Intel host: the case needs VMX, nested KVM or the tools of that
+    /// image (`hvkvm-l1`).
+    IntelHost,
+}
+
+/// One test case.
+pub struct Case {
+    /// `suite/case` or `suite/table/row`.
+    pub name: String,
+    /// Where it runs.
+    pub hosts: Hosts,
+    /// The body: returns on success, panics with the reason on failure.
+    pub run: Box<dyn FnOnce() + Send>,
+}
+
+impl Case {
+    /// A case for every host.
+    pub fn new(name: impl Into<String>, run: impl FnOnce() + Send + 'static) -> Self {
+        Case {
+            name: name.into(),
+            hosts: Hosts::Any,
+            run: Box::new(run),
+        }
+    }
+
+    /// Restricts the case to the emulated Intel host.
+    pub fn intel_host_only(mut self) -> Self {
+        self.hosts = Hosts::IntelHost;
+        self
+    }
+}
+
+impl fmt::Debug for Case {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Case")
+            .field("name", &self.name)
+            .field("hosts", &self.hosts)
+            .finish_non_exhaustive()
+    }
+}
+
+/// `suite_cases!("suite"; f, g)`: the cases `suite/f` and `suite/g` running functions `f` and `g`
+/// (so a case's name is its function's name).
+macro_rules! suite_cases {
+    ($suite:literal; $($f:ident),+ $(,)?) => {
+        vec![$($crate::suites::Case::new(concat!($suite, "/", stringify!($f)), $f)),+]
+    };
+}
+pub(crate) use suite_cases;
+
+/// Every case of every suite, in the order they run.
+pub fn all() -> Vec<Case> {
+    let mut cases = foundation::cases();
+    cases.extend(evmcs::cases());
+    cases.extend(hyperv_user::cases());
+    cases.extend(intel_only::cases());
+    cases.extend(kernel_backend::cases());
+    cases.extend(nested::cases());
+    cases
+}

@@ -1,13 +1,12 @@
-//! Helpers shared by the SynIC, timer, IPI and flush test files: the enforce-CPUID leaves
-//! builder of the conformance matrix (as in hyperv_user_backend.rs, whose rows these files
-//! extend) and a run with a Hyper-V selection on several vCPUs.
-#![allow(dead_code)]
+//! The conformance matrix's building blocks (reference §4), shared by the Hyper-V suites: a
+//! row's CPUID bits, the enforce-CPUID leaves built from them, and runs on several vCPUs.
 
-use guest_tests::{GuestTest, TestRun};
 use hvkvm::cpu::CpuidEntry;
 use hvkvm::hyperv::CrashAction;
 
-/// Bits of a matrix row, named as in the reference (§4).
+use crate::{GuestTest, TestRun};
+
+/// Bits of the rows, named as in the reference.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Bits {
     pub eax3: u32,
@@ -15,9 +14,11 @@ pub struct Bits {
     pub edx3: u32,
     pub eax4: u32,
     pub ebx4: u32,
+    pub eax82: u32,
 }
 
-/// "Microsoft Hv", "Hv#1", and leaves 0x40000003/4 with exactly `b`.
+/// "Microsoft Hv", "Hv#1", and leaves 0x40000003/4 (and 0x40000080-82 with `eax82`) with
+/// exactly `b`.
 pub fn leaves(b: Bits) -> Vec<CpuidEntry> {
     let leaf = |function, eax, ebx, ecx, edx| CpuidEntry {
         function,
@@ -27,19 +28,25 @@ pub fn leaves(b: Bits) -> Vec<CpuidEntry> {
         ecx,
         edx,
     };
-    vec![
-        leaf(
-            0x4000_0000,
-            0x4000_0005,
-            0x7263_694d,
-            0x666f_736f,
-            0x7648_2074,
-        ),
+    // "Microsoft Hv", "Hv#1", as the guest sees on Hyper-V.
+    let max = if b.eax82 != 0 {
+        0x4000_0082
+    } else {
+        0x4000_0005
+    };
+    let mut l = vec![
+        leaf(0x4000_0000, max, 0x7263_694d, 0x666f_736f, 0x7648_2074),
         leaf(0x4000_0001, 0x3123_7648, 0, 0, 0),
         leaf(0x4000_0003, b.eax3, b.ebx3, 0, b.edx3),
         leaf(0x4000_0004, b.eax4, b.ebx4, 0, 0),
         leaf(0x4000_0005, 0, 0, 0, 0),
-    ]
+    ];
+    if b.eax82 != 0 {
+        l.push(leaf(0x4000_0080, 0, 0x7263_694d, 0x666f_736f, 0x5356_2074));
+        l.push(leaf(0x4000_0081, 0x3123_5356, 0, 0, 0));
+        l.push(leaf(0x4000_0082, b.eax82, 0, 0, 0));
+    }
+    l
 }
 
 /// `03.EAX[5]` (hypercall MSRs) plus `f`'s changes.

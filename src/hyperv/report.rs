@@ -7,6 +7,8 @@ use serde::{Deserialize, Serialize};
 
 pub use super::user::usage::MsrUse;
 
+/// The `events` entry that holds the time dilation factor (a setting, not a count).
+pub const TIME_DILATION_FACTOR: &str = "time dilation factor";
 /// Most refused accesses kept verbatim in a report (the rest are only counted).
 const MAX_REFUSALS: usize = 64;
 
@@ -114,6 +116,12 @@ impl UsageReport {
     /// restored from, so a restored guest's report covers its whole life. State (pages, OS
     /// id, crash reports, which the snapshot restores) stays this report's.
     pub fn add_earlier(&mut self, earlier: &UsageReport) {
+        for (name, n) in &earlier.events {
+            // A setting, not a count: the current backend reports its own.
+            if name != TIME_DILATION_FACTOR {
+                *self.events.entry(name.clone()).or_default() += n;
+            }
+        }
         for (name, u) in &earlier.msrs {
             let e = self.msrs.entry(name.clone()).or_default();
             e.reads += u.reads;

@@ -52,7 +52,7 @@ use self::timers::{TimerHost, TimerThread};
 use self::tlb::FlushSlot;
 use self::usage::{Event, MsrUse, Refusal};
 use self::vp::{VpContext, VpState};
-use super::report::UsageReport;
+use super::report::{UsageReport, TIME_DILATION_FACTOR};
 use super::{CrashAction, HvExitError};
 use crate::devices::GuestRequest;
 use crate::kvm::clock::host_tsc;
@@ -270,7 +270,7 @@ impl UserBackend {
         if self.dilation > 1 {
             report
                 .events
-                .insert("time dilation factor".into(), u64::from(self.dilation));
+                .insert(TIME_DILATION_FACTOR.into(), u64::from(self.dilation));
         }
         let flushes: u64 = self.flush.iter().map(FlushSlot::performed).sum();
         if flushes > 0 {

@@ -10,6 +10,15 @@ use hvkvm::hyperv::BackendChoice;
 
 use super::{hyperv_ipi_flush, hyperv_stimer, hyperv_synic, hyperv_user, Case};
 
+/// Cases the kernel backend does not run, and why (docs/enlightenments.md lists them too).
+pub const USER_BACKEND_ONLY: &[(&str, &str)] = &[(
+    "hyperv_synic/messages_and_events_reach_a_registered_connection_and_come_back",
+    "hvkvm's connections (HvConnection) are served by the user backend only: on the kernel \
+     backend HvPostMessage and HvSignalEvent reach hvkvm, which registers none there and \
+     answers INVALID_CONNECTION_ID (posting into a guest's SynIC under KVM needs the SINT \
+     routes, KVM_IRQ_ROUTING_HV_SINT, which hvkvm does not set up yet)",
+)];
+
 /// The user-backend cases on the kernel backend (Intel host only), as
 /// `hyperv_kernel/<suite>/<case>`.
 pub fn cases() -> Vec<Case> {
@@ -19,6 +28,7 @@ pub fn cases() -> Vec<Case> {
     cases.extend(hyperv_ipi_flush::cases());
     cases
         .into_iter()
+        .filter(|case| !USER_BACKEND_ONLY.iter().any(|(name, _)| case.name == *name))
         .map(|case| {
             let name = format!("hyperv_kernel/{}", case.name);
             let run = case.run;

@@ -67,6 +67,11 @@ fn timers_fire_in_message_and_direct_mode_on_every_vcpu() {
         assert_eq!((messages, direct), (0, 0), "{}", what("stopped timers"));
     }
     let report = run.outcome.hyperv.as_ref().expect("usage report");
+    if !crate::backend_counts_guest_use() {
+        // KVM ran the timers; what the guest did is in the SYNCs above.
+        assert!(report.synic_exits > 0, "SCONTROL/SIMP writes exit to hvkvm");
+        return;
+    }
     for msr in [
         "SCONTROL",
         "SIMP",

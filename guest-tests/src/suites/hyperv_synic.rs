@@ -215,13 +215,18 @@ fn post_message_and_signal_event_without_synic_are_invalid_input() {
 }
 
 fn a_hostile_guest_with_synic_timers_ipis_and_flushes_cannot_crash_or_hang_the_vmm() {
+    let mut list = String::from(
+        "hv-relaxed,hv-vpindex,hv-runtime,hv-time,hv-frequencies,hv-synic,hv-stimer,\
+         hv-stimer-direct,hv-ipi,hv-tlbflush,hv-xmm-input,hv-spinlocks=0xfff",
+    );
+    // 03.EDX[14]: KVM has extended flush ranges only since about 6.2.
+    if crate::backend_counts_guest_use()
+        || crate::kernel_hv_cpuid_has(0x4000_0003, [0, 0, 0, 1 << 14])
+    {
+        list.push_str(",hv-tlbflush-ext");
+    }
     let run = GuestTest::new("hv_fuzz")
-        .hyperv(
-            "hv-relaxed,hv-vpindex,hv-runtime,hv-time,hv-frequencies,hv-synic,hv-stimer,\
-             hv-stimer-direct,hv-ipi,hv-tlbflush,hv-tlbflush-ext,hv-xmm-input,\
-             hv-spinlocks=0xfff",
-            CrashAction::Log,
-        )
+        .hyperv(&list, CrashAction::Log)
         .run();
     run.expect_done();
     let [accesses, gp, hypercalls, ud, statuses, _] = run.sync(1).values;
@@ -245,6 +250,9 @@ fn a_hostile_guest_with_synic_timers_ipis_and_flushes_cannot_crash_or_hang_the_v
         "SynIC phase: every SINT vector below 16 #GPs, everything else is accepted"
     );
     let report = run.outcome.hyperv.as_ref().unwrap();
+    if !crate::backend_counts_guest_use() {
+        return;
+    }
     // The one-shot into the message page outside RAM waits for an EOM instead of failing.
     assert!(report.events["stimer expirations waiting for EOM"] >= 1);
     // The 100 ns periodic timer ran at the 100 µs floor for 10 ms: about 100 expirations,

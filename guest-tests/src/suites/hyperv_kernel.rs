@@ -26,6 +26,10 @@ pub fn cases() -> Vec<Case> {
     cases.extend(hyperv_synic::cases());
     cases.extend(hyperv_stimer::cases());
     cases.extend(hyperv_ipi_flush::cases());
+    cases.push(Case::new(
+        "snapshots/timer_ipi_and_flush_suites_with_a_restore_at_every_sync",
+        timer_ipi_and_flush_suites_with_a_restore_at_every_sync,
+    ));
     cases
         .into_iter()
         .filter(|case| !USER_BACKEND_ONLY.iter().any(|(name, _)| case.name == *name))
@@ -38,4 +42,17 @@ pub fn cases() -> Vec<Case> {
             .intel_host_only()
         })
         .collect()
+}
+
+/// Snapshots of a kernel-backend VM: every synthetic MSR KVM emulates (SynIC, timers, the TSC
+/// page, VP assist) goes through `KVM_GET_MSRS`/`KVM_SET_MSRS` with the rest of the vCPU, so
+/// the timer and IPI/flush suites must pass with a snapshot and restore at every SYNC.
+fn timer_ipi_and_flush_suites_with_a_restore_at_every_sync() {
+    let suites = hyperv_stimer::cases()
+        .into_iter()
+        .chain(hyperv_ipi_flush::cases());
+    for case in suites {
+        eprintln!("{} with a restore at every SYNC", case.name);
+        crate::snapshot_mode::at_every_sync(case.run);
+    }
 }

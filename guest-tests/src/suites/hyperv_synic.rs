@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use super::hv_rows::{leaves, Bits};
+use super::hv_rows::{leaves, msr_fault, Bits};
 use crate::{error_chain, GuestTest};
 use hvkvm::hyperv::{CrashAction, GuestSynic, HvConnection, SynicError};
 use hvkvm::vm::{self, StopReason, VmOutcome};
@@ -151,19 +151,6 @@ fn synic_rows_of_the_enforce_cpuid_matrix() {
     const EOM: u32 = 0x4000_0084;
     const SCONTROL: u32 = 0x4000_0080;
     const SVERSION: u32 = 0x4000_0081;
-    let msr = |bits: Bits, index: u32, write: Option<u64>| {
-        let (op, value) = write.map_or((0, 0), |v| (1, v));
-        let run = GuestTest::new("hv_msr_access")
-            .hyperv_leaves(leaves(bits))
-            .params(&[
-                [op, index, 0, 0],
-                [value as u32, (value >> 32) as u32, 0, 0],
-            ])
-            .run();
-        run.expect_done();
-        let [faulted, vector, ..] = run.sync(1).values;
-        (faulted, vector)
-    };
     let synic = Bits {
         eax3: 1 << 2,
         ..Bits::default()
@@ -184,7 +171,7 @@ fn synic_rows_of_the_enforce_cpuid_matrix() {
         ("SVERSION write", synic, SVERSION, Some(1), gp),
     ];
     for &(row, bits, index, write, expect) in rows {
-        assert_eq!(msr(bits, index, write), expect, "{row}");
+        assert_eq!(msr_fault(bits, index, write), expect, "{row}");
     }
 }
 

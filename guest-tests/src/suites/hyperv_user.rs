@@ -14,7 +14,7 @@ use hvkvm::vm::StopReason;
 
 use super::hv_rows::{leaves, Bits};
 use super::{suite_cases, Case};
-use crate::{GuestTest, TestRun};
+use crate::GuestTest;
 
 /// The user-backend cases: one per matrix row, then the protocol tests.
 pub fn cases() -> Vec<Case> {
@@ -54,22 +54,12 @@ enum Expect {
 }
 
 /// One MSR access in a fresh VM; returns (faulted, vector, value) or the stop reason.
-fn msr_access(bits: Bits, index: u32, op: Op) -> TestRun {
-    let (code, value) = match op {
-        Op::Read => (0, 0),
-        Op::Write(v) => (1, v),
-    };
-    GuestTest::new("hv_msr_access")
-        .hyperv_leaves(leaves(bits))
-        .params(&[
-            [code, index, 0, 0],
-            [value as u32, (value >> 32) as u32, 0, 0],
-        ])
-        .run()
-}
-
 fn check_msr(row: &str, bits: Bits, index: u32, op: Op, expect: Expect) {
-    let run = msr_access(bits, index, op);
+    let write = match op {
+        Op::Read => None,
+        Op::Write(v) => Some(v),
+    };
+    let run = super::hv_rows::msr_access(bits, index, write);
     if expect == Expect::Reset {
         assert_eq!(run.reason(), &StopReason::Reset, "{row}");
         return;

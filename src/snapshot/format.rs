@@ -347,6 +347,11 @@ pub struct VmFile {
     pub devices: crate::devices::PlatformState,
     /// The user Hyper-V backend's state.
     pub hyperv_user: Option<crate::hyperv::user::snapshot::UserBackendState>,
+    /// With the kernel backend, what the guest used before the snapshot (its usage report
+    /// then; KVM's own Hyper-V state is in each vCPU's MSRs), so the report of the restored
+    /// guest covers its whole life.
+    #[serde(default)]
+    pub hyperv_kernel_usage: Option<crate::hyperv::report::UsageReport>,
 }
 
 #[cfg(test)]

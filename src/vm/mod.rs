@@ -296,6 +296,11 @@ impl Vm {
             for (index, fd) in (0u32..).zip(&fds) {
                 backend.setup_vcpu(index, fd)?;
             }
+            if let (HvBackend::Kernel(k), Some(earlier)) =
+                (&backend, restore.as_ref().and_then(|r| r.kernel_usage()))
+            {
+                k.continue_report(earlier);
+            }
             hyperv = Some(backend);
         }
         let guest_tsc_khz = match restore.as_mut() {

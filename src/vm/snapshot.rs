@@ -283,6 +283,10 @@ pub(crate) fn take(
             Some(HvBackend::User(u)) => Some(u.save()),
             _ => None,
         },
+        hyperv_kernel_usage: match &core.hyperv {
+            Some(HvBackend::Kernel(k)) => Some(k.report()),
+            _ => None,
+        },
     };
 
     let mut writer = SnapshotWriter::create(dir)?;
@@ -565,6 +569,11 @@ impl Restore<'_> {
 
     pub(crate) fn load_ram(&self, mem: &GuestMemory) -> Result<(), SnapshotError> {
         self.reader.load_ram(mem).map(|_| ())
+    }
+
+    /// With the kernel backend, what the guest used before the snapshot.
+    pub(crate) fn kernel_usage(&self) -> Option<crate::hyperv::report::UsageReport> {
+        self.vm_file.hyperv_kernel_usage.clone()
     }
 
     pub(crate) fn devices(&self) -> &PlatformState {

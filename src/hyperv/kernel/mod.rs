@@ -56,6 +56,8 @@ pub struct KernelBackend {
     offered_names: Vec<String>,
     mem: GuestMemory,
     vps: Box<[Mutex<VpRecord>]>,
+    /// What the guest used before the snapshot this VM was restored from.
+    history: Mutex<Option<UsageReport>>,
 }
 
 impl KernelBackend {
@@ -77,6 +79,7 @@ impl KernelBackend {
             vps: (0..vcpus)
                 .map(|_| Mutex::new(VpRecord::default()))
                 .collect(),
+            history: Mutex::new(None),
         }
     }
 
@@ -174,7 +177,18 @@ impl KernelBackend {
             report.syndbg_exits += record.syndbg_exits;
             report.crashes.extend(record.crashes.iter().copied());
         }
+        if let Some(earlier) = &*self.history.lock().unwrap_or_else(|p| p.into_inner()) {
+            report.add_earlier(earlier);
+            let mut crashes = earlier.crashes.clone();
+            crashes.append(&mut report.crashes);
+            report.crashes = crashes;
+        }
         report
+    }
+
+    /// A restored VM: `earlier` is what the guest used before the snapshot.
+    pub fn continue_report(&self, earlier: UsageReport) {
+        *self.history.lock().unwrap_or_else(|p| p.into_inner()) = Some(earlier);
     }
 }
 

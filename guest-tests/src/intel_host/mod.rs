@@ -128,7 +128,8 @@ impl Session {
         let log = File::create(dir.join("script.log"))?;
         let child = Command::new("bash")
             .arg(repo_root().join("scripts/intel-host.sh"))
-            .args(["--quiet", "--out"])
+            // QEMU in the host too: the qemu suite compares hvkvm with it.
+            .args(["--quiet", "--qemu", "--out"])
             .arg(dir)
             .arg("--timeout")
             .arg(timeout().as_secs().to_string())

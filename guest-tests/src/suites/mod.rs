@@ -12,6 +12,7 @@ pub mod hyperv_user;
 pub mod intel_only;
 pub mod kernel_backend;
 pub mod nested;
+pub mod qemu_peer;
 
 use std::fmt;
 
@@ -78,5 +79,6 @@ pub fn all() -> Vec<Case> {
     cases.extend(intel_only::cases());
     cases.extend(kernel_backend::cases());
     cases.extend(nested::cases());
+    cases.extend(qemu_peer::cases());
     cases
 }

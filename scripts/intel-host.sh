@@ -17,8 +17,10 @@
 #   --quiet           do not copy the serial log to stdout while it runs
 #   --qemu            also put Debian's QEMU in the host (qemu-system-x86_64 on PATH, with
 #                     SeaBIOS and the -kernel loaders' option ROMs; KVM only, no display, no
-#                     NIC ROMs): the peer to compare hvkvm with. Costs ~25 s of boot (~15 MB
-#                     more to load, ~50 MB to unpack), so it is off by default
+#                     NIC ROMs): the peer to compare hvkvm with. ~15 MB more to load and
+#                     ~50 MB to unpack: a few seconds of boot (52-55 s to the first command
+#                     against ~48 s without); off by default so boot times stay comparable.
+#                     (the qemu suite's six QEMU and six hvkvm runs take ~35 s)
 #   --no-install      fail, naming the packages, instead of installing them
 #   --no-build        use target/release/{hvkvm,hvkvm-suites} as they are
 #

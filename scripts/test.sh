@@ -22,13 +22,14 @@ scripts/intel-host.sh --prepare
 cargo test --workspace --locked --no-run
 
 # The emulated Intel host runs every suite in one boot, in the background, while the local
-# tests run; tests/intel_host.rs reports its cases at the end. Bochs keeps one core busy, so
+# tests run; tests/intel_host.rs reports its cases at the end. It boots with QEMU (--qemu) for
+# the qemu suite, which compares hvkvm's guest CPUID with QEMU's. Bochs keeps one core busy, so
 # it never overlaps the 2-vCPU Linux boot (both take guest_tests::host_cores' lock); the
 # 1-vCPU Linux boot runs beside it.
 session=$PWD/target/intel-host/ci-session
 rm -rf "$session" && mkdir -p "$session"
 HVKVM_INTEL_HOST_TIMEOUT=${HVKVM_INTEL_HOST_TIMEOUT:-1500}
-scripts/intel-host.sh --quiet --no-install --no-build --out "$session" \
+scripts/intel-host.sh --quiet --no-install --no-build --qemu --out "$session" \
     --timeout "$HVKVM_INTEL_HOST_TIMEOUT" -- hvkvm-suites run --host intel-host \
     >"$session/script.log" 2>&1 &
 intel_pid=$!

@@ -9,6 +9,7 @@
 //! ([`harness::run_local`], the `tests/` targets) and inside the emulated Intel VMX host
 //! ([`intel_host`], `tests/intel_host.rs`, the `hvkvm-suites` runner inside it).
 
+pub mod cpuid_compare;
 pub mod harness;
 pub mod host_cores;
 pub mod intel_host;

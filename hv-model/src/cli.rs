@@ -464,7 +464,13 @@ fn explain(
         "Hyper-V selection: {request} (backend {}, host: {host})",
         args.backend
     );
-    Ok(render::explain(&title, &resolution, &leaves, &qemu))
+    Ok(render::explain(
+        &title,
+        &resolution,
+        &leaves,
+        &qemu,
+        args.backend,
+    ))
 }
 
 fn import(

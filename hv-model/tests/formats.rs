@@ -379,3 +379,36 @@ fn imports_what_libvirt_writes() {
     let pt = import(Format::Qemu, &fixture("libvirt-passthrough.qemu-argv.txt")).unwrap();
     assert_eq!(pt.request.overrides.state(E::Passthrough), Some(true));
 }
+
+/// What `hv explain` says about QEMU's guest CPUID (measured with QEMU 7.2 in the emulated
+/// Intel host by guest-tests' `qemu` suite): only the bits of flags hvkvm turns on and that
+/// release has no property for differ; with `kvm=off` KVM's leaves, and their bits, are gone.
+#[test]
+fn qemu_cpuid_differences_are_the_flags_that_release_lacks() {
+    use hv_model::formats::qemu::{cpuid_differences, CPUID_COMPARED_WITH};
+    use hv_model::Version;
+    let host = HostCapabilities::example_intel();
+    let diffs = |p: Profile, v: Version| {
+        let r = common::resolve_profile(&host, p, "").unwrap_or_else(|e| panic!("{p}: {e}"));
+        cpuid_differences(&r, v)
+            .into_iter()
+            .map(|d| (d.leaf, d.register.name(), d.mask))
+            .collect::<Vec<_>>()
+    };
+    let asyncpf_vmexit = (0x4000_0101, "EAX", 1 << 10);
+    assert_eq!(
+        diffs(Profile::Windows, CPUID_COMPARED_WITH),
+        [asyncpf_vmexit]
+    );
+    assert_eq!(
+        diffs(Profile::Minimal, CPUID_COMPARED_WITH),
+        [asyncpf_vmexit]
+    );
+    // migratable pins kvm-asyncpf-vmexit=off; linux hides KVM's leaves (kvm=off).
+    assert_eq!(diffs(Profile::Migratable, CPUID_COMPARED_WITH), []);
+    assert_eq!(diffs(Profile::Linux, CPUID_COMPARED_WITH), []);
+    assert_eq!(diffs(Profile::Windows, Version::new(9, 0)), []);
+    // QEMU 6.2 also lacks the 7.1 Hyper-V properties the windows profile turns on.
+    let old = diffs(Profile::Windows, Version::new(6, 2));
+    assert!(old.contains(&asyncpf_vmexit) && old.len() > 1, "{old:?}");
+}

@@ -74,7 +74,7 @@ pub fn unavailable() -> Option<String> {
             .map(|p| std::env::split_paths(&p).any(|d| d.join(cmd).is_file()))
             .unwrap_or(false)
     };
-    let mut missing: Vec<&str> = ["bochs", "xorriso", "script", "flock"]
+    let mut missing: Vec<&str> = ["bochs", "xorriso", "script", "flock", "zstd"]
         .into_iter()
         .filter(|c| !on_path(c))
         .collect();
@@ -83,6 +83,9 @@ pub fn unavailable() -> Option<String> {
         "/usr/lib/ISOLINUX/isolinux.bin",
         "/usr/lib/syslinux/modules/bios/ldlinux.c32",
         "/bin/busybox",
+        // The session boots with QEMU in it (--qemu) for the qemu suite.
+        "/usr/bin/qemu-system-x86_64",
+        "/usr/share/seabios/bios-256k.bin",
     ] {
         if !Path::new(file).is_file() {
             missing.push(file);
@@ -100,8 +103,8 @@ pub fn unavailable() -> Option<String> {
     (!missing.is_empty()).then(|| {
         format!(
             "the emulated Intel host needs {}: run scripts/intel-host.sh once (it installs \
-             bochs, bochsbios, bochs-term, isolinux, syslinux-common, xorriso, busybox-static \
-             and linux-image-cloud-amd64), or scripts/test.sh",
+             bochs, bochsbios, bochs-term, isolinux, syslinux-common, xorriso, busybox-static, \
+             linux-image-cloud-amd64, qemu-system-x86, seabios and zstd), or scripts/test.sh",
             missing.join(", ")
         )
     })
@@ -128,7 +131,8 @@ impl Session {
         let log = File::create(dir.join("script.log"))?;
         let child = Command::new("bash")
             .arg(repo_root().join("scripts/intel-host.sh"))
-            .args(["--quiet", "--out"])
+            // QEMU in the host too: the qemu suite compares hvkvm with it.
+            .args(["--quiet", "--qemu", "--out"])
             .arg(dir)
             .arg("--timeout")
             .arg(timeout().as_secs().to_string())

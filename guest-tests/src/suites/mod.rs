@@ -17,6 +17,7 @@ pub mod hyperv_user;
 pub mod intel_only;
 pub mod kernel_backend;
 pub mod nested;
+pub mod qemu_peer;
 
 use std::fmt;
 
@@ -87,5 +88,6 @@ pub fn all() -> Vec<Case> {
     cases.extend(kernel_backend::cases());
     cases.extend(hyperv_kernel::cases());
     cases.extend(nested::cases());
+    cases.extend(qemu_peer::cases());
     cases
 }

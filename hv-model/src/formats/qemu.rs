@@ -11,7 +11,13 @@ use crate::formats::{DropList, Dropped, Exported, FormatError, Imported};
 use crate::parse::{parse_item, split_items, Item};
 use crate::request::HvRequest;
 use crate::resolve::Resolution;
+use crate::tlfs::Reg;
 use crate::version::{Tool, Version};
+
+/// The QEMU release whose guest CPUID was compared with hvkvm's (Debian 12's, in the emulated
+/// Intel host, by the `qemu` suite of guest-tests). For other releases
+/// [`cpuid_differences`] is what the version table predicts, not a measurement.
+pub const CPUID_COMPARED_WITH: Version = Version::new(7, 2);
 
 /// The first QEMU release of the `tsc-frequency` property, the one `-cpu` property hvkvm
 /// exports that is not in the flag table (`kvm=` is the table's `kvm` row). It is not newer
@@ -170,6 +176,24 @@ pub struct QemuEquivalent {
     pub dropped: Vec<Dropped>,
     /// The hypervisor leaves hvkvm gives the guest for the same resolution.
     pub leaves: Vec<CpuidLeaf>,
+    /// Where the CPUID a guest sees under QEMU with `-cpu host,vmx=on,<export>` differs from
+    /// what it sees under hvkvm (`--cpu host`, kernel backend) on the same host; empty when it
+    /// is the same. Checked against real dumps of both by the `qemu` suite in the emulated
+    /// Intel host (guest-tests/src/suites/qemu_peer.rs).
+    pub cpuid_differences: Vec<CpuidDifference>,
+}
+
+/// Bits of one CPUID register that differ between hvkvm's guest and QEMU's, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CpuidDifference {
+    /// The leaf.
+    pub leaf: u32,
+    /// The register.
+    pub register: Reg,
+    /// The differing bits.
+    pub mask: u32,
+    /// Why they differ.
+    pub reason: String,
 }
 
 /// The `-cpu MODEL,...` value for QEMU `version` and hvkvm's CPUID leaves, for one resolution.
@@ -181,10 +205,55 @@ pub fn equivalent(resolution: &Resolution, model: &str, version: Version) -> Qem
     } else {
         format!("{model},{list}")
     };
+    let dropped = drops.into_vec();
     QemuEquivalent {
         version,
         cpu,
-        dropped: drops.into_vec(),
+        cpuid_differences: cpuid_differences(resolution, version),
+        dropped,
         leaves: cpuid_leaves(resolution),
     }
+}
+
+/// Where QEMU `version`'s guest CPUID differs from hvkvm's for `resolution` (see
+/// [`QemuEquivalent::cpuid_differences`]): the bits of every flag that is on for hvkvm but
+/// that QEMU `version` has no property for. Such a QEMU never sets the bit, whether the export
+/// names the flag (it is left out, see `dropped`) or the flag is one of the KVM paravirt
+/// defaults that `-cpu host` and hvkvm both turn on where KVM offers them (`-cpu host` takes
+/// only the bits QEMU has a name for). Measured in the emulated Intel host with QEMU 7.2, this
+/// is the only difference there is: docs/enlightenments.md, "CPUID compared with QEMU".
+pub fn cpuid_differences(resolution: &Resolution, version: Version) -> Vec<CpuidDifference> {
+    let mut out: Vec<CpuidDifference> = Vec::new();
+    let kvm_leaves = resolution.is_on(crate::flags::Enlightenment::Kvm);
+    for d in resolution.decisions.iter().filter(|d| d.on) {
+        let def = d.flag.def();
+        if version >= def.qemu_since {
+            continue;
+        }
+        let kvm_bits = def.kind == crate::flags::FlagKind::KvmParavirt;
+        if kvm_bits && !kvm_leaves {
+            continue;
+        }
+        for b in def.cpuid.iter().chain(def.extra_guest_bits) {
+            // KVM's feature leaf moves up by 0x100 beside the Hyper-V leaves.
+            let leaf = if kvm_bits && resolution.hyperv_enabled() {
+                b.leaf + crate::tlfs::KVM_RELOCATION
+            } else {
+                b.leaf
+            };
+            out.push(CpuidDifference {
+                leaf,
+                register: b.reg,
+                mask: b.mask,
+                reason: format!(
+                    "{flag} is on for hvkvm ({why}); QEMU {version} has no {flag} property \
+                     (added in QEMU {since}) and never sets the bit",
+                    flag = d.flag.name(),
+                    why = d.reason,
+                    since = def.qemu_since
+                ),
+            });
+        }
+    }
+    out
 }

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use hvkvm::bench::{guest_config, run_to_done};
 use hvkvm::cli::error_chain;
+use hvkvm::hyperv::BackendChoice;
 use hvkvm::kvm::HostProbe;
 
 static HV_FUZZ_ELF: &[u8] = include_bytes!(concat!(env!("HVKVM_GUEST_DIR"), "/hv_fuzz"));
@@ -46,6 +47,7 @@ fn main() {
         "hv_fuzz",
         HV_FUZZ_ELF,
         HV_LIST,
+        BackendChoice::User,
         [seed as u32, (seed >> 32) as u32, per_kind, per_kind],
         Duration::from_secs(600),
     )

@@ -29,15 +29,16 @@ use crate::hyperv::{cpuid_entries, resolve_for_vm, BackendChoice, CrashAction};
 use crate::kvm::HostProbe;
 use crate::vm::{self, BootSource, StopReason, VmConfig, VmOutcome};
 
-/// A VM for a benchmark payload: 64 MiB, one vCPU, serial output dropped, the Hyper-V user
-/// backend with `hv_list` (as `hvkvm run --backend user --hv LIST`), and the payload
-/// parameter leaf 0x400000F0 = `params` (0x400000F1..F3 defined as zeros: an undefined leaf
-/// above the hypervisor range's maximum may read as another leaf).
+/// A VM for a benchmark payload: 64 MiB, one vCPU, serial output dropped, `hv_list` on the
+/// chosen Hyper-V backend (as `hvkvm run --backend B --hv LIST`), and the payload parameter
+/// leaf 0x400000F0 = `params` (0x400000F1..F3 defined as zeros: an undefined leaf above the
+/// hypervisor range's maximum may read as another leaf).
 pub fn guest_config(
     host: &HostProbe,
     payload: &'static str,
     image: &[u8],
     hv_list: &'static str,
+    backend: BackendChoice,
     params: [u32; 4],
     timeout: Duration,
 ) -> Result<VmConfig, BenchError> {
@@ -52,7 +53,7 @@ pub fn guest_config(
         what: hv_list,
         source: crate::hyperv::HyperVError::Model(e),
     })?;
-    let resolution = resolve_for_vm(&request, host, BackendChoice::User)
+    let resolution = resolve_for_vm(&request, host, backend)
         .map_err(|source| BenchError::HyperV {
             what: hv_list,
             source,

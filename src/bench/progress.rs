@@ -1,8 +1,13 @@
-//! Progress for long benchmark runs: a line on stderr, rewritten in place, when stderr is a
-//! terminal; nothing at all when it is not (logs, CI, pipes stay clean).
+//! Progress for long runs (benchmarks, the emulated Intel host's boot): a line on stderr,
+//! rewritten in place, when stderr is a terminal; nothing at all when it is not (logs, CI,
+//! pipes stay clean).
 
 use std::io::{IsTerminal, Write};
-use std::time::Instant;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+/// How often [`Progress::during`] redraws the line while a step runs.
+const TICK: Duration = Duration::from_millis(500);
 
 /// Progress over a known number of steps.
 #[derive(Debug)]
@@ -29,6 +34,11 @@ impl Progress {
         }
     }
 
+    /// Whether the line is shown at all.
+    pub fn enabled(&self) -> bool {
+        self.enabled
+    }
+
     /// The line shown after `done` steps.
     pub fn line(&self, done: u64) -> String {
         let elapsed = self.started.elapsed().as_secs_f64();
@@ -48,19 +58,57 @@ impl Progress {
 
     /// Shows that `done` steps are complete.
     pub fn update(&self, done: u64) {
+        self.show(done, None);
+    }
+
+    /// Shows that `done` steps are complete and what runs now.
+    pub fn show(&self, done: u64, now: Option<&str>) {
         if self.enabled {
+            let mut line = self.line(done);
+            if let Some(now) = now {
+                line.push_str(": ");
+                line.push_str(now);
+            }
             let mut err = std::io::stderr().lock();
             // Progress is best effort: a failed write to the terminal changes nothing.
-            let _ = write!(err, "\r\x1b[K{}", self.line(done));
+            let _ = write!(err, "\r\x1b[K{line}");
             let _ = err.flush();
         }
     }
 
-    /// Clears the line.
+    /// Runs `work`, the step after `done`, described as `now`; on a terminal the line is
+    /// redrawn every half second meanwhile, so the elapsed time moves during a long step.
+    pub fn during<T>(&self, done: u64, now: &str, work: impl FnOnce() -> T) -> T {
+        if !self.enabled {
+            return work();
+        }
+        let stop = AtomicBool::new(false);
+        std::thread::scope(|scope| {
+            let ticker = scope.spawn(|| {
+                while !stop.load(Ordering::Acquire) {
+                    self.show(done, Some(now));
+                    std::thread::park_timeout(TICK);
+                }
+            });
+            let result = work();
+            stop.store(true, Ordering::Release);
+            ticker.thread().unpark();
+            result
+        })
+    }
+
+    /// Clears the line (dropping the `Progress` does too).
     pub fn finish(&self) {
         if self.enabled {
             let _ = write!(std::io::stderr().lock(), "\r\x1b[K");
         }
+    }
+}
+
+impl Drop for Progress {
+    /// A run that ends early (an error) leaves no half-drawn line behind.
+    fn drop(&mut self) {
+        self.finish();
     }
 }
 
@@ -75,5 +123,12 @@ mod tests {
         assert!(line.starts_with("time-read: 1/4 (25%), "), "{line}");
         assert!(line.contains("s left"), "{line}");
         assert!(!p.line(4).contains("left"));
+    }
+
+    #[test]
+    fn during_returns_the_work_and_stays_quiet_when_disabled() {
+        let p = Progress::with_output("x", 2, false);
+        assert!(!p.enabled());
+        assert_eq!(p.during(0, "step", || 7), 7);
     }
 }

@@ -67,10 +67,11 @@ pub fn measure(
     let mut left = iterations;
     let mut served_by = Backend::User;
     for run in 0..runs {
-        progress.update(run);
         let n = left.min(CHUNK);
         left -= n;
-        let (outcome, backend) = run_guest(host, backend, n)?;
+        let (outcome, backend) = progress.during(run, &format!("{n} reads per method"), || {
+            run_guest(host, backend, n)
+        })?;
         served_by = backend;
         totals.merge(&parse(&outcome.syncs, n)?);
     }

@@ -57,9 +57,10 @@ static REPORTED: AtomicU64 = AtomicU64::new(0);
 /// "not granted / not valid" in the SYNC values.
 const NONE: u64 = u64::MAX;
 
-/// The hypervisor as raw-cpuid identifies it (the SYNC 1 code) and its name.
-fn identify() -> (u64, &'static str) {
-    let reader = |leaf: u32, subleaf: u32| {
+/// What raw-cpuid decodes for the demo: this vCPU's initial APIC id (CPUID.1 EBX[31:24]) and
+/// the hypervisor as it identifies leaf 0x4000_0000 (the SYNC 1 code and a name).
+fn raw_cpuid_facts() -> (u64, u64, &'static str) {
+    let cpuid = CpuId::with_cpuid_reader(|leaf: u32, subleaf: u32| {
         let r = cpuid(leaf, subleaf);
         raw_cpuid::CpuIdResult {
             eax: r.eax,
@@ -67,16 +68,17 @@ fn identify() -> (u64, &'static str) {
             ecx: r.ecx,
             edx: r.edx,
         }
-    };
-    match CpuId::with_cpuid_reader(reader)
-        .get_hypervisor_info()
-        .map(|h| h.identify())
-    {
+    });
+    let apic_id = cpuid
+        .get_feature_info()
+        .map_or(0, |f| u64::from(f.initial_local_apic_id()));
+    let (code, name) = match cpuid.get_hypervisor_info().map(|h| h.identify()) {
         None => (0, "none (no hypervisor bit)"),
         Some(Hypervisor::HyperV) => (1, "Hyper-V"),
         Some(Hypervisor::KVM) => (2, "KVM"),
         Some(_) => (3, "another hypervisor"),
-    }
+    };
+    (apic_id, code, name)
 }
 
 /// The 12 vendor bytes, made printable: trailing NULs dropped, other bytes outside ASCII
@@ -106,8 +108,7 @@ fn write_ms(uart: &mut Uart, value: u64) {
 }
 
 fn main(boot: BootInfo) -> ! {
-    let apic_id = u64::from(cpuid(1, 0).ebx >> 24);
-    let (hv_code, hv_name) = identify();
+    let (apic_id, hv_code, hv_name) = raw_cpuid_facts();
     let vendor = cpuid(LEAF_VENDOR_AND_MAX, 0);
     let interface = cpuid(LEAF_INTERFACE, 0).eax;
     let hyperv = hv_code == 1 && interface == INTERFACE_SIGNATURE;

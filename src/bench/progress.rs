@@ -4,6 +4,7 @@
 
 use std::io::{IsTerminal, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// How often [`Progress::during`] redraws the line while a step runs.
@@ -16,6 +17,10 @@ pub struct Progress {
     total: u64,
     started: Instant,
     enabled: bool,
+    /// The highest step count seen and the elapsed seconds when it was first seen: the
+    /// estimate of the time left comes from completed steps only, so it does not grow while
+    /// a step runs.
+    completed: Mutex<(u64, f64)>,
 }
 
 impl Progress {
@@ -31,6 +36,7 @@ impl Progress {
             total,
             started: Instant::now(),
             enabled,
+            completed: Mutex::new((0, 0.0)),
         }
     }
 
@@ -42,8 +48,16 @@ impl Progress {
     /// The line shown after `done` steps.
     pub fn line(&self, done: u64) -> String {
         let elapsed = self.started.elapsed().as_secs_f64();
+        let at = {
+            let mut completed = self.completed.lock().unwrap_or_else(|p| p.into_inner());
+            if done > completed.0 {
+                *completed = (done, elapsed);
+            }
+            completed.1
+        };
         let eta = if done > 0 && done < self.total {
-            let left = elapsed / done as f64 * (self.total - done) as f64;
+            let per_step = at / done as f64;
+            let left = (per_step * (self.total - done) as f64 - (elapsed - at)).max(0.0);
             format!(", about {left:.0} s left")
         } else {
             String::new()
@@ -123,6 +137,12 @@ mod tests {
         assert!(line.starts_with("time-read: 1/4 (25%), "), "{line}");
         assert!(line.contains("s left"), "{line}");
         assert!(!p.line(4).contains("left"));
+        // The estimate comes from completed steps: it shrinks while the next step runs.
+        let mut p = Progress::with_output("x", 3, false);
+        p.started = Instant::now() - Duration::from_secs(15);
+        *p.completed.lock().unwrap() = (1, 10.0);
+        let line = p.line(1);
+        assert!(line.contains("about 15 s left"), "{line}");
     }
 
     #[test]

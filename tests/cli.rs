@@ -665,6 +665,23 @@ fn demo_shows_what_the_hyperv_guest_saw_used_and_what_a_read_costs() {
         "{}",
         run.describe()
     );
+    // A synthetic timer fires where the backend offers direct-mode timers.
+    if out.contains("hv-stimer-direct") {
+        assert!(
+            out.lines()
+                .any(|l| l.trim_start().starts_with(
+                    "synthetic timer 0 (direct mode, vector 0xe0, one-shot): due at "
+                ) && l.contains("its interrupt came at")),
+            "{}",
+            run.describe()
+        );
+    } else {
+        assert!(
+            out.contains("synthetic timer: skipped: "),
+            "{}",
+            run.describe()
+        );
+    }
     // The measured table and its ratio.
     let ratio = number_after(out, "TIME_REF_COUNT MSR read / TSC page read (medians): ")
         .unwrap_or_else(|| panic!("no ratio:\n{}", run.describe()));
@@ -734,6 +751,28 @@ fn demo_json_is_the_same_content_as_one_document() {
     assert!(usage["tsc_page"].as_u64().is_some(), "{}", run.stdout);
     if backend == "user" {
         assert_eq!(usage["msrs"]["VP_INDEX"]["reads"], cpus, "{}", run.stdout);
+    }
+    // The synthetic timer: its interrupt came, not before it was due; or why it was skipped.
+    let timer = &doc["synthetic_timer"];
+    let offered = doc["enlightenments"].as_array().expect("enlightenments");
+    if offered.iter().any(|e| e == "hv-stimer-direct") {
+        assert_eq!(timer["status"], "measured", "{}", run.stdout);
+        let due = timer["due_100ns"].as_u64().expect("due_100ns");
+        let at = timer["fired_at_100ns"].as_u64().expect("fired_at_100ns");
+        assert!(
+            at >= due,
+            "the timer's interrupt came at {at}, before {due}"
+        );
+        assert!(
+            timer["interrupts"].as_u64().is_some_and(|n| n >= 1),
+            "{timer}"
+        );
+    } else {
+        assert_eq!(timer["status"], "skipped", "{}", run.stdout);
+        assert!(
+            timer["reason"].as_str().is_some_and(|r| !r.is_empty()),
+            "{timer}"
+        );
     }
     // The measured table.
     let table = &doc["time_read"];

@@ -32,9 +32,8 @@ pub fn execute(args: DemoArgs) -> Result<i32, CliError> {
     if !args.json {
         writeln!(
             out,
-            "hvkvm demo: booting the built-in guest on {} vCPU(s) with Hyper-V enlightenments ({})…",
-            args.cpus,
-            demo::HV_LIST
+            "hvkvm demo: booting the built-in guest on {} vCPU(s) with Hyper-V enlightenments…",
+            args.cpus
         )?;
     }
     drop(out);
@@ -80,6 +79,26 @@ pub fn render(r: &DemoReport) -> String {
             "  vCPU {i} exits: {} ({} port I/O, {} MSR)",
             st.exits, st.io, st.msr
         );
+    }
+    match &r.synthetic_timer {
+        Part::Measured(t) => {
+            let at = t.fired_at_100ns.map_or("-".to_string(), ms);
+            let late = t
+                .late_100ns()
+                .map_or("-".to_string(), |l| format!("{:.1} µs", l as f64 / 10.0));
+            let _ = writeln!(
+                s,
+                "  synthetic timer 0 (direct mode, vector {:#x}, one-shot): due at {}, its interrupt came at {at} ({late} late)",
+                t.vector,
+                ms(t.due_100ns)
+            );
+        }
+        Part::Skipped { reason } => {
+            let _ = writeln!(s, "  synthetic timer: skipped: {reason}");
+        }
+        Part::Failed { error } => {
+            let _ = writeln!(s, "  synthetic timer: FAILED: {error}");
+        }
     }
     s.push('\n');
     match &r.hyperv_usage {

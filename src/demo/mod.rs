@@ -28,7 +28,7 @@ use crate::hyperv::{self, BackendChoice, CrashAction, HvConfig};
 use crate::kvm::HostProbe;
 use crate::vcpu::stats::VcpuStatsSnapshot;
 use crate::vm::{self, BootSource, VmConfig};
-use view::GuestView;
+use view::{GuestView, TimerView};
 
 /// The demo guest, built from guest-tests/guest/src/bin/demo.rs by build.rs.
 pub static DEMO_ELF: &[u8] = include_bytes!(env!("HVKVM_DEMO_ELF"));
@@ -36,6 +36,10 @@ pub static DEMO_ELF: &[u8] = include_bytes!(env!("HVKVM_DEMO_ELF"));
 /// The enlightenments the demo guest gets (`--hv` syntax). KVM's own leaves are hidden so that
 /// the guest sees Hyper-V alone, as a Windows or Linux Hyper-V guest expects.
 pub const HV_LIST: &str = "hv-relaxed,hv-vpindex,hv-time,hv-frequencies,kvm=off";
+
+/// Added to [`HV_LIST`] where this host's backend can provide them: the SynIC and synthetic
+/// timers in direct mode (vCPU 0 arms one).
+pub const HV_TIMER_LIST: &str = "hv-synic,hv-stimer,hv-stimer-direct";
 
 /// Reads per method in the time table: enough for stable medians, and about 0.1 s of emulated
 /// MSR reads on hosts that emulate CPL0 code.
@@ -217,6 +221,8 @@ pub struct DemoReport {
     pub guest: GuestRun,
     /// What the guest used of the Hyper-V interface.
     pub hyperv_usage: Option<UsageReport>,
+    /// vCPU 0's synthetic timer (direct mode).
+    pub synthetic_timer: Part<TimerView>,
     /// TSC page vs TIME_REF_COUNT.
     pub time_read: Part<TimeTable>,
     /// L2 CPUID with and without eVMCS.
@@ -231,7 +237,7 @@ impl DemoReport {
     pub fn exit_status(&self) -> i32 {
         if self.guest.exit_status != 0 {
             self.guest.exit_status
-        } else if self.time_read.failed() || self.nested.failed() {
+        } else if self.synthetic_timer.failed() || self.time_read.failed() || self.nested.failed() {
             1
         } else {
             0
@@ -265,11 +271,19 @@ fn secs(since: Instant) -> f64 {
 pub fn run(options: DemoOptions) -> Result<DemoReport, DemoError> {
     let started = Instant::now();
     let host = HostProbe::probe()?;
-    let request = hv_model::parse_hv_list(HV_LIST)
-        .map_err(|e| DemoError::HyperV(hyperv::HyperVError::Model(e)))?;
-    let resolution = hyperv::resolve_for_vm(&request, &host, BackendChoice::Auto)
-        .map_err(DemoError::HyperV)?
-        .ok_or(DemoError::NoHyperV)?;
+    let resolve = |list: &str| {
+        let request = hv_model::parse_hv_list(list).map_err(hyperv::HyperVError::Model)?;
+        hyperv::resolve_for_vm(&request, &host, BackendChoice::Auto)
+    };
+    // With the synthetic timer where the backend can provide it, else without it and why not.
+    let (resolution, timer_unavailable) = match resolve(&format!("{HV_LIST},{HV_TIMER_LIST}")) {
+        Ok(r) => (r, None),
+        Err(e) => (
+            resolve(HV_LIST).map_err(DemoError::HyperV)?,
+            Some(crate::cli::error_chain(&e)),
+        ),
+    };
+    let resolution = resolution.ok_or(DemoError::NoHyperV)?;
     let hv = HvConfig::from_resolution(&resolution, CrashAction::Log);
     let mut config = VmConfig::new(BootSource::Payload {
         image: DEMO_ELF.to_vec(),
@@ -310,6 +324,23 @@ pub fn run(options: DemoOptions) -> Result<DemoReport, DemoError> {
         vcpu_stats: outcome.vcpu_stats.clone(),
     };
 
+    let synthetic_timer = match (timer_unavailable, &guest.view.timer) {
+        (Some(reason), _) => Part::Skipped { reason },
+        (None, Some(t)) if t.fired_at_100ns.is_some() => Part::Measured(t.clone()),
+        (None, Some(t)) => Part::Failed {
+            error: format!(
+                "synthetic timer 0 (direct mode, vector {:#x}) was armed for {} but its \
+                 interrupt never reached the guest",
+                t.vector, t.due_100ns
+            ),
+        },
+        (None, None) => Part::Failed {
+            error: "the guest did not report its synthetic timer (not offered in CPUID, or \
+                    vCPU 0 never got there)"
+                .into(),
+        },
+    };
+
     let time_started = Instant::now();
     let time_read = match page_unusable(&guest.view) {
         Some(reason) => Part::Skipped { reason },
@@ -344,6 +375,7 @@ pub fn run(options: DemoOptions) -> Result<DemoReport, DemoError> {
         enlightenments: hv.map(|h| h.offered).unwrap_or_default(),
         guest,
         hyperv_usage: outcome.hyperv,
+        synthetic_timer,
         time_read,
         nested,
         timings: Timings {
@@ -386,6 +418,7 @@ mod tests {
         let none = GuestView {
             vcpus: vec![vcpu(None), vcpu(None)],
             time: None,
+            timer: None,
         };
         assert!(page_unusable(&none)
             .unwrap()
@@ -393,11 +426,13 @@ mod tests {
         let empty = GuestView {
             vcpus: Vec::new(),
             time: None,
+            timer: None,
         };
         assert!(page_unusable(&empty).is_some());
         let one = GuestView {
             vcpus: vec![vcpu(None), vcpu(Some(5))],
             time: None,
+            timer: None,
         };
         assert_eq!(page_unusable(&one), None);
     }

@@ -86,6 +86,30 @@ impl TimeAdvance {
     }
 }
 
+/// vCPU 0's synthetic timer: timer 0, direct mode, one-shot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TimerView {
+    /// The interrupt vector it was armed with.
+    pub vector: u8,
+    /// The expiration time it was armed for (reference time, 100 ns units).
+    pub due_100ns: u64,
+    /// TIME_REF_COUNT in the guest's interrupt handler (None: no interrupt came).
+    pub fired_at_100ns: Option<u64>,
+    /// Interrupts the guest took on the vector.
+    pub interrupts: u64,
+    /// Timer 0's CONFIG afterwards (a one-shot timer clears its enable bit when it expires).
+    pub config_after: u64,
+}
+
+impl TimerView {
+    /// How long after its expiration time the interrupt reached the guest, in 100 ns units
+    /// (0 if it came early, which the guest would have to treat as a VMM bug).
+    pub fn late_100ns(&self) -> Option<u64> {
+        self.fired_at_100ns
+            .map(|t| t.saturating_sub(self.due_100ns))
+    }
+}
+
 /// What the demo guest reported.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct GuestView {
@@ -93,6 +117,10 @@ pub struct GuestView {
     pub vcpus: Vec<VcpuView>,
     /// vCPU 0's final reading (None: it never got there).
     pub time: Option<TimeAdvance>,
+    /// vCPU 0's synthetic timer (None: not offered, or it never got there); the report shows
+    /// it as its own part.
+    #[serde(skip)]
+    pub timer: Option<TimerView>,
 }
 
 /// The guest's reports do not add up.
@@ -203,7 +231,17 @@ pub fn decode(syncs: &[SyncEvent], cpus: u32) -> Result<GuestView, ViewError> {
             tsc_hz: (v[5] != 0).then_some(v[5]),
         }
     });
-    Ok(GuestView { vcpus, time })
+    let timer = syncs.iter().find(|s| s.vcpu == 0 && s.stage == 5).map(|s| {
+        let [fired, due, at, interrupts, vector, config] = s.values;
+        TimerView {
+            vector: vector as u8,
+            due_100ns: due,
+            fired_at_100ns: (fired == 1 && at != 0).then_some(at),
+            interrupts,
+            config_after: config,
+        }
+    });
+    Ok(GuestView { vcpus, time, timer })
 }
 
 #[cfg(test)]
@@ -241,7 +279,10 @@ mod tests {
             syncs.push(sync(v, 3, [1, 0x10, -5i64 as u64, 1000, NONE, 7]));
         }
         syncs.push(sync(0, 4, [1000, 1500, NONE, NONE, 99, 0]));
+        syncs.push(sync(0, 5, [1, 2000, 2150, 1, 0xe0, 0x5e0]));
         let view = decode(&syncs, 2).unwrap();
+        let timer = view.timer.clone().unwrap();
+        assert_eq!((timer.vector, timer.late_100ns()), (0xe0, Some(150)));
         assert_eq!(view.vcpus.len(), 2);
         let v1 = &view.vcpus[1];
         assert_eq!(v1.vendor, "Microsoft Hv");
@@ -286,5 +327,6 @@ mod tests {
         assert_eq!(view.vcpus[0].hypervisor, "KVM");
         assert_eq!(view.vcpus[0].tsc_page, None);
         assert!(view.time.is_none());
+        assert!(view.timer.is_none());
     }
 }

@@ -10,8 +10,11 @@
 //!   and TIME_REF_COUNT (AccessPartitionReferenceCounter) next to it.
 //!
 //! vCPU 0 waits (bounded) until every vCPU has reported, reads the page and the MSR once more
-//! to show that reference time advanced, and ends the VM with exit status 0 through the
-//! test-exit port (status 1 if some vCPU never reported).
+//! to show that reference time advanced, and, when 0x4000_0003 grants the synthetic timers
+//! with direct mode, enables the SynIC and arms synthetic timer 0 in direct mode (vector
+//! [`TIMER_VECTOR`], one-shot, due [`TIMER_DELAY`] from now) and waits (bounded) for its
+//! interrupt. It ends the VM with exit status 0 through the test-exit port (status 1 if some
+//! vCPU never reported).
 //!
 //! The same facts go to the host as ucall SYNCs, which `hvkvm demo` decodes (its JSON and
 //! its checks come from these, not from the text):
@@ -23,7 +26,10 @@
 //! - SYNC 3 (each vCPU) = (TscSequence, TscScale, TscOffset, the page's time or u64::MAX when
 //!   the page is invalid or not granted, TIME_REF_COUNT or u64::MAX when not granted, RDTSC);
 //! - SYNC 4 (vCPU 0, at the end) = (first page time, last page time, first TIME_REF_COUNT, last
-//!   TIME_REF_COUNT, TSC ticks between the two page reads, TSC_FREQUENCY or 0).
+//!   TIME_REF_COUNT, TSC ticks between the two page reads, TSC_FREQUENCY or 0);
+//! - SYNC 5 (vCPU 0, only when direct-mode timers are granted) = (1 if the timer's interrupt
+//!   came, the expiration time it was armed for, TIME_REF_COUNT in the interrupt handler,
+//!   interrupts taken on the vector, the vector, timer 0's CONFIG afterwards).
 //!
 //! Times are in the reference time's 100 ns units. Nothing here faults when an enlightenment
 //! is missing: every MSR is read only when CPUID grants it.
@@ -36,9 +42,10 @@ use hvkvm_guest::hyperv::{
     read_tsc_page, tsc_page_params, Page, PAGE_ENABLE, REFERENCE_TSC, TIME_REF_COUNT,
     TSC_FREQUENCY, VP_INDEX,
 };
+use hvkvm_guest::synic::{self, direct_config};
 use hvkvm_guest::uart::{Uart, CONSOLE};
 use hvkvm_guest::x86::{cpuid, rdmsr, rdtsc, wrmsr, CpuidResult};
-use hvkvm_guest::{guest_sync, halt_forever, spin_wait, test_exit, BootInfo};
+use hvkvm_guest::{guest_sync, halt_forever, intr, spin_wait, test_exit, BootInfo};
 use hyperv_tlfs::cpuid::{
     feature, privilege, INTERFACE_SIGNATURE, LEAF_FEATURES, LEAF_INTERFACE, LEAF_RECOMMENDATIONS,
     LEAF_VENDOR_AND_MAX,
@@ -56,6 +63,42 @@ static REPORTED: AtomicU64 = AtomicU64::new(0);
 
 /// "not granted / not valid" in the SYNC values.
 const NONE: u64 = u64::MAX;
+
+/// The synthetic timer's interrupt vector (direct mode).
+const TIMER_VECTOR: u8 = 0xe0;
+/// When the timer is due: 10 ms from arming, in 100 ns units.
+const TIMER_DELAY: u64 = 100_000;
+/// The bound of the wait for the timer, in TSC cycles (about 2 s at 2.5 GHz).
+const TIMER_WAIT: u64 = 5_000_000_000;
+/// The SynIC message page (the SynIC must be on for timers; direct mode sends no message).
+static SIMP: Page = Page::zeroed();
+/// TIME_REF_COUNT when the timer's interrupt came (0: not yet).
+static TIMER_FIRED_AT: AtomicU64 = AtomicU64::new(0);
+
+fn on_timer(_vector: u8, _cpu: usize) {
+    TIMER_FIRED_AT.store(rdmsr(TIME_REF_COUNT).max(1), Ordering::SeqCst);
+}
+
+/// Arms synthetic timer 0 in direct mode and waits for it; the SYNC 5 values.
+fn synthetic_timer() -> [u64; 6] {
+    intr::install();
+    intr::lapic_enable();
+    intr::set_hook(TIMER_VECTOR, on_timer);
+    synic::enable(&SIMP, None);
+    let due = synic::now() + TIMER_DELAY;
+    synic::start_timer(0, direct_config(TIMER_VECTOR, false), due);
+    let fired = intr::wait_for(TIMER_WAIT, || TIMER_FIRED_AT.load(Ordering::SeqCst) != 0);
+    let config = rdmsr(synic::config_msr(0));
+    synic::stop_timer(0);
+    [
+        u64::from(fired),
+        due,
+        TIMER_FIRED_AT.load(Ordering::SeqCst),
+        u64::from(intr::count(0, TIMER_VECTOR)),
+        u64::from(TIMER_VECTOR),
+        config,
+    ]
+}
 
 /// What raw-cpuid decodes for the demo: this vCPU's initial APIC id (CPUID.1 EBX[31:24]) and
 /// the hypervisor as it identifies leaf 0x4000_0000 (the SYNC 1 code and a name).
@@ -260,7 +303,28 @@ fn main(boot: BootInfo) -> ! {
         tsc_hz
     );
 
+    let timer = (granted(privilege::SYNIC)
+        && granted(privilege::SYNTIMERS)
+        && features.edx & feature::DIRECT_SYNTHETIC_TIMERS != 0)
+        .then(synthetic_timer);
+    if let Some(t) = timer {
+        guest_sync!(5, t[0], t[1], t[2], t[3], t[4], t[5]);
+    }
+
     let mut uart = CONSOLE.lock();
+    if let Some([fired, due, at, ..]) = timer {
+        uart.write_str("vCPU 0: synthetic timer 0 (direct mode, vector ");
+        uart.write_hex(u64::from(TIMER_VECTOR));
+        uart.write_str(") due at ");
+        write_ms(&mut uart, due);
+        if fired == 1 {
+            uart.write_str(", its interrupt came at ");
+            write_ms(&mut uart, at);
+            uart.write_str("\n");
+        } else {
+            uart.write_str(": no interrupt\n");
+        }
+    }
     if page_time != NONE && last_page != NONE {
         uart.write_str("vCPU 0: the TSC page's time advanced by ");
         write_ms(&mut uart, last_page.wrapping_sub(page_time));

@@ -154,6 +154,9 @@ pub struct HostInfo {
     pub tsc_khz: Option<u32>,
     /// Whether guest code at CPL0 is run by KVM's instruction emulator (kvm_pvm hosts).
     pub cpl0_emulated: bool,
+    /// Whether the host's x86 CPU is itself emulated (Bochs): RDTSC then counts emulated
+    /// instructions, so cycle figures are path lengths and nanoseconds mean nothing.
+    pub emulated_cpu: bool,
 }
 
 impl HostInfo {
@@ -167,6 +170,7 @@ impl HostInfo {
             kvm_module: probe.kvm_module.clone().unwrap_or_else(|| "unknown".into()),
             tsc_khz: probe.tsc_khz,
             cpl0_emulated: probe.is_pvm(),
+            emulated_cpu: nested_cpuid::emulated_cpu(),
         }
     }
 
@@ -178,6 +182,9 @@ impl HostInfo {
         }
         if self.cpl0_emulated {
             s.push_str(" (CPL0 guest code is emulated here)");
+        }
+        if self.emulated_cpu {
+            s.push_str(" (an emulated CPU: RDTSC counts instructions)");
         }
         s
     }
@@ -363,6 +370,7 @@ mod tests {
                 kvm_module: "kvm_pvm".into(),
                 tsc_khz: Some(2_445_000),
                 cpl0_emulated: true,
+                emulated_cpu: false,
             },
             iterations: 1000,
             runs: 1,

@@ -220,7 +220,7 @@ fn report(host: HostInfo, backend: Backend, iterations: u64, runs: u64, m: Measu
         label: "MSR read / TSC page read (medians), x".into(),
         value: median(MSR) / median(PAGE),
     }];
-    if m.tsc_hz > 0 {
+    if m.tsc_hz > 0 && !host.emulated_cpu {
         figures.push(Figure {
             key: "tsc_page_ns",
             label: "TSC page read, median, ns".into(),
@@ -238,6 +238,14 @@ fn report(host: HostInfo, backend: Backend, iterations: u64, runs: u64, m: Measu
          above (log-linear histogram buckets)"
             .to_string(),
     ];
+    if host.emulated_cpu {
+        notes.push(
+            "this host's CPU is emulated (Bochs): RDTSC counts emulated instructions, so these \
+             figures are path lengths in instructions, not cycles, and the ns figures mean \
+             nothing"
+                .to_string(),
+        );
+    }
     if host.cpl0_emulated {
         notes.push(
             "this host runs CPL0 guest code in KVM's instruction emulator (kvm_pvm): the MSR \
@@ -297,6 +305,7 @@ mod tests {
                 kvm_module: "kvm_pvm".into(),
                 tsc_khz: None,
                 cpl0_emulated: true,
+                emulated_cpu: false,
             },
             Backend::User,
             4,

@@ -137,7 +137,12 @@ pub struct TimeTable {
 
 impl TimeTable {
     fn from_report(report: &bench::Report) -> TimeTable {
-        let tsc_hz = report.host.tsc_khz.map(|k| f64::from(k) * 1e3);
+        // Nanoseconds only where the TSC counts time (not on an emulated CPU).
+        let tsc_hz = report
+            .host
+            .tsc_khz
+            .filter(|_| !report.host.emulated_cpu)
+            .map(|k| f64::from(k) * 1e3);
         let rows = report
             .series
             .iter()

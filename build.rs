@@ -1,5 +1,5 @@
 //! Builds the guests hvkvm embeds from source (no prebuilt binaries in the repository), and
-//! tells the crate where their ELF files are: the demo guest (`cli::demo`); the L1 hypervisor
+//! tells the crate where their ELF files are: the demo guest (`demo`); the L1 hypervisor
 //! of `hvkvm bench nested-cpuid` (`bench::nested_cpuid`) and the payload of `hvkvm bench
 //! time-read` (`bench::time_read`); the `snapshot_soak` guest, which the snapshot CLI tests
 //! (tests/snapshot_cli.rs) run, and `snapshot_fill`, the snapshot benchmark's guest; and

@@ -10,8 +10,9 @@
 
 use std::time::Duration;
 
-use hvkvm::bench::{guest_config, run_to_done};
+use hvkvm::bench::{guest_config, run_to_done, Progress};
 use hvkvm::cli::error_chain;
+use hvkvm::hyperv::BackendChoice;
 use hvkvm::kvm::HostProbe;
 
 static HV_FUZZ_ELF: &[u8] = include_bytes!(concat!(env!("HVKVM_GUEST_DIR"), "/hv_fuzz"));
@@ -46,11 +47,24 @@ fn main() {
         "hv_fuzz",
         HV_FUZZ_ELF,
         HV_LIST,
+        BackendChoice::User,
         [seed as u32, (seed >> 32) as u32, per_kind, per_kind],
         Duration::from_secs(600),
     )
     .unwrap_or_else(|e| fail(&error_chain(&e)));
-    let outcome = run_to_done("hv_fuzz", config).unwrap_or_else(|e| fail(&error_chain(&e)));
+    // One guest run of up to minutes: progress on a terminal, nothing otherwise.
+    let progress = Progress::new("hv_fuzz bench: guest runs", 1);
+    let outcome = progress
+        .during(
+            0,
+            &format!("{per_kind} random hypercalls and {per_kind} random MSR accesses"),
+            || run_to_done("hv_fuzz", config),
+        )
+        .unwrap_or_else(|e| {
+            progress.finish();
+            fail(&error_chain(&e))
+        });
+    progress.finish();
     let sync = |stage: u64| {
         outcome
             .syncs

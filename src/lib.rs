@@ -22,6 +22,7 @@ pub mod bench;
 pub mod boot;
 pub mod cli;
 pub mod cpu;
+pub mod demo;
 pub mod devices;
 pub mod host_quirks;
 pub mod hyperv;

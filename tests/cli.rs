@@ -605,25 +605,199 @@ fn probe_json_reports_api_version_and_hyperv_caps() {
     );
 }
 
+/// The probe's "nested VMX" verdict: (available, reason).
+fn nested_vmx_verdict() -> (bool, String) {
+    let run = run_hvkvm(&["probe", "--json"]);
+    assert_eq!(run.code(), Some(0), "{}", run.describe());
+    let doc: serde_json::Value = serde_json::from_str(&run.stdout)
+        .unwrap_or_else(|e| panic!("probe --json is not JSON ({e}):\n{}", run.describe()));
+    let v = doc["verdicts"]
+        .as_array()
+        .and_then(|a| a.iter().find(|v| v["name"] == "nested VMX"))
+        .unwrap_or_else(|| panic!("no 'nested VMX' verdict:\n{}", run.stdout));
+    (
+        v["available"].as_bool().expect("available is a bool"),
+        v["reason"].as_str().unwrap_or_default().to_string(),
+    )
+}
+
+/// The number after `prefix` on the line that has it.
+fn number_after(text: &str, prefix: &str) -> Option<f64> {
+    let rest = &text[text.find(prefix)? + prefix.len()..];
+    let end = rest
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(rest.len());
+    rest[..end].parse().ok()
+}
+
 #[test]
-fn demo_boots_and_says_how_it_ended() {
+fn demo_shows_what_the_hyperv_guest_saw_used_and_what_a_read_costs() {
     require_kvm!();
     let run = run_hvkvm(&["demo", "--timeout", VM_TIMEOUT]);
     run.assert_no_panic();
     assert_eq!(run.code(), Some(0), "{}", run.describe());
-    let all = format!("{}{}", run.stdout, run.stderr);
-    // README: each vCPU prints its APIC ID; hvkvm prints the stop reason.
+    let out = &run.stdout;
+    // README: each vCPU sees "Microsoft Hv" and its own VP index; the TSC page is read.
+    for i in 0..2 {
+        let line = out
+            .lines()
+            .find(|l| l.trim_start().starts_with(&format!("vCPU {i}: hypervisor")))
+            .unwrap_or_else(|| panic!("no summary line for vCPU {i}:\n{}", run.describe()));
+        assert!(
+            line.contains("\"Microsoft Hv\"") && line.contains("raw-cpuid: Hyper-V"),
+            "{line}"
+        );
+        assert!(line.ends_with(&format!("VP index {i}")), "{line}");
+    }
+    assert!(out.contains("TSC page: sequence "), "{}", run.describe());
     assert!(
-        all.contains("vCPU 0") && all.contains("vCPU 1"),
+        out.contains("ended:") && out.contains("test-exit port"),
         "{}",
         run.describe()
     );
+    // The usage report names the backend the guest ran on.
+    let backend = ["user", "kernel"]
+        .into_iter()
+        .find(|b| out.contains(&format!("Hyper-V backend: {b} (")))
+        .unwrap_or_else(|| panic!("no backend line:\n{}", run.describe()));
     assert!(
-        all.contains("ended:"),
-        "demo does not say how the VM ended:\n{}",
+        out.contains(&format!("Hyper-V usage report ({backend} backend)")),
+        "{}",
         run.describe()
     );
-    assert!(all.contains("test-exit port"), "{}", run.describe());
+    // A synthetic timer fires where the backend offers direct-mode timers.
+    if out.contains("hv-stimer-direct") {
+        assert!(
+            out.lines()
+                .any(|l| l.trim_start().starts_with(
+                    "synthetic timer 0 (direct mode, vector 0xe0, one-shot): due at "
+                ) && l.contains("its interrupt came at")),
+            "{}",
+            run.describe()
+        );
+    } else {
+        assert!(
+            out.contains("synthetic timer: skipped: "),
+            "{}",
+            run.describe()
+        );
+    }
+    // The measured table and its ratio.
+    let ratio = number_after(out, "TIME_REF_COUNT MSR read / TSC page read (medians): ")
+        .unwrap_or_else(|| panic!("no ratio:\n{}", run.describe()));
+    assert!(ratio > 0.0, "ratio {ratio}");
+    // Nested figures, or the probe's reason why not.
+    let (nesting, reason) = nested_vmx_verdict();
+    if !nesting {
+        assert!(
+            out.contains(&format!(
+                "Nested L2 CPUID, classic VMCS vs eVMCS: skipped: {reason}"
+            )),
+            "{}",
+            run.describe()
+        );
+    }
+}
+
+#[test]
+fn demo_json_is_the_same_content_as_one_document() {
+    require_kvm!();
+    let cpus = 3u64;
+    let run = run_hvkvm(&["demo", "--json", "--cpus", "3", "--timeout", VM_TIMEOUT]);
+    run.assert_no_panic();
+    assert_eq!(run.code(), Some(0), "{}", run.describe());
+    // stdout is one JSON document and nothing else.
+    let doc: serde_json::Value = serde_json::from_str(&run.stdout).unwrap_or_else(|e| {
+        panic!(
+            "demo --json is not one JSON document ({e}):\n{}",
+            run.describe()
+        )
+    });
+    let guest = &doc["guest"];
+    assert_eq!(guest["exit_status"], 0, "{}", run.stdout);
+    let vcpus = guest["vcpus"].as_array().expect("guest.vcpus");
+    assert_eq!(vcpus.len() as u64, cpus, "{}", run.stdout);
+    for (i, v) in vcpus.iter().enumerate() {
+        assert_eq!(v["vcpu"], i as u64, "{v}");
+        assert_eq!(v["vendor"], "Microsoft Hv", "{v}");
+        assert_eq!(v["hypervisor"], "Hyper-V", "{v}");
+        assert_eq!(v["interface"], "Hv#1", "{v}");
+        assert_eq!(v["vp_index"], i as u64, "{v}");
+        let page = &v["tsc_page"];
+        assert_ne!(page["sequence"], 0, "{v}");
+        assert!(page["time_100ns"].as_u64().is_some_and(|t| t > 0), "{v}");
+    }
+    // The TSC page's time advances (vCPU 0 read it before and after the others reported).
+    let [first, last] = [0, 1].map(|i| {
+        guest["time"]["tsc_page"][i]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no guest.time.tsc_page:\n{}", run.stdout))
+    });
+    assert!(last > first, "TSC page time {first} -> {last}");
+    // The serial output is in the document, not on stdout.
+    let serial = guest["serial"].as_array().expect("guest.serial");
+    assert!(
+        serial
+            .iter()
+            .any(|l| l.as_str().is_some_and(|l| l.contains("Microsoft Hv"))),
+        "{}",
+        run.stdout
+    );
+    // The usage report names the backend; on the user backend hvkvm saw every VP_INDEX read.
+    let backend = doc["backend"].as_str().expect("backend");
+    assert!(backend == "user" || backend == "kernel", "{backend}");
+    let usage = &doc["hyperv_usage"];
+    assert_eq!(usage["backend"], backend, "{}", run.stdout);
+    assert!(usage["tsc_page"].as_u64().is_some(), "{}", run.stdout);
+    if backend == "user" {
+        assert_eq!(usage["msrs"]["VP_INDEX"]["reads"], cpus, "{}", run.stdout);
+    }
+    // The synthetic timer: its interrupt came, not before it was due; or why it was skipped.
+    let timer = &doc["synthetic_timer"];
+    let offered = doc["enlightenments"].as_array().expect("enlightenments");
+    if offered.iter().any(|e| e == "hv-stimer-direct") {
+        assert_eq!(timer["status"], "measured", "{}", run.stdout);
+        let due = timer["due_100ns"].as_u64().expect("due_100ns");
+        let at = timer["fired_at_100ns"].as_u64().expect("fired_at_100ns");
+        assert!(
+            at >= due,
+            "the timer's interrupt came at {at}, before {due}"
+        );
+        assert!(
+            timer["interrupts"].as_u64().is_some_and(|n| n >= 1),
+            "{timer}"
+        );
+    } else {
+        assert_eq!(timer["status"], "skipped", "{}", run.stdout);
+        assert!(
+            timer["reason"].as_str().is_some_and(|r| !r.is_empty()),
+            "{timer}"
+        );
+    }
+    // The measured table.
+    let table = &doc["time_read"];
+    assert_eq!(table["status"], "measured", "{}", run.stdout);
+    let ratio = table["ratio"].as_f64().expect("time_read.ratio");
+    assert!(ratio.is_finite() && ratio > 0.0, "ratio {ratio}");
+    let keys: Vec<&str> = table["rows"]
+        .as_array()
+        .expect("time_read.rows")
+        .iter()
+        .filter_map(|r| r["key"].as_str())
+        .collect();
+    assert!(
+        keys.contains(&"tsc_page") && keys.contains(&"time_ref_count_msr"),
+        "{keys:?}"
+    );
+    // Nested: measured where the host can nest, else skipped with the probe's reason.
+    let (nesting, reason) = nested_vmx_verdict();
+    if !nesting {
+        assert_eq!(doc["nested"]["status"], "skipped", "{}", run.stdout);
+        assert_eq!(doc["nested"]["reason"], reason.as_str(), "{}", run.stdout);
+    }
+    // Seconds, not minutes.
+    let total = doc["timings"]["total_s"].as_f64().expect("timings.total_s");
+    assert!(total < 30.0, "the demo took {total} s");
 }
 
 // ---- reset: reboot by default, a clean exit with --no-reboot ----

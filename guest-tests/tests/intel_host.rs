@@ -82,6 +82,7 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|e| panic!("cannot start scripts/intel-host.sh: {e}"))
         }
     };
+    session.show_boot_progress(selected.len());
     let session = Arc::new(session);
     let trials = names.iter().map(|n| {
         let (session, name) = (session.clone(), n.clone());

@@ -29,15 +29,16 @@ use crate::hyperv::{cpuid_entries, resolve_for_vm, BackendChoice, CrashAction};
 use crate::kvm::HostProbe;
 use crate::vm::{self, BootSource, StopReason, VmConfig, VmOutcome};
 
-/// A VM for a benchmark payload: 64 MiB, one vCPU, serial output dropped, the Hyper-V user
-/// backend with `hv_list` (as `hvkvm run --backend user --hv LIST`), and the payload
-/// parameter leaf 0x400000F0 = `params` (0x400000F1..F3 defined as zeros: an undefined leaf
-/// above the hypervisor range's maximum may read as another leaf).
+/// A VM for a benchmark payload: 64 MiB, one vCPU, serial output dropped, `hv_list` on the
+/// chosen Hyper-V backend (as `hvkvm run --backend B --hv LIST`), and the payload parameter
+/// leaf 0x400000F0 = `params` (0x400000F1..F3 defined as zeros: an undefined leaf above the
+/// hypervisor range's maximum may read as another leaf).
 pub fn guest_config(
     host: &HostProbe,
     payload: &'static str,
     image: &[u8],
     hv_list: &'static str,
+    backend: BackendChoice,
     params: [u32; 4],
     timeout: Duration,
 ) -> Result<VmConfig, BenchError> {
@@ -52,7 +53,7 @@ pub fn guest_config(
         what: hv_list,
         source: crate::hyperv::HyperVError::Model(e),
     })?;
-    let resolution = resolve_for_vm(&request, host, BackendChoice::User)
+    let resolution = resolve_for_vm(&request, host, backend)
         .map_err(|source| BenchError::HyperV {
             what: hv_list,
             source,
@@ -153,6 +154,9 @@ pub struct HostInfo {
     pub tsc_khz: Option<u32>,
     /// Whether guest code at CPL0 is run by KVM's instruction emulator (kvm_pvm hosts).
     pub cpl0_emulated: bool,
+    /// Whether the host's x86 CPU is itself emulated (Bochs): RDTSC then counts emulated
+    /// instructions, so cycle figures are path lengths and nanoseconds mean nothing.
+    pub emulated_cpu: bool,
 }
 
 impl HostInfo {
@@ -166,6 +170,7 @@ impl HostInfo {
             kvm_module: probe.kvm_module.clone().unwrap_or_else(|| "unknown".into()),
             tsc_khz: probe.tsc_khz,
             cpl0_emulated: probe.is_pvm(),
+            emulated_cpu: nested_cpuid::emulated_cpu(),
         }
     }
 
@@ -177,6 +182,9 @@ impl HostInfo {
         }
         if self.cpl0_emulated {
             s.push_str(" (CPL0 guest code is emulated here)");
+        }
+        if self.emulated_cpu {
+            s.push_str(" (an emulated CPU: RDTSC counts instructions)");
         }
         s
     }
@@ -362,6 +370,7 @@ mod tests {
                 kvm_module: "kvm_pvm".into(),
                 tsc_khz: Some(2_445_000),
                 cpl0_emulated: true,
+                emulated_cpu: false,
             },
             iterations: 1000,
             runs: 1,

@@ -507,10 +507,14 @@ pub fn run(iterations: u32) -> Result<NestedCpuidReport, NestedBenchError> {
     // Inside an emulated host a run takes minutes of wall time; the limit is generous.
     let timeout = Duration::from_secs(600);
     let mut results = Vec::new();
-    for mode in Mode::ALL {
-        let report = run_l1(&L1Params::new(mode, iterations), &host, timeout)?;
+    let progress = super::Progress::new("hvkvm bench nested-cpuid: modes", 2);
+    for (done, mode) in Mode::ALL.into_iter().enumerate() {
+        let report = progress.during(done as u64, &format!("{mode}"), || {
+            run_l1(&L1Params::new(mode, iterations), &host, timeout)
+        })?;
         results.push(mode_result(mode, &report)?);
     }
+    progress.finish();
     let evmcs = results
         .pop()
         .unwrap_or_else(|| unreachable!("two modes ran"));

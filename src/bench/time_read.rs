@@ -8,7 +8,8 @@
 //!   it (no exit at all);
 //! - two back-to-back `lfence; rdtsc` at CPL3: the floor every timed read includes.
 //!
-//! It runs with `--hv hv-time,hv-frequencies` on the user backend, in guest runs of at most
+//! It runs with `--hv hv-time,hv-frequencies` on the user backend (`hvkvm demo` measures a
+//! few thousand reads on the backend it demonstrates, through [`measure`]), in guest runs of at most
 //! [`CHUNK`] reads per method (progress is shown between runs on a terminal), and the
 //! histograms of all runs are merged.
 
@@ -16,6 +17,9 @@ use std::time::Duration;
 
 use super::histogram::{self, Histogram};
 use super::{BenchError, Figure, HostInfo, Progress, Report, Series};
+use hv_model::Backend;
+
+use crate::hyperv::BackendChoice;
 use crate::kvm::HostProbe;
 use crate::vm::{SyncEvent, VmOutcome};
 
@@ -36,24 +40,45 @@ const MSR: usize = 0;
 const PAGE: usize = 1;
 const RDTSC: usize = 2;
 
-/// Runs the benchmark: `iterations` reads per method.
+/// Runs the benchmark: `iterations` reads per method on the user backend, with progress on a
+/// terminal.
 pub fn run(iterations: u64) -> Result<Report, BenchError> {
     let host = HostProbe::probe()?;
+    measure(&host, BackendChoice::User, iterations, true)
+}
+
+/// Measures `iterations` reads per method on `host` with the Hyper-V `backend` (`hvkvm demo`
+/// uses the backend it demonstrates); `progress`: show progress between guest runs when stderr
+/// is a terminal.
+pub fn measure(
+    host: &HostProbe,
+    backend: BackendChoice,
+    iterations: u64,
+    progress: bool,
+) -> Result<Report, BenchError> {
     let iterations = iterations.max(1);
     let runs = iterations.div_ceil(CHUNK);
-    let progress = Progress::new("hvkvm bench time-read: guest runs", runs);
+    let progress = if progress {
+        Progress::new("hvkvm bench time-read: guest runs", runs)
+    } else {
+        Progress::with_output("", runs, false)
+    };
     let mut totals = Measured::default();
     let mut left = iterations;
+    let mut served_by = Backend::User;
     for run in 0..runs {
-        progress.update(run);
         let n = left.min(CHUNK);
         left -= n;
-        let outcome = run_guest(&host, n)?;
+        let (outcome, backend) = progress.during(run, &format!("{n} reads per method"), || {
+            run_guest(host, backend, n)
+        })?;
+        served_by = backend;
         totals.merge(&parse(&outcome.syncs, n)?);
     }
     progress.finish();
     Ok(report(
-        HostInfo::from_probe(&host),
+        HostInfo::from_probe(host),
+        served_by,
         iterations,
         runs,
         totals,
@@ -67,17 +92,27 @@ fn bad(detail: impl Into<String>) -> BenchError {
     }
 }
 
-fn run_guest(host: &HostProbe, n: u64) -> Result<VmOutcome, BenchError> {
+/// One guest run of `n` reads per method; also says which backend served it.
+fn run_guest(
+    host: &HostProbe,
+    backend: BackendChoice,
+    n: u64,
+) -> Result<(VmOutcome, Backend), BenchError> {
     let n = u32::try_from(n).unwrap_or(u32::MAX);
     let config = super::guest_config(
         host,
         PAYLOAD,
         PAYLOAD_ELF,
         HV_LIST,
+        backend,
         [n, n, 0, 0],
         RUN_TIMEOUT,
     )?;
-    super::run_to_done(PAYLOAD, config)
+    let served_by = config
+        .hyperv
+        .as_ref()
+        .map_or(Backend::User, |hv| hv.backend);
+    Ok((super::run_to_done(PAYLOAD, config)?, served_by))
 }
 
 /// The three histograms and exact sums of one or more guest runs.
@@ -154,12 +189,15 @@ fn parse(syncs: &[SyncEvent], n: u64) -> Result<Measured, BenchError> {
     Ok(measured)
 }
 
-fn report(host: HostInfo, iterations: u64, runs: u64, m: Measured) -> Report {
+fn report(host: HostInfo, backend: Backend, iterations: u64, runs: u64, m: Measured) -> Report {
     let [msr, page, rdtsc] = m.hist;
     let series = vec![
         Series {
             key: "time_ref_count_msr",
-            label: "TIME_REF_COUNT MSR (CPL0 rdmsr, exits to hvkvm)",
+            label: match backend {
+                Backend::User => "TIME_REF_COUNT MSR (CPL0 rdmsr, exits to hvkvm)",
+                Backend::Kernel => "TIME_REF_COUNT MSR (CPL0 rdmsr, exits to KVM)",
+            },
             histogram: msr,
             sum: m.sums[MSR],
         },
@@ -182,7 +220,7 @@ fn report(host: HostInfo, iterations: u64, runs: u64, m: Measured) -> Report {
         label: "MSR read / TSC page read (medians), x".into(),
         value: median(MSR) / median(PAGE),
     }];
-    if m.tsc_hz > 0 {
+    if m.tsc_hz > 0 && !host.emulated_cpu {
         figures.push(Figure {
             key: "tsc_page_ns",
             label: "TSC page read, median, ns".into(),
@@ -200,6 +238,14 @@ fn report(host: HostInfo, iterations: u64, runs: u64, m: Measured) -> Report {
          above (log-linear histogram buckets)"
             .to_string(),
     ];
+    if host.emulated_cpu {
+        notes.push(
+            "this host's CPU is emulated (Bochs): RDTSC counts emulated instructions, so these \
+             figures are path lengths in instructions, not cycles, and the ns figures mean \
+             nothing"
+                .to_string(),
+        );
+    }
     if host.cpl0_emulated {
         notes.push(
             "this host runs CPL0 guest code in KVM's instruction emulator (kvm_pvm): the MSR \
@@ -210,7 +256,9 @@ fn report(host: HostInfo, iterations: u64, runs: u64, m: Measured) -> Report {
     }
     Report {
         benchmark: "time-read",
-        title: format!("cost of one guest reference-time read, Hyper-V user backend ({HV_LIST})"),
+        title: format!(
+            "cost of one guest reference-time read, Hyper-V {backend} backend ({HV_LIST})"
+        ),
         unit: "guest TSC cycles",
         host,
         iterations,
@@ -257,7 +305,9 @@ mod tests {
                 kvm_module: "kvm_pvm".into(),
                 tsc_khz: None,
                 cpl0_emulated: true,
+                emulated_cpu: false,
             },
+            Backend::User,
             4,
             1,
             m,

@@ -17,7 +17,7 @@ use clap::{Parser, Subcommand};
 #[derive(Debug, Parser)]
 #[command(name = "hvkvm", version, about, long_about = None, after_help = "\
 Examples:
-  hvkvm demo                                   boot the built-in guest on 2 vCPUs
+  hvkvm demo                                   the built-in Hyper-V guest on 2 vCPUs (--json)
   hvkvm probe                                  what this host's KVM can do
   hvkvm hv explain --profile windows           which Hyper-V enlightenments, and why
   hvkvm run --payload test.elf --cpus 2        run an ELF test payload
@@ -39,7 +39,8 @@ pub struct Cli {
 pub enum Command {
     /// Run a VM: an ELF test payload (--payload) or a Linux kernel (--kernel).
     Run(run::RunArgs),
-    /// Boot hvkvm's built-in demo guest on 2 vCPUs and say what it did.
+    /// Boot hvkvm's built-in guest on 2 vCPUs with Hyper-V enlightenments: what it saw (VP
+    /// index, reference TSC page), what it used, and what a reference-time read costs.
     Demo(demo::DemoArgs),
     /// Report what this host's KVM supports and which Hyper-V backends can work here.
     Probe(probe::ProbeArgs),
@@ -80,13 +81,16 @@ pub enum CliError {
     /// `bench`.
     #[error(transparent)]
     Bench(#[from] bench::BenchCliError),
+    /// `demo`.
+    #[error(transparent)]
+    Demo(#[from] crate::demo::DemoError),
 }
 
 /// Runs the parsed command; returns the process exit status.
 pub fn execute(cli: Cli) -> Result<i32, CliError> {
     match cli.command {
         Command::Run(args) => Ok(run::execute(args)?),
-        Command::Demo(args) => Ok(demo::execute(args)?),
+        Command::Demo(args) => demo::execute(args),
         Command::Probe(args) => probe::execute(args),
         Command::Ctl(args) => Ok(ctl::execute(args)?),
         Command::Restore(args) => Ok(restore::execute(args)?),

@@ -81,6 +81,14 @@ pub fn backend_for(choice: BackendChoice, probe: &HostProbe) -> Result<Backend, 
     }
 }
 
+/// Why `--backend auto` chose `backend` on this host.
+pub fn auto_reason(backend: Backend) -> &'static str {
+    match backend {
+        Backend::Kernel => "this host's KVM has in-kernel Hyper-V",
+        Backend::User => "this host's KVM has no in-kernel Hyper-V; hvkvm emulates it",
+    }
+}
+
 /// Resolves `--hv`/`--profile` for a VM on this host. `None` when no enlightenment was asked
 /// for.
 pub fn resolve_for_vm(
@@ -93,13 +101,7 @@ pub fn resolve_for_vm(
     }
     let backend = backend_for(choice, probe)?;
     if choice == BackendChoice::Auto {
-        log::info!(
-            "Hyper-V backend: {backend} ({})",
-            match backend {
-                Backend::Kernel => "this host's KVM has in-kernel Hyper-V",
-                Backend::User => "this host's KVM has no in-kernel Hyper-V; hvkvm emulates it",
-            }
-        );
+        log::info!("Hyper-V backend: {backend} ({})", auto_reason(backend));
     }
     let host = host_capabilities(probe);
     let options = ResolveOptions {

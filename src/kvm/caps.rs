@@ -7,6 +7,7 @@ use std::path::Path;
 
 use kvm_bindings::*;
 use kvm_ioctls::Kvm;
+use raw_cpuid::{CpuId, CpuIdReader, CpuIdResult, VendorInfo};
 use serde::Serialize;
 
 /// Errors while probing the host.
@@ -104,13 +105,13 @@ pub struct HostProbe {
     pub kvm_api_version: i32,
     /// The kernel module serving /dev/kvm (kvm_intel, kvm_amd, kvm_pvm, …), if identifiable.
     pub kvm_module: Option<String>,
-    /// Host CPU vendor (from /proc/cpuinfo).
+    /// Host CPU vendor (CPUID leaf 0, decoded by raw-cpuid).
     pub cpu_vendor: CpuVendor,
-    /// The CPU model name.
+    /// The CPU's brand string (CPUID 0x8000_0002..4).
     pub cpu_model: Option<String>,
-    /// Whether the host CPU flags include `vmx`.
+    /// Whether the host CPU has VMX (CPUID.1:ECX.VMX).
     pub vmx: bool,
-    /// Whether the host CPU flags include `svm`.
+    /// Whether the host CPU has SVM (CPUID 0x8000_0001:ECX.SVM).
     pub svm: bool,
     /// The kvm_intel/kvm_amd `nested` module parameter; None when that module is not loaded.
     pub nested_param: Option<bool>,
@@ -144,19 +145,21 @@ impl HostProbe {
                 })
                 .collect()
         };
-        let cpuinfo = fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-        let cpu = parse_cpuinfo(&cpuinfo);
-        let supported = kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES).ok();
-        let leaf = |function: u32| {
-            supported.as_ref().and_then(|c| {
+        let cpu = cpu_info(&CpuId::new());
+        let supported: Vec<(u32, u32, [u32; 4])> = kvm
+            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+            .map(|c| {
                 c.as_slice()
                     .iter()
-                    .find(|e| e.function == function && e.index == 0)
-                    .copied()
+                    .map(|e| (e.function, e.index, [e.eax, e.ebx, e.ecx, e.edx]))
+                    .collect()
             })
-        };
-        let kvm_pv_features = leaf(0x4000_0001).map_or(0, |e| e.eax);
-        let invariant_tsc = leaf(0x8000_0007).is_some_and(|e| e.edx & (1 << 8) != 0);
+            .unwrap_or_default();
+        // KVM's own paravirt leaf; raw-cpuid does not decode KVM's feature bits.
+        let kvm_pv_features = table_reader(&supported)(0x4000_0001, 0).eax;
+        let invariant_tsc = CpuId::with_cpuid_reader(table_reader(&supported))
+            .get_advanced_power_mgmt_info()
+            .is_some_and(|apm| apm.has_invariant_tsc());
         let tsc_khz = probe_tsc_khz(&kvm)?;
         let supported_hv_cpuid = (kvm.check_extension_raw(KVM_CAP_SYS_HYPERV_CPUID.into()) > 0)
             .then(|| super::hyperv::supported_hv_cpuid(&kvm).ok())
@@ -224,25 +227,38 @@ struct CpuInfo {
     svm: bool,
 }
 
-fn parse_cpuinfo(text: &str) -> CpuInfo {
-    let field = |key: &str| {
-        text.lines()
-            .find(|l| l.split(':').next().is_some_and(|k| k.trim() == key))
-            .and_then(|l| l.split_once(':'))
-            .map(|(_, v)| v.trim().to_string())
-    };
-    let vendor = match field("vendor_id").as_deref() {
+/// A CPUID reader over a table of (leaf, subleaf) → registers, such as KVM's supported CPUID:
+/// what raw-cpuid decodes when the leaves come from somewhere other than this CPU. A leaf the
+/// table lacks reads as zeros.
+fn table_reader(table: &[(u32, u32, [u32; 4])]) -> impl Fn(u32, u32) -> CpuIdResult + Clone + '_ {
+    move |leaf, subleaf| {
+        let [eax, ebx, ecx, edx] = table
+            .iter()
+            .find(|(l, s, _)| *l == leaf && *s == subleaf)
+            .or_else(|| table.iter().find(|(l, _, _)| *l == leaf))
+            .map_or([0; 4], |(_, _, regs)| *regs);
+        CpuIdResult { eax, ebx, ecx, edx }
+    }
+}
+
+/// The host CPU's vendor, brand string and virtualization extensions, as raw-cpuid decodes
+/// CPUID leaves 0, 1, 0x8000_0001 and 0x8000_0002..4.
+fn cpu_info<R: CpuIdReader>(cpuid: &CpuId<R>) -> CpuInfo {
+    let vendor = match cpuid.get_vendor_info().as_ref().map(VendorInfo::as_str) {
         Some("GenuineIntel") => CpuVendor::Intel,
         Some("AuthenticAMD") | Some("HygonGenuine") => CpuVendor::Amd,
         _ => CpuVendor::Other,
     };
-    let flags = field("flags").unwrap_or_default();
-    let has = |f: &str| flags.split_whitespace().any(|x| x == f);
     CpuInfo {
         vendor,
-        model: field("model name"),
-        vmx: has("vmx"),
-        svm: has("svm"),
+        model: cpuid
+            .get_processor_brand_string()
+            .map(|b| b.as_str().trim().to_string())
+            .filter(|b| !b.is_empty()),
+        vmx: cpuid.get_feature_info().is_some_and(|f| f.has_vmx()),
+        svm: cpuid
+            .get_extended_processor_and_feature_identifiers()
+            .is_some_and(|e| e.has_svm()),
     }
 }
 
@@ -264,19 +280,59 @@ fn read_nested_param(sys_module: &Path) -> Option<bool> {
 mod tests {
     use super::*;
 
+    /// Leaves 0x8000_0002..4 holding `brand` (NUL-padded to 48 bytes).
+    fn brand_leaves(brand: &str) -> Vec<(u32, u32, [u32; 4])> {
+        let mut bytes = brand.as_bytes().to_vec();
+        bytes.resize(48, 0);
+        let words: Vec<u32> = bytes
+            .chunks_exact(4)
+            .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
+        (0..3u32)
+            .map(|i| {
+                let w = &words[i as usize * 4..i as usize * 4 + 4];
+                (0x8000_0002 + i, 0, [w[0], w[1], w[2], w[3]])
+            })
+            .collect()
+    }
+
+    /// Leaf 0 with `vendor`, max basic leaf 1, max extended leaf 0x8000_0007.
+    fn vendor_leaves(vendor: &[u8; 12]) -> Vec<(u32, u32, [u32; 4])> {
+        let r =
+            |i: usize| u32::from_le_bytes([vendor[i], vendor[i + 1], vendor[i + 2], vendor[i + 3]]);
+        vec![
+            (0, 0, [1, r(0), r(8), r(4)]),
+            (0x8000_0000, 0, [0x8000_0007, 0, 0, 0]),
+        ]
+    }
+
     #[test]
-    fn cpuinfo_vendor_and_virtualization_flags() {
-        let intel = parse_cpuinfo(
-            "processor\t: 0\nvendor_id\t: GenuineIntel\nmodel name\t: Xeon\nflags\t\t: fpu vmx sse2\n",
-        );
-        assert_eq!(intel.vendor, CpuVendor::Intel);
-        assert!(intel.vmx && !intel.svm);
-        assert_eq!(intel.model.as_deref(), Some("Xeon"));
-        let amd = parse_cpuinfo("vendor_id : AuthenticAMD\nflags : svm\n");
-        assert_eq!(amd.vendor, CpuVendor::Amd);
-        assert!(amd.svm && !amd.vmx);
-        let none = parse_cpuinfo("");
+    fn cpuid_vendor_brand_and_virtualization_bits() {
+        let mut intel = vendor_leaves(b"GenuineIntel");
+        intel.push((1, 0, [0, 0, 1 << 5, 0]));
+        intel.extend(brand_leaves("  Xeon Test CPU  "));
+        let info = cpu_info(&CpuId::with_cpuid_reader(table_reader(&intel)));
+        assert_eq!(info.vendor, CpuVendor::Intel);
+        assert!(info.vmx && !info.svm);
+        assert_eq!(info.model.as_deref(), Some("Xeon Test CPU"));
+
+        let mut amd = vendor_leaves(b"AuthenticAMD");
+        amd.push((0x8000_0001, 0, [0, 0, 1 << 2, 0]));
+        amd.push((0x8000_0007, 0, [0, 0, 0, 1 << 8]));
+        let info = cpu_info(&CpuId::with_cpuid_reader(table_reader(&amd)));
+        assert_eq!(info.vendor, CpuVendor::Amd);
+        assert!(info.svm && !info.vmx);
+        assert_eq!(info.model, None);
+        assert!(CpuId::with_cpuid_reader(table_reader(&amd))
+            .get_advanced_power_mgmt_info()
+            .is_some_and(|a| a.has_invariant_tsc()));
+
+        let hygon = vendor_leaves(b"HygonGenuine");
+        let info = cpu_info(&CpuId::with_cpuid_reader(table_reader(&hygon)));
+        assert_eq!(info.vendor, CpuVendor::Amd);
+        let none = cpu_info(&CpuId::with_cpuid_reader(table_reader(&[])));
         assert_eq!(none.vendor, CpuVendor::Other);
+        assert!(!none.vmx && !none.svm);
     }
 
     #[test]

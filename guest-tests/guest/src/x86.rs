@@ -96,7 +96,7 @@ pub unsafe fn wrmsr(msr: u32, value: u64) {
 }
 
 /// The four registers CPUID returns.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CpuidResult {
     /// EAX.
     pub eax: u32,

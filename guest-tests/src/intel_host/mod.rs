@@ -211,6 +211,32 @@ impl Session {
         }
     }
 
+    /// Waits until the first case starts or the session ends, showing on a terminal how long
+    /// the boot has taken so far (the ~40 s or more before the first case are otherwise
+    /// silent); without a terminal it returns at once and prints nothing. Afterwards each case
+    /// reports itself as a test line.
+    pub fn show_boot_progress(&self, cases: usize) {
+        let progress = hvkvm::bench::Progress::new(format!("{HOST} cases"), cases as u64);
+        if !progress.enabled() {
+            return;
+        }
+        let now = format!(
+            "booting the emulated Intel host (console: {})",
+            self.dir.join("serial.log").display()
+        );
+        loop {
+            {
+                let state = self.state.lock().unwrap();
+                if state.first_case_at.is_some() || state.end.is_some() {
+                    break;
+                }
+            }
+            progress.show(0, Some(&now));
+            thread::sleep(Duration::from_millis(500));
+        }
+        progress.finish();
+    }
+
     fn describe(&self, end: &End) -> String {
         match end {
             End::Exited(124) => format!(

@@ -62,6 +62,10 @@ pub struct RunArgs {
     /// End the VM when the guest resets (exit status 0) instead of rebooting it.
     #[arg(long)]
     pub no_reboot: bool,
+    /// Print where the run's time went when the VM ends: exits per kind and per device with
+    /// hvkvm's host time, time inside KVM_RUN, loading steps, UART bytes and interrupts.
+    #[arg(long)]
+    pub stats: bool,
     /// Write how the VM ended (reason, exit counts, ucall reports) as JSON to FILE.
     #[arg(long, value_name = "FILE")]
     pub outcome_json: Option<PathBuf>,
@@ -371,6 +375,9 @@ pub fn execute(args: RunArgs) -> Result<i32, RunError> {
     };
     drop(server);
     report(&outcome);
+    if args.stats {
+        eprint!("{}", crate::vm::run_stats::render(&outcome));
+    }
     if let Some(hv) = &outcome.hyperv {
         if args.hv_report {
             eprint!("{}", hv.render());

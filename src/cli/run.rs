@@ -225,6 +225,20 @@ kfunc_init,cubictcp_register,load_system_certificate_list",
     )
 }
 
+/// The command line `hvkvm run` gives a kernel: `base` (or hvkvm's default), after the host
+/// quirks' additions, plus `nosmp` for one vCPU.
+pub fn linux_cmdline(base: Option<&str>, quirks: HostQuirks, cpus: u32) -> String {
+    let mut cmdline = base.unwrap_or(DEFAULT_CMDLINE).to_string();
+    if let Some(extra) = quirk_cmdline(quirks) {
+        // First, so that the caller's own parameters (later on the line) win.
+        cmdline = format!("{extra} {cmdline}");
+    }
+    if cpus == 1 && !cmdline.split_whitespace().any(|w| w == "nosmp") {
+        cmdline.push_str(" nosmp");
+    }
+    cmdline
+}
+
 /// Builds the VM configuration from the arguments. Input files, the payload's ELF layout and
 /// the `--hv` selection are checked before the host is probed, so bad input is refused at
 /// once, on any host.
@@ -249,18 +263,10 @@ pub fn config(args: &RunArgs) -> Result<VmConfig, RunError> {
     let boot = match inputs {
         Inputs::Linux { kernel, initrd } => {
             let quirks = HostQuirks::resolve(args.host_quirks, host.is_pvm());
-            let mut cmdline = args
-                .cmdline
-                .clone()
-                .unwrap_or_else(|| DEFAULT_CMDLINE.to_string());
             if let Some(extra) = quirk_cmdline(quirks) {
-                // First, so that the user's own parameters (later on the line) win.
                 log::info!("host quirks: adding to the kernel command line: {extra}");
-                cmdline = format!("{extra} {cmdline}");
             }
-            if args.cpus == 1 && !cmdline.split_whitespace().any(|w| w == "nosmp") {
-                cmdline.push_str(" nosmp");
-            }
+            let cmdline = linux_cmdline(args.cmdline.as_deref(), quirks, args.cpus);
             BootSource::Linux(LinuxImage {
                 kernel,
                 initrd,

@@ -91,8 +91,11 @@ fn fadt(dsdt_addr: u64) -> Vec<u8> {
     f.pm1_cnt_len = 2;
     f.x_pm1a_evt_blk = io_gas(PM1A_EVT_PORT, 4);
     f.x_pm1a_cnt_blk = io_gas(PM1A_CNT_PORT, 2);
-    // Bit 1 of IAPC_BOOT_ARCH: an 8042 is present (its reset command is how Linux reboots).
-    f.iapc_boot_arch = 2u16.into();
+    // IAPC_BOOT_ARCH without bit 1 ("8042"): Linux then does not load its i8042 driver
+    // (FADT revision >= 2 and no PNP PS/2 device), which otherwise polls the reset-only stub
+    // thousands of times for a byte that never comes. Linux's reboot=k does not look at this
+    // flag: it writes the reset command to port 0x64, which the stub still serves.
+    f.iapc_boot_arch = 0u16.into();
     let f = f
         .flag(Flags::Wbinvd)
         .flag(Flags::PwrButton)

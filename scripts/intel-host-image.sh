@@ -7,15 +7,26 @@
 #             libraries, the payloads, hvkvm-l1       (also the L1 guest's whole initramfs)
 #   l1.img    /opt/hvkvm/l1/{vmlinuz,initramfs.cpio}: what hvkvm-l1 boots as L1
 #   cmd.img   /hvkvm/command, written per run
-# isolinux loads all three from an ISO (Bochs boots the CD-ROM through its BIOS).
+#   qemu.img  Debian's QEMU (qemu-system-x86_64, its shared libraries, SeaBIOS and the option
+#             ROMs a -kernel boot needs), zstd-compressed, last: the peer to compare hvkvm with
+#             inside the Intel host. Always built (cached), booted only with intel-host.sh
+#             --qemu; never part of L1's initramfs.
+# isolinux loads them from an ISO (Bochs boots the CD-ROM through its BIOS).
 
 IMAGE_PACKAGES=(bochs bochsbios bochs-term isolinux syslinux-common xorriso busybox-static
-    linux-image-cloud-amd64)
+    linux-image-cloud-amd64 qemu-system-x86 seabios zstd)
 BOCHS_BIOS=/usr/share/bochs/BIOS-bochs-latest
 VGA_BIOS=/usr/share/bochs/VGABIOS-lgpl-latest
 ISOLINUX_BIN=/usr/lib/ISOLINUX/isolinux.bin
 LDLINUX_C32=/usr/lib/syslinux/modules/bios/ldlinux.c32
 BUSYBOX=/bin/busybox
+QEMU=/usr/bin/qemu-system-x86_64
+# What QEMU reads at run time for `-nodefaults -vga none -kernel ...` with KVM: the BIOS and
+# the option ROMs of its Linux, multiboot and PVH loaders and of the vAPIC (no NIC ROMs, no
+# VGA BIOS, no TCG module). They keep their paths: QEMU looks for them next to its binary.
+QEMU_FIRMWARE=(/usr/share/seabios/bios-256k.bin /usr/share/qemu/linuxboot_dma.bin
+    /usr/share/qemu/linuxboot.bin /usr/share/qemu/multiboot_dma.bin /usr/share/qemu/multiboot.bin
+    /usr/share/qemu/pvh.bin /usr/share/qemu/kvmvapic.bin)
 IMAGE=${ROOT:?}/target/intel-host/image
 TARGET_RELEASE=${CARGO_TARGET_DIR:-$ROOT/target}/release
 
@@ -66,7 +77,8 @@ check_prerequisites() {
     local f missing
     missing=$(missing_packages | tr '\n' ' ')
     [[ -z $missing ]] || die "missing packages: ${missing}(apt-get install them, or drop --no-install)"
-    for f in "$BOCHS_BIOS" "$VGA_BIOS" "$ISOLINUX_BIN" "$LDLINUX_C32" "$BUSYBOX"; do
+    for f in "$BOCHS_BIOS" "$VGA_BIOS" "$ISOLINUX_BIN" "$LDLINUX_C32" "$BUSYBOX" "$QEMU" \
+        "${QEMU_FIRMWARE[@]}"; do
         [[ -f $f ]] || die "$f is missing"
     done
     KERNEL=$(find /boot -maxdepth 1 -name 'vmlinuz-*-cloud-amd64' -type f | sort -V | tail -n 1)
@@ -102,10 +114,11 @@ pack_tree() {
 # The payload directory compiled into hvkvm-suites.
 guest_dir() { "$TARGET_RELEASE/hvkvm-suites" guest-dir; }
 
-# Copies executable $1 and the shared libraries ldd names for it into tree $2.
+# Copies executable $1 and the shared libraries ldd names for it into tree $2, the executable
+# to $3 (default /opt/hvkvm/bin/NAME).
 copy_with_libraries() {
-    local exe=$1 tree=$2 lib
-    install -D -m 755 "$exe" "$tree/opt/hvkvm/bin/$(basename "$exe")"
+    local exe=$1 tree=$2 dest=${3:-/opt/hvkvm/bin/$(basename "$1")} lib
+    install -D -m 755 "$exe" "$tree$dest"
     for lib in $(ldd "$exe" | grep -o '/[^ ]*'); do
         mkdir -p "$tree$(dirname "$lib")"
         cp -L -f "$lib" "$tree$lib"
@@ -121,9 +134,11 @@ build_base_image() {
     exec 8>"$IMAGE/.lock"
     flock 8 # two runs may start at once (a CI session and a test)
     stamp=$( (cd "$ROOT/scripts" && cat intel-host-image.sh intel-host-init.sh intel-host-l1.sh)
-        stat -L -c '%n %s %Y' "$KERNEL" "$hvkvm" "$suites" "$BUSYBOX" "$gdir"/* 2>/dev/null
+        stat -L -c '%n %s %Y' "$KERNEL" "$hvkvm" "$suites" "$BUSYBOX" "$gdir"/* "$QEMU" \
+            "${QEMU_FIRMWARE[@]}" 2>/dev/null
     ) && stamp=$(sha256sum <<<"$stamp" | cut -d' ' -f1)
-    if [[ -f $IMAGE/stamp && $(cat "$IMAGE/stamp") == "$stamp" && -f $IMAGE/l1.img ]]; then
+    if [[ -f $IMAGE/stamp && $(cat "$IMAGE/stamp") == "$stamp" && -f $IMAGE/l1.img &&
+        -f $IMAGE/qemu.img ]]; then
         flock -u 8
         return 0
     fi
@@ -150,18 +165,36 @@ build_base_image() {
     cp "$IMAGE/base.img" "$IMAGE/l1tree/opt/hvkvm/l1/initramfs.cpio"
     pack_tree "$IMAGE/l1tree" "$IMAGE/l1.img"
     cp "$KERNEL" "$IMAGE/vmlinuz"
+    build_qemu_image "$IMAGE/qemu.img"
     rm -rf "$tree" "$IMAGE/l1tree"
     echo "$stamp" >"$IMAGE/stamp"
     flock -u 8
+}
+
+# Writes archive $1: QEMU at /usr/bin/qemu-system-x86_64 (linked into /opt/hvkvm/bin, which
+# is on PATH) with its libraries and firmware. ~50 MB unpacked; zstd keeps the ISO small, and
+# the kernel unpacks it (CONFIG_RD_ZSTD). It goes last on the initrd list: a compressed archive
+# need not end on a 4-byte boundary.
+build_qemu_image() {
+    local out=$1 tree=$IMAGE/qemutree f
+    rm -rf "$tree" && mkdir -p "$tree/opt/hvkvm/bin"
+    copy_with_libraries "$QEMU" "$tree" "$QEMU"
+    ln -s "$QEMU" "$tree/opt/hvkvm/bin/qemu-system-x86_64"
+    for f in "${QEMU_FIRMWARE[@]}"; do install -D -m 644 "$(readlink -f "$f")" "$tree$f"; done
+    pack_tree "$tree" "$out.cpio"
+    zstd -q -9 -T0 -f --rm "$out.cpio" -o "$out" || die "zstd failed"
+    rm -rf "$tree"
 }
 
 # Kernel command line of the emulated host: a serial console, no xstate dump (`noxsave`), only
 # warnings on the slow console. (`pci=off` floods it with ACPI errors about PCI_Config.)
 L0_CMDLINE="console=ttyS0,115200 loglevel=4 noxsave nokaslr mitigations=off tsc_early_khz=200000 hvkvm.role=l0"
 
-# Writes ISO $2 with isolinux, the cached image and the command archive $1.
+# Writes ISO $2 with isolinux, the cached image and the command archive $1; with QEMU when $3
+# is 1.
 make_iso() {
-    local cmd=$1 iso=$2 dir
+    local cmd=$1 iso=$2 initrd=/base.img,/l1.img,/cmd.img dir
+    [[ ${3:-0} == 1 ]] && initrd=$initrd,/qemu.img
     dir=$(dirname "$iso")/iso
     mkdir -p "$dir/isolinux"
     # -boot-info-table patches isolinux.bin in place: give it a copy.
@@ -169,13 +202,16 @@ make_iso() {
     cp "$LDLINUX_C32" "$dir/isolinux/"
     ln -f "$IMAGE/vmlinuz" "$IMAGE/base.img" "$IMAGE/l1.img" "$dir/" 2>/dev/null ||
         cp "$IMAGE/vmlinuz" "$IMAGE/base.img" "$IMAGE/l1.img" "$dir/"
+    if [[ ${3:-0} == 1 ]]; then
+        ln -f "$IMAGE/qemu.img" "$dir/" 2>/dev/null || cp "$IMAGE/qemu.img" "$dir/"
+    fi
     cp "$cmd" "$dir/cmd.img"
     cat >"$dir/isolinux/isolinux.cfg" <<EOF
 DEFAULT hvkvm
 PROMPT 0
 LABEL hvkvm
   KERNEL /vmlinuz
-  APPEND initrd=/base.img,/l1.img,/cmd.img $L0_CMDLINE
+  APPEND initrd=$initrd $L0_CMDLINE
 EOF
     xorriso -as mkisofs -quiet -R -J -o "$iso" -b isolinux/isolinux.bin -c isolinux/boot.cat \
         -no-emul-boot -boot-load-size 4 -boot-info-table "$dir" 2>"$dir.err" ||

@@ -187,6 +187,10 @@ mod tests {
         // PM1a_EVT_BLK at offset 56, PM1a_CNT_BLK at 64 (ACPI 5.2.9).
         assert_eq!(u32::from_le_bytes(f[56..60].try_into().unwrap()), 0x600);
         assert_eq!(u32::from_le_bytes(f[64..68].try_into().unwrap()), 0x604);
+        // IAPC_BOOT_ARCH at offset 109: no "8042" (bit 1), so Linux skips its i8042 probe;
+        // FADT revision (offset 8) >= 2, the first one Linux reads that flag from.
+        assert_eq!(u16::from_le_bytes(f[109..111].try_into().unwrap()) & 2, 0);
+        assert!(f[8] >= 2);
         let m = madt(2).unwrap();
         assert_eq!(&m[..4], b"APIC");
         assert!(checksum_ok(&m));

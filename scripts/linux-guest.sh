@@ -132,6 +132,24 @@ hv=$(dmesg 2>/dev/null | grep -i -m3 hypervisor)
 IFS='
 '
 for l in ${hv:-none found}; do echo "HVKVM-HYPERVISOR: $l"; done
+for c in /sys/devices/system/clockevents/clockevent*; do
+    read -r d <"$c/current_device"; echo "HVKVM-CLOCKEVENT: ${c##*/} $d"
+done
+for l in $(grep -E '^ *(HVS|HYP|LOC|TLB|CAL):' /proc/interrupts); do echo "HVKVM-IRQ: $l"; done
+for l in $(dmesg | grep -E 'Hyper-V|hv_stimer|remote TLB') ; do echo "HVKVM-HV: $l"; done
+read -r cmdline </proc/cmdline
+IFS=' '
+for w in $cmdline; do
+    case $w in
+    hvkvm.tlbbench=*) [ -x /bin/tlb_shootdown ] && /bin/tlb_shootdown "${w#*=}" ;;
+    hvkvm.idle=*)
+        echo "HVKVM-IDLE: begin ${w#*=}"; sleep "${w#*=}"; echo "HVKVM-IDLE: end"
+        IFS='
+'
+        for l in $(grep -E '^ *(HVS|LOC):' /proc/interrupts); do echo "HVKVM-IRQ-IDLE: $l"; done
+        IFS=' ' ;;
+    esac
+done
 echo "HVKVM-INIT: powering off"
 poweroff -f
 EOF
@@ -147,6 +165,13 @@ done
 for a in poweroff reboot halt; do cpio_link "sbin/$a" ../bin/busybox; done
 cpio_file init 0755 "$INIT_TMP"
 rm -f "$INIT_TMP"
+# The TLB shootdown benchmark (hvkvm.tlbbench=N), when a static C toolchain is there.
+TLB_SRC=$(dirname "$0")/guest/tlb_shootdown.c
+if command -v gcc >/dev/null && gcc -static -O2 -pthread -o "$OUT/tlb_shootdown" "$TLB_SRC" 2>/dev/null; then
+    cpio_file bin/tlb_shootdown 0755 "$OUT/tlb_shootdown"
+else
+    log "no static gcc: the initramfs has no tlb_shootdown benchmark"
+fi
 cpio_hdr "TRAILER!!!" 0 0 0 0 1
 cpio_ino=0
 # Pad the whole archive to 512 bytes, as cpio(1) does.

@@ -502,6 +502,9 @@ mod state_move {
                 mem: mem.clone(),
                 guest_tsc: 0,
                 tsc_khz: vcpu.get_tsc_khz().unwrap_or(1_000_000),
+                // The kernel backend in this mini VM: KVM delivers its interrupts.
+                link: std::sync::Arc::new(hvkvm::hyperv::user::link::NoLink),
+                time_dilation: 1,
             })
         });
         let hv_vp = backend.as_ref().map(|b| {

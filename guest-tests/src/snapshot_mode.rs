@@ -22,9 +22,27 @@ use hvkvm::vm::{RestoreParams, RunEvent, StopReason, Vm, VmConfig, VmOutcome};
 
 use crate::error_chain;
 
-/// Whether `HVKVM_TEST_SNAPSHOT` asks every guest test to run in this mode.
+thread_local! {
+    static FORCED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Whether guest tests on this thread run in this mode: `HVKVM_TEST_SNAPSHOT=1` asks it of
+/// every guest test, [`at_every_sync`] of those it runs.
 pub fn requested() -> bool {
-    std::env::var("HVKVM_TEST_SNAPSHOT").is_ok_and(|v| v == "1")
+    FORCED.with(|f| f.get()) || std::env::var("HVKVM_TEST_SNAPSHOT").is_ok_and(|v| v == "1")
+}
+
+/// Runs `f` (guest tests, e.g. a suite's cases) with every `GuestTest::run` on this thread in
+/// this mode.
+pub fn at_every_sync<R>(f: impl FnOnce() -> R) -> R {
+    struct Reset(bool);
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            FORCED.with(|f| f.set(self.0));
+        }
+    }
+    let _reset = Reset(FORCED.with(|f| f.replace(true)));
+    f()
 }
 
 /// A run in snapshot mode: the final outcome and how many times the VM was restored.

@@ -41,11 +41,23 @@ impl fmt::Display for Backend {
     }
 }
 
-/// What hvkvm's user backend implements (src/hyperv in hvkvm): the partition and VP MSRs of
-/// these enlightenments, the hypercall page and HvNotifyLongSpinWait, plus the pure CPUID
-/// values (`hv-relaxed` and `no-nonarch-coresharing` are hints, the identification values
-/// are data, and `hv-enforce-cpuid` is inherent: the user backend serves only what CPUID
-/// exposes). Everything else is refused with the user backend until it is implemented.
+/// What hvkvm's user backend implements (src/hyperv/user in hvkvm): the partition and VP MSRs
+/// of these enlightenments, the hypercall page, HvNotifyLongSpinWait, the SynIC (message and
+/// event-flag pages, EOM, HvPostMessage/HvSignalEvent to connections hvkvm registers), the
+/// synthetic timers in message and direct mode (one timer thread per VM), the synthetic
+/// cluster IPI and TLB-flush hypercalls with sparse VP sets and the fast and XMM-fast forms
+/// (a flush always flushes every translation of its targets, so the extended GVA range
+/// format of `hv-tlbflush-ext` needs nothing more), plus the pure CPUID values (`hv-relaxed`
+/// and `no-nonarch-coresharing` are hints, the identification values are data, and
+/// `hv-enforce-cpuid` is inherent: the user backend serves only what CPUID exposes).
+///
+/// `hv-avic` (`04.EAX[9]`, "deprecate AutoEOI") is a hint the user backend gives whenever the
+/// SynIC is on: it cannot honour AutoEOI. AutoEOI means the LAPIC acknowledges a SINT's
+/// interrupt by itself when it delivers it; KVM implements that inside its in-kernel LAPIC
+/// (`kvm_hv_synic_auto_eoi_set`), which user space cannot hook: an interrupt sent with
+/// `KVM_SIGNAL_MSI` stays in service until the guest writes EOI, and user space never learns
+/// when the guest accepted it. Everything else is refused with the user backend until it is
+/// implemented.
 pub const USER_BACKEND_IMPLEMENTS: &[Enlightenment] = &[
     Enlightenment::Relaxed,
     Enlightenment::Spinlocks,
@@ -53,9 +65,17 @@ pub const USER_BACKEND_IMPLEMENTS: &[Enlightenment] = &[
     Enlightenment::Runtime,
     Enlightenment::Crash,
     Enlightenment::Time,
+    Enlightenment::Synic,
+    Enlightenment::Stimer,
+    Enlightenment::StimerDirect,
     Enlightenment::Reset,
     Enlightenment::Frequencies,
     Enlightenment::Reenlightenment,
+    Enlightenment::Tlbflush,
+    Enlightenment::TlbflushExt,
+    Enlightenment::Ipi,
+    Enlightenment::XmmInput,
+    Enlightenment::Avic,
     Enlightenment::NoNonarchCoresharing,
     Enlightenment::EnforceCpuid,
     Enlightenment::VendorId,
@@ -136,8 +156,19 @@ fn user(flag: Enlightenment, host: &HostCapabilities, checked: bool) -> Result<S
     if !USER_BACKEND_IMPLEMENTS.contains(&flag) {
         return Err(format!("the user backend does not implement {flag} yet"));
     }
+    let note = match flag {
+        Enlightenment::Avic => {
+            "a hint the user backend always wants with hv-synic: it cannot honour AutoEOI, \
+             which KVM implements inside its in-kernel LAPIC where user space cannot hook it"
+        }
+        Enlightenment::Tlbflush | Enlightenment::TlbflushExt => {
+            "implemented by the user backend: each target VP leaves KVM_RUN and flushes its \
+             whole TLB (an EFER write that resets KVM's MMU) before it runs guest code again"
+        }
+        _ => "implemented by the user backend",
+    };
     if !checked {
-        return Ok("implemented by the user backend (host not checked)".into());
+        return Ok(format!("{note} (host not checked)"));
     }
     if !host.user_space_msr {
         return Err(
@@ -151,7 +182,7 @@ fn user(flag: Enlightenment, host: &HostCapabilities, checked: bool) -> Result<S
                 .into(),
         );
     }
-    Ok("implemented by the user backend".into())
+    Ok(note.into())
 }
 
 fn kvm_paravirt(flag: Enlightenment, host: &HostCapabilities) -> Result<String, String> {

@@ -260,11 +260,6 @@ fn user_backend_says_what_it_does_not_implement() {
     )
     .unwrap();
     assert!(r.is_on(E::Relaxed));
-    assert!(!r.is_on(E::Synic));
-    assert!(r
-        .decision(E::Synic)
-        .reason
-        .contains("user backend does not implement hv-synic yet"));
     assert!(!r.is_on(E::Vapic));
     assert!(r.decision(E::Vapic).reason.contains("in-kernel LAPIC"));
     // What the user backend implements is on, with the hypercall interface (03.EAX[5]).
@@ -274,14 +269,33 @@ fn user_backend_says_what_it_does_not_implement() {
         E::Runtime,
         E::Time,
         E::Frequencies,
+        E::Synic,
+        E::Stimer,
+        E::StimerDirect,
+        E::Tlbflush,
+        E::TlbflushExt,
+        E::Ipi,
+        E::XmmInput,
+        E::Avic,
     ] {
         assert!(r.is_on(flag), "{flag} should be on");
     }
-    let eax = regs(&cpuid_leaves(&r), 0x4000_0003)[0];
+    assert!(r.decision(E::Avic).reason.contains("AutoEOI"));
+    let leaves = cpuid_leaves(&r);
+    let eax = regs(&leaves, 0x4000_0003)[0];
     assert_ne!(eax & (1 << 5), 0, "HypercallMsrs");
     assert_ne!(eax & (1 << 6), 0, "VpIndex");
+    assert_eq!(eax & 0b1100, 0b1100, "SynIC and synthetic timers");
+    let edx = regs(&leaves, 0x4000_0003)[3];
+    assert_ne!(edx & (1 << 19), 0, "direct-mode timers");
+    let hints = regs(&leaves, 0x4000_0004)[0];
+    assert_eq!(
+        hints & ((1 << 2) | (1 << 9) | (1 << 10) | (1 << 11)),
+        (1 << 2) | (1 << 9) | (1 << 10) | (1 << 11),
+        "remote flush, deprecated AutoEOI, cluster IPI, Ex forms"
+    );
     let err = resolve(
-        &parse_hv_list("hv-vpindex,hv-synic").unwrap(),
+        &parse_hv_list("hv-vpindex,hv-synic,hv-relaxed,hv-syndbg").unwrap(),
         &host,
         Backend::User,
         &opts,
@@ -289,7 +303,7 @@ fn user_backend_says_what_it_does_not_implement() {
     .unwrap_err();
     assert!(
         err.to_string()
-            .contains("user backend does not implement hv-synic yet"),
+            .contains("user backend does not implement hv-syndbg yet"),
         "{err}"
     );
     let mut no_msr = host.clone();

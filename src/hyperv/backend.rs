@@ -16,6 +16,7 @@ use kvm_ioctls::VcpuFd;
 
 use super::kernel::{KernelBackend, KernelVp};
 use super::report::UsageReport;
+use super::user::link::VpLink;
 use super::user::{UserBackend, UserBackendParams, UserVp, HYPERCALL_PORT};
 use super::{HvConfig, HvExitError};
 use crate::devices::GuestRequest;
@@ -68,6 +69,10 @@ pub struct BackendParams<'a> {
     pub guest_tsc: u64,
     /// Guest TSC rate in kHz.
     pub tsc_khz: u32,
+    /// How the user backend reaches the VPs (interrupts, kicks).
+    pub link: Arc<dyn VpLink>,
+    /// Time dilation factor for the user backend (1: none; see `host_quirks`).
+    pub time_dilation: u32,
 }
 
 /// A VM's Hyper-V backend.
@@ -91,6 +96,9 @@ impl HvBackend {
                 guest_tsc: p.guest_tsc,
                 tsc_khz: p.tsc_khz,
                 on_crash: p.config.on_crash,
+                link: Some(p.link),
+                connections: p.config.connections.clone(),
+                time_dilation: p.time_dilation,
             }))),
             Backend::Kernel => HvBackend::Kernel(Arc::new(KernelBackend::new(
                 p.config, p.cpuid, p.vcpus, p.mem,
@@ -130,6 +138,13 @@ impl HvBackend {
         match self {
             HvBackend::User(u) => u.report(),
             HvBackend::Kernel(k) => k.report(),
+        }
+    }
+
+    /// The VM stopped: the user backend stops its timer thread.
+    pub fn shutdown(&self) {
+        if let HvBackend::User(u) = self {
+            u.shutdown();
         }
     }
 }
@@ -179,6 +194,21 @@ impl HvVp {
         match self {
             HvVp::Kernel(k) => k.crash_event(state),
             HvVp::User(_) => Ok(Some(GuestRequest::GuestCrash)),
+        }
+    }
+
+    /// Right before `KVM_RUN` (user backend: TLB flushes other VPs asked for).
+    pub fn before_entry(&mut self, state: &mut dyn VcpuState) -> Result<(), HvExitError> {
+        match self {
+            HvVp::User(u) => u.before_entry(state),
+            HvVp::Kernel(_) => Ok(()),
+        }
+    }
+
+    /// Right after `KVM_RUN` returned, whatever the exit.
+    pub fn after_exit(&mut self) {
+        if let HvVp::User(u) = self {
+            u.after_exit();
         }
     }
 

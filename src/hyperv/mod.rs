@@ -3,7 +3,8 @@
 //! ```text
 //!   setup      hv-model glue: --hv/--profile + this host → a Resolution → HvConfig + CPUID leaves
 //!   backend    the one seam: HvBackend (chosen once per VM), HvVp (one per vCPU)
-//!     ├─ user/     hvkvm emulates the synthetic MSRs, hypercalls and clock itself
+//!     ├─ user/     hvkvm emulates the synthetic MSRs, hypercalls and clock itself, the SynIC,
+//!     │            synthetic timers (one timer thread per VM), PV IPIs and remote TLB flushes
 //!     └─ kernel/   KVM's in-kernel Hyper-V emulation, driven through its capabilities
 //!   report     what the guest used (both backends), inspect: VP assist page and eVMCS
 //! ```
@@ -22,6 +23,7 @@ pub mod user;
 
 pub use backend::{HvBackend, HvVp};
 pub use setup::{cpuid_entries, host_capabilities, resolve_for_vm, HyperVError};
+pub use user::connections::{Connections, GuestSynic, HvConnection, SynicError};
 
 use crate::devices::GuestRequest;
 use crate::ratelimit::error_ratelimited;
@@ -64,6 +66,9 @@ pub struct HvConfig {
     pub enforce_cpuid: bool,
     /// Crash policy.
     pub on_crash: CrashAction,
+    /// What HvPostMessage and HvSignalEvent reach (user backend): handlers hvkvm code
+    /// registered by connection ID.
+    pub connections: user::connections::Connections,
     /// Why the guest cannot move to another host, from the model (`flag: reason`); a
     /// snapshot for migration is refused while there is any.
     pub migration_blockers: Vec<String>,
@@ -87,6 +92,7 @@ impl HvConfig {
                 .collect(),
             enforce_cpuid: resolution.is_on(hv_model::Enlightenment::EnforceCpuid),
             on_crash,
+            connections: Default::default(),
             migration_blockers: resolution
                 .migration_blockers
                 .iter()
@@ -103,6 +109,7 @@ impl HvConfig {
             offered: Vec::new(),
             enforce_cpuid: true,
             on_crash: CrashAction::Log,
+            connections: Default::default(),
             migration_blockers: Vec::new(),
         }
     }

@@ -7,6 +7,8 @@ use serde::{Deserialize, Serialize};
 
 pub use super::user::usage::MsrUse;
 
+/// The `events` entry that holds the time dilation factor (a setting, not a count).
+pub const TIME_DILATION_FACTOR: &str = "time dilation factor";
 /// Most refused accesses kept verbatim in a report (the rest are only counted).
 const MAX_REFUSALS: usize = 64;
 
@@ -40,6 +42,9 @@ pub struct UsageReport {
     pub hypercalls: BTreeMap<String, BTreeMap<String, u64>>,
     /// Hypercalls that raised #UD.
     pub hypercall_ud: u64,
+    /// What the backend did for the guest, by name (user backend: SynIC and timer
+    /// deliveries, IPIs, TLB flushes).
+    pub events: BTreeMap<String, u64>,
     /// Crash reports the guest made.
     pub crashes: Vec<[u64; 5]>,
     /// Things the guest tried that were refused (first few).
@@ -111,6 +116,12 @@ impl UsageReport {
     /// restored from, so a restored guest's report covers its whole life. State (pages, OS
     /// id, crash reports, which the snapshot restores) stays this report's.
     pub fn add_earlier(&mut self, earlier: &UsageReport) {
+        for (name, n) in &earlier.events {
+            // A setting, not a count: the current backend reports its own.
+            if name != TIME_DILATION_FACTOR {
+                *self.events.entry(name.clone()).or_default() += n;
+            }
+        }
         for (name, u) in &earlier.msrs {
             let e = self.msrs.entry(name.clone()).or_default();
             e.reads += u.reads;
@@ -214,6 +225,12 @@ impl UsageReport {
                 "  hypercalls refused with #UD: {}\n",
                 self.hypercall_ud
             ));
+        }
+        if !self.events.is_empty() {
+            out.push_str("  backend events:\n");
+        }
+        for (name, n) in &self.events {
+            out.push_str(&format!("    {name:<52} {n:>8}\n"));
         }
         for c in &self.crashes {
             out.push_str(&format!("  crash reported: P0..P4 = {c:#x?}\n"));

@@ -106,9 +106,44 @@ pub fn resolve_for_vm(
         tsc_khz: probe.tsc_khz,
         ..ResolveOptions::default()
     };
-    hv_model::resolve(request, &host, backend, &options)
-        .map(Some)
-        .map_err(HyperVError::Model)
+    let resolution =
+        hv_model::resolve(request, &host, backend, &options).map_err(HyperVError::Model)?;
+    Ok(Some(deprecate_auto_eoi(
+        resolution, request, &host, &options,
+    )?))
+}
+
+/// The user backend cannot honour AutoEOI (see hv-model's `USER_BACKEND_IMPLEMENTS`), so
+/// whenever the SynIC is on it tells the guest not to use it (`hv-avic`, `04.EAX[9]`),
+/// unless the request turned `hv-avic` off explicitly; then it says what that means.
+fn deprecate_auto_eoi(
+    resolution: Resolution,
+    request: &hv_model::HvRequest,
+    host: &HostCapabilities,
+    options: &ResolveOptions,
+) -> Result<Resolution, HyperVError> {
+    use hv_model::Enlightenment as E;
+    if resolution.backend != Backend::User
+        || !resolution.is_on(E::Synic)
+        || resolution.is_on(E::Avic)
+    {
+        return Ok(resolution);
+    }
+    if request.overrides.state(E::Avic) == Some(false) {
+        log::warn!(
+            "-hv-avic with hv-synic on the user backend: the guest may use AutoEOI, which \
+             the user backend cannot honour (its SINT interrupts then stay in service until \
+             the guest writes EOI)"
+        );
+        return Ok(resolution);
+    }
+    let mut with_hint = request.clone();
+    with_hint
+        .overrides
+        .enable(E::Avic)
+        .map_err(HyperVError::Model)?;
+    log::info!("hv-avic added: the user backend cannot honour AutoEOI for hv-synic");
+    hv_model::resolve(&with_hint, host, Backend::User, options).map_err(HyperVError::Model)
 }
 
 /// The hypervisor CPUID leaves a resolution gives the guest (empty: keep KVM's own).
@@ -124,4 +159,42 @@ pub fn cpuid_entries(resolution: &Resolution) -> Vec<CpuidEntry> {
             edx: l.edx,
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hv_model::Enlightenment as E;
+
+    #[test]
+    fn synic_on_the_user_backend_deprecates_auto_eoi() {
+        let host = HostCapabilities {
+            user_space_msr: true,
+            msr_filter: true,
+            irqchip: true,
+            ..HostCapabilities::default()
+        };
+        let opts = ResolveOptions::default();
+        let resolve = |list: &str| {
+            let req = hv_model::parse_hv_list(list).unwrap();
+            let r = hv_model::resolve(&req, &host, Backend::User, &opts).unwrap();
+            deprecate_auto_eoi(r, &req, &host, &opts).unwrap()
+        };
+        let r = resolve("hv-vpindex,hv-synic");
+        assert!(r.is_on(E::Avic));
+        let hints = hv_model::cpuid_leaves(&r)
+            .iter()
+            .find(|l| l.function == 0x4000_0004)
+            .unwrap()
+            .eax;
+        assert_ne!(hints & (1 << 9), 0);
+        assert!(
+            !resolve("hv-vpindex,hv-time").is_on(E::Avic),
+            "no SynIC, no hint"
+        );
+        assert!(
+            !resolve("hv-vpindex,hv-synic,-hv-avic").is_on(E::Avic),
+            "explicit off"
+        );
+    }
 }

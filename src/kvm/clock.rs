@@ -34,3 +34,15 @@ fn cpu_time_ns(clock: libc::clockid_t) -> u64 {
         .saturating_mul(1_000_000_000)
         .saturating_add(ts.tv_nsec as u64)
 }
+
+/// Asks the kernel to wake the calling thread's timed sleeps as close to their deadline as it
+/// can (timer slack 1 ns instead of the default 50 µs): for the thread that delivers guest
+/// timer interrupts. Best effort; the default slack only makes them later.
+pub fn set_precise_timer_slack() {
+    // SAFETY: PR_SET_TIMERSLACK takes an unsigned long by value and only changes the calling
+    // thread's timer slack; no pointers are involved.
+    let rc = unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1 as libc::c_ulong, 0, 0, 0) };
+    if rc != 0 {
+        log::debug!("PR_SET_TIMERSLACK: {}", std::io::Error::last_os_error());
+    }
+}

@@ -97,3 +97,55 @@ pub fn range_is_ram(mem: &GuestMemory, addr: u64, len: u64) -> bool {
         None => false,
     }
 }
+
+/// Atomically ORs `bits` into the aligned u64 at guest-physical `gpa` and returns the old
+/// value: for guest structures the guest updates concurrently with atomic instructions (the
+/// SynIC event-flags page). The atomic is reached through vm-memory's volatile slice, used for
+/// this one operation, and never kept.
+pub fn fetch_or_u64(
+    mem: &GuestMemory,
+    gpa: u64,
+    bits: u64,
+) -> Result<u64, vm_memory::GuestMemoryError> {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use vm_memory::{GuestMemoryBackend as _, VolatileMemory};
+    let slice = mem.get_slice(GuestAddress(gpa), 8)?;
+    let word = slice.get_atomic_ref::<AtomicU64>(0)?;
+    Ok(word.fetch_or(bits, Ordering::SeqCst))
+}
+
+/// Atomically replaces the aligned u64 at guest-physical `gpa` with `new` if it still holds
+/// `current`: `Ok(Ok(current))` when it did, `Ok(Err(actual))` when the guest changed it first
+/// (the SynIC message header, whose type the guest clears while hvkvm sets its pending flag).
+pub fn compare_exchange_u64(
+    mem: &GuestMemory,
+    gpa: u64,
+    current: u64,
+    new: u64,
+) -> Result<Result<u64, u64>, vm_memory::GuestMemoryError> {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use vm_memory::{GuestMemoryBackend as _, VolatileMemory};
+    let slice = mem.get_slice(GuestAddress(gpa), 8)?;
+    let word = slice.get_atomic_ref::<AtomicU64>(0)?;
+    Ok(word.compare_exchange(current, new, Ordering::SeqCst, Ordering::SeqCst))
+}
+
+#[cfg(test)]
+mod atomic_tests {
+    use super::*;
+
+    #[test]
+    fn atomics_on_guest_memory() {
+        let mem = allocate(16).unwrap();
+        mem.write_obj(0x10u64, GuestAddress(0x1000)).unwrap();
+        assert_eq!(fetch_or_u64(&mem, 0x1000, 0x3).unwrap(), 0x10);
+        assert_eq!(mem.read_obj::<u64>(GuestAddress(0x1000)).unwrap(), 0x13);
+        assert_eq!(
+            compare_exchange_u64(&mem, 0x1000, 0x13, 7).unwrap(),
+            Ok(0x13)
+        );
+        assert_eq!(compare_exchange_u64(&mem, 0x1000, 0x13, 9).unwrap(), Err(7));
+        assert!(fetch_or_u64(&mem, 1 << 40, 1).is_err(), "outside RAM");
+        assert!(fetch_or_u64(&mem, 0x1001, 1).is_err(), "misaligned");
+    }
+}

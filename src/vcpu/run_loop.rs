@@ -45,10 +45,22 @@ fn run_until_stopped(fd: &mut VcpuFd, handler: &mut ExitHandler, control: &VmCon
         if state == RunState::Stopping {
             return;
         }
+        if let Some(hv) = handler.hyperv.as_mut() {
+            if let Err(e) = hv.before_entry(fd) {
+                control.stop(StopReason::KvmRunFailed {
+                    vcpu,
+                    error: crate::cli::error_chain(&e),
+                });
+                return;
+            }
+        }
         let entered = Instant::now();
         let result = fd.run();
         let exited = Instant::now();
         handler.stats.ran(exited - entered);
+        if let Some(hv) = handler.hyperv.as_mut() {
+            hv.after_exit();
+        }
         let dispatch = match result {
             Ok(exit) => handler.dispatch(exit),
             Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
@@ -79,7 +91,19 @@ fn run_until_stopped(fd: &mut VcpuFd, handler: &mut ExitHandler, control: &VmCon
 
 /// Used by tests and benches that drive a vCPU directly: one KVM_RUN and its dispatch.
 pub fn run_once(fd: &mut VcpuFd, handler: &mut ExitHandler) -> ExitAction {
-    let dispatch = match fd.run() {
+    if let Some(hv) = handler.hyperv.as_mut() {
+        if let Err(e) = hv.before_entry(fd) {
+            return ExitAction::Stop(StopReason::KvmRunFailed {
+                vcpu: handler.vcpu,
+                error: crate::cli::error_chain(&e),
+            });
+        }
+    }
+    let result = fd.run();
+    if let Some(hv) = handler.hyperv.as_mut() {
+        hv.after_exit();
+    }
+    let dispatch = match result {
         Ok(exit) => handler.dispatch(exit),
         Err(e) if e.errno() == libc::EINTR => return ExitAction::Continue,
         Err(e) => {

@@ -79,10 +79,31 @@ impl VcpuState for VcpuFd {
         (t.valid != 0).then_some(t.physical_address)
     }
     fn xmm(&self) -> Result<[u128; 6], kvm_ioctls::Error> {
-        let fpu = self.get_fpu()?;
+        // KVM_GET_XSAVE, not KVM_GET_FPU: KVM_GET_FPU copies the raw FXSAVE image of the
+        // guest's FPU state, which XSAVE's init optimisation leaves stale when the registers
+        // are in their initial state (all XMM zero: measured, the previous values came back);
+        // KVM_GET_XSAVE fills components outside XSTATE_BV with their initial values.
+        const XMM0: usize = 160 / 4;
+        const XSTATE_BV: usize = 512 / 4;
+        const SSE: u32 = 1 << 1;
+        let Ok(xsave) = self.get_xsave() else {
+            let fpu = self.get_fpu()?;
+            let mut xmm = [0u128; 6];
+            for (dst, src) in xmm.iter_mut().zip(fpu.xmm.iter()) {
+                *dst = u128::from_le_bytes(*src);
+            }
+            return Ok(xmm);
+        };
         let mut xmm = [0u128; 6];
-        for (dst, src) in xmm.iter_mut().zip(fpu.xmm.iter()) {
-            *dst = u128::from_le_bytes(*src);
+        if xsave.region[XSTATE_BV] & SSE == 0 {
+            return Ok(xmm);
+        }
+        for (i, dst) in xmm.iter_mut().enumerate() {
+            let words = &xsave.region[XMM0 + 4 * i..XMM0 + 4 * i + 4];
+            *dst = words
+                .iter()
+                .rev()
+                .fold(0u128, |acc, w| acc << 32 | u128::from(*w));
         }
         Ok(xmm)
     }

@@ -57,6 +57,9 @@ pub struct VmConfig {
     pub msr_handlers: Vec<(RangeInclusive<u32>, SharedMsrHandler)>,
     /// The Hyper-V backend and its settings, when the guest gets Hyper-V enlightenments.
     pub hyperv: Option<crate::hyperv::HvConfig>,
+    /// Time dilation factor of the user Hyper-V backend, overriding the host quirk's choice
+    /// (`host_quirks::HostQuirks::time_dilation`); 1 turns it off.
+    pub time_dilation: Option<u32>,
 }
 
 impl std::fmt::Debug for VmConfig {
@@ -79,6 +82,9 @@ pub enum ConfigError {
     /// Timeout of zero.
     #[error("--timeout must be greater than zero")]
     ZeroTimeout,
+    /// Time dilation outside 1..=1000.
+    #[error("time dilation {0} is not supported: use 1 (off) to 1000")]
+    TimeDilation(u32),
 }
 
 impl VmConfig {
@@ -98,6 +104,7 @@ impl VmConfig {
             extra_pio: Vec::new(),
             msr_handlers: Vec::new(),
             hyperv: None,
+            time_dilation: None,
         }
     }
 
@@ -108,6 +115,9 @@ impl VmConfig {
         }
         if self.timeout == Some(Duration::ZERO) {
             return Err(ConfigError::ZeroTimeout);
+        }
+        if let Some(n) = self.time_dilation.filter(|n| !(1..=1000).contains(n)) {
+            return Err(ConfigError::TimeDilation(n));
         }
         Ok(())
     }

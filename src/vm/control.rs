@@ -155,6 +155,23 @@ impl VmControl {
         }
     }
 
+    /// Sends the kick signal to vCPU `vcpu`'s thread (nothing if it has none yet, or no more).
+    pub fn kick_vcpu(&self, vcpu: u32) {
+        let threads = self.threads.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((_, handle)) = threads.iter().find(|(v, _)| *v == vcpu) {
+            if let Err(e) = handle.kill(kick_signal()) {
+                if e.errno() != libc::ESRCH {
+                    log::warn!("cannot kick vCPU {vcpu}: {e}");
+                }
+            }
+        }
+    }
+
+    /// Whether the VM is stopping (a lock-free read).
+    pub fn is_stopping(&self) -> bool {
+        self.fast_state.load(Ordering::SeqCst) == RunState::Stopping as u8
+    }
+
     /// Records `reason` (if none yet) and stops every vCPU.
     pub fn stop(&self, reason: StopReason) {
         {

@@ -190,6 +190,9 @@ impl RunningVm {
         };
         let elapsed = start.elapsed();
         let stuck_vcpus = control.join_threads(STOP_GRACE);
+        if let Some(backend) = &core.hyperv {
+            backend.shutdown();
+        }
         for vcpu in &stuck_vcpus {
             log::error!(
                 "vCPU {vcpu} did not leave KVM_RUN within {STOP_GRACE:?} of the stop; abandoning it"

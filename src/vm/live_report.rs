@@ -85,6 +85,8 @@ mod tests {
             mem: crate::memory::allocate(16).unwrap(),
             guest_tsc: 0,
             tsc_khz: 1_000_000,
+            link: Arc::new(crate::hyperv::user::link::NoLink),
+            time_dilation: 1,
         });
         // One vCPU thread that parks when paused, as run_loop's do.
         control.thread_started();

@@ -8,6 +8,7 @@
 pub mod config;
 pub mod control;
 pub mod handle;
+pub mod link;
 pub mod live_report;
 pub mod outcome;
 pub mod run_stats;
@@ -134,7 +135,7 @@ pub(crate) struct VmCore {
     pub(crate) started: Mutex<Option<Instant>>,
     /// Host work before the guest ran (loading steps, then the whole build).
     pub(crate) host_steps: Vec<boot::HostStep>,
-    pub(crate) vm: VmFd,
+    pub(crate) vm: Arc<VmFd>,
     pub(crate) mem: GuestMemory,
 }
 
@@ -186,7 +187,7 @@ impl Vm {
             ));
         }
         let kvm = Kvm::new().map_err(crate::kvm::ProbeError::OpenKvm)?;
-        let vm = create_vm_fd(&kvm, &host, quirks, &config)?;
+        let vm = Arc::new(create_vm_fd(&kvm, &host, quirks, &config)?);
 
         let mem = memory::allocate(config.memory_mib)?;
         memory::register_with_kvm(&vm, &mem)?;
@@ -269,6 +270,16 @@ impl Vm {
             tables.push(table);
         }
         let host_tsc_khz = fds[0].get_tsc_khz().ok().or(host.tsc_khz);
+        let control = Arc::new(VmControl::default());
+        control.set_vcpu_count(config.cpus);
+        let link: Arc<dyn crate::hyperv::user::link::VpLink> =
+            Arc::new(link::VmLink::new(vm.clone(), control.clone()));
+        let time_dilation = config.time_dilation.unwrap_or(match config.boot {
+            // Test payloads check exact timing against real time; the quirk is for operating
+            // systems' periodic housekeeping.
+            BootSource::Payload { .. } => 1,
+            BootSource::Linux(_) => quirks.time_dilation,
+        });
         // The kernel backend's capabilities come before any MSR is written.
         let mut hyperv: Option<HvBackend> = None;
         if let Some(hv) = config
@@ -283,6 +294,8 @@ impl Vm {
                 mem: mem.clone(),
                 guest_tsc: 0,
                 tsc_khz: host_tsc_khz.unwrap_or(0),
+                link: link.clone(),
+                time_dilation: 1,
             });
             for (index, fd) in (0u32..).zip(&fds) {
                 backend.setup_vcpu(index, fd)?;
@@ -320,6 +333,8 @@ impl Vm {
                 mem: mem.clone(),
                 guest_tsc,
                 tsc_khz: guest_tsc_khz,
+                link,
+                time_dilation,
             };
             hyperv = Some(match restore.as_mut() {
                 Some(r) => r.user_backend(params)?,
@@ -327,8 +342,6 @@ impl Vm {
             });
         }
 
-        let control = Arc::new(VmControl::default());
-        control.set_vcpu_count(config.cpus);
         let mut vcpus = Vec::new();
         let mut stats = Vec::new();
         for (index, mut fd) in (0u32..).zip(fds) {

@@ -54,7 +54,8 @@ pub fn render(outcome: &VmOutcome) -> String {
     let _ = writeln!(
         out,
         "  wall time {wall:.3} s; per vCPU: inside KVM_RUN (guest and KVM) / handling exits in \
-         hvkvm / elsewhere (parked, starting, stopping); the thread's CPU time"
+         hvkvm / elsewhere (parked, starting, stopping, Hyper-V work before entries); the \
+         thread's CPU time"
     );
     for (i, s) in outcome.vcpu_stats.iter().enumerate() {
         let (run, host) = (secs(s.kvm_run_ns), secs(s.host_ns()));

@@ -186,6 +186,9 @@ fn hv_config(s: &SavedHyperv, blockers: &[String]) -> Result<HvConfig, SnapshotE
         offered: s.offered.clone(),
         enforce_cpuid: s.enforce_cpuid,
         on_crash,
+        // hvkvm code registers connections on a running VM's configuration; a restored VM
+        // starts with none.
+        connections: Default::default(),
         migration_blockers: blockers.to_vec(),
     })
 }
@@ -205,6 +208,10 @@ pub(crate) fn take(
     let control = &core.control;
     if control.state() != RunState::Paused || !control.wait_paused(PAUSE_WAIT) {
         return Err(SnapshotError::NotPaused);
+    }
+    if let Some(HvBackend::User(u)) = &core.hyperv {
+        // No synthetic timer may fire between the vCPU state and the backend's being read.
+        u.quiesce();
     }
     let mut answers = Vec::new();
     for index in 0..core.saved.cpus {
@@ -665,6 +672,10 @@ impl Restore<'_> {
                 guest_tsc: p.guest_tsc,
                 tsc_khz: p.tsc_khz,
                 on_crash: p.config.on_crash,
+                link: Some(p.link),
+                connections: p.config.connections.clone(),
+                // The saved factor wins (UserBackend::restore).
+                time_dilation: p.time_dilation,
             },
             state,
             rate,
@@ -674,7 +685,9 @@ impl Restore<'_> {
             problem: e.to_string(),
         })?;
         self.notify = notify;
-        Ok(HvBackend::User(Arc::new(backend)))
+        let backend = Arc::new(backend);
+        backend.resume_timers();
+        Ok(HvBackend::User(backend))
     }
 
     /// The VM-wide state, after every vCPU's: PIC, IOAPIC, PIT, the KVM clock, then the

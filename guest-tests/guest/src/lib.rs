@@ -21,10 +21,13 @@
 
 pub mod hyperv;
 pub mod idt;
+pub mod intr;
 pub mod mem;
 pub mod sync;
+pub mod synic;
 pub mod uart;
 pub mod ucall;
+pub mod user_mp;
 pub mod usermode;
 pub mod vmx;
 pub mod x86;

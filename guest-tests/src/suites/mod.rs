@@ -8,6 +8,11 @@
 
 pub mod evmcs;
 pub mod foundation;
+pub mod hv_rows;
+pub mod hyperv_ipi_flush;
+pub mod hyperv_kernel;
+pub mod hyperv_stimer;
+pub mod hyperv_synic;
 pub mod hyperv_user;
 pub mod intel_only;
 pub mod kernel_backend;
@@ -75,8 +80,12 @@ pub fn all() -> Vec<Case> {
     let mut cases = foundation::cases();
     cases.extend(evmcs::cases());
     cases.extend(hyperv_user::cases());
+    cases.extend(hyperv_synic::cases());
+    cases.extend(hyperv_stimer::cases());
+    cases.extend(hyperv_ipi_flush::cases());
     cases.extend(intel_only::cases());
     cases.extend(kernel_backend::cases());
+    cases.extend(hyperv_kernel::cases());
     cases.extend(nested::cases());
     cases
 }

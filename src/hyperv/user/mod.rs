@@ -11,27 +11,48 @@
 //! 0x40000000..=0x400001FF to KVM, so even a kernel with its own Hyper-V emulation forwards
 //! them here. Hypercalls arrive through the hypercall page, an I/O-port trampoline (no
 //! `vmcall`, which hangs on some hosts).
+//!
+//! What the backend sends the other way goes through the VM's [`VpLink`]: SynIC and timer
+//! interrupts and synthetic IPIs are MSIs to the VP's in-kernel LAPIC (`KVM_SIGNAL_MSI`), and
+//! remote TLB flushes kick the target out of `KVM_RUN` ([`tlb`]). Synthetic timers run on one
+//! timer thread per VM ([`timers`]), started when the guest first arms a timer.
 
 pub mod clock;
+pub mod connections;
 pub mod features;
 pub mod hypercall;
+pub mod link;
 pub mod partition;
 pub mod snapshot;
+pub mod stimer;
+pub mod synic;
+pub mod timers;
+pub mod tlb;
 pub mod usage;
 pub mod vp;
 
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
+use hyperv_tlfs::cpuid::{feature, privilege};
 use hyperv_tlfs::msr::{self, APIC_FREQUENCY, TIME_REF_COUNT, TSC_FREQUENCY};
+use hyperv_tlfs::synic::{Message, MESSAGE_PAYLOAD_BYTES};
 use kvm_bindings::{kvm_cpuid_entry2, kvm_vcpu_events};
 
 use self::clock::ReferenceClock;
+use self::connections::{Connections, GuestSynic, SynicError};
 use self::features::Features;
-use self::hypercall::{HypercallRegs, HypercallServices, Offered, Outcome};
+use self::hypercall::{
+    status, FlushRequest, HypercallRegs, HypercallServices, Offered, Outcome, PostMessage, VpSet,
+};
+use self::link::{NoLink, VpLink};
 use self::partition::{Partition, PartitionEffect};
-use self::usage::{MsrUse, Refusal};
-use self::vp::VpState;
-use super::report::UsageReport;
+use self::stimer::TimerGates;
+use self::timers::{TimerHost, TimerThread};
+use self::tlb::FlushSlot;
+use self::usage::{Event, MsrUse, Refusal};
+use self::vp::{VpContext, VpState};
+use super::report::{UsageReport, TIME_DILATION_FACTOR};
 use super::{CrashAction, HvExitError};
 use crate::devices::GuestRequest;
 use crate::kvm::clock::host_tsc;
@@ -42,8 +63,14 @@ use crate::vcpu::VcpuState;
 
 pub use self::partition::HYPERCALL_PORT;
 
-/// KVM's in-kernel LAPIC timer runs at 1 GHz; APIC_FREQUENCY reports that.
+/// KVM's in-kernel LAPIC timer runs at 1 GHz; APIC_FREQUENCY reports that (times the time
+/// dilation factor, see [`UserBackendParams::time_dilation`]).
 pub const APIC_FREQUENCY_HZ: u64 = 1_000_000_000;
+
+/// Most VPs a VM has (vm::config::MAX_VCPUS), for fixed-size per-call arrays.
+const MAX_VPS: usize = 256;
+/// While the VM is paused, how often the timer thread looks again (10 ms of reference time).
+const PAUSED_RECHECK: u64 = 100_000;
 
 const UD_VECTOR: u8 = 6;
 const EFER_LMA: u64 = 1 << 10;
@@ -55,15 +82,25 @@ const OUT_IMM8_LEN: u64 = 2;
 pub struct UserBackend {
     features: Features,
     offered: Offered,
+    gates: TimerGates,
     clock: Option<ReferenceClock>,
+    /// The TSC rate the guest is told (the real one times the dilation factor).
     tsc_hz: u64,
+    /// Time dilation: reference time and timers run this many times slower than host time.
+    dilation: u32,
     /// guest TSC = host TSC + this (KVM gives all vCPUs of a VM the same offset).
     tsc_offset: u64,
     on_crash: CrashAction,
     mem: GuestMemory,
     offered_names: Vec<String>,
+    link: Arc<dyn VpLink>,
+    connections: Connections,
+    timers: Arc<TimerThread>,
     partition: Mutex<Partition>,
     vps: Box<[Mutex<VpState>]>,
+    flush: Box<[FlushSlot]>,
+    /// Held while the timer thread delivers expirations ([`UserBackend::quiesce`]).
+    timer_gate: Mutex<()>,
     /// What the guest used before the snapshot this backend was restored from.
     history: Option<UsageReport>,
 }
@@ -85,26 +122,110 @@ pub struct UserBackendParams<'a> {
     pub tsc_khz: u32,
     /// Crash policy.
     pub on_crash: CrashAction,
+    /// Interrupts and kicks (None: a backend that reaches no VM, for tests and tools).
+    pub link: Option<Arc<dyn VpLink>>,
+    /// The connections HvPostMessage and HvSignalEvent reach.
+    pub connections: Connections,
+    /// Time dilation factor N ≥ 1: the guest is told N times the real TSC and APIC timer
+    /// rates, and reference time and synthetic timers run N times slower, so that the guest's
+    /// whole sense of time is consistently N times slower than the host's (a host quirk for
+    /// hosts that emulate guest kernel code, see `host_quirks`). 1: real time.
+    pub time_dilation: u32,
 }
 
 impl UserBackend {
     /// A backend whose reference time starts at 0 now.
     pub fn new(p: UserBackendParams<'_>) -> Self {
-        let tsc_hz = u64::from(p.tsc_khz) * 1000;
+        let dilation = p.time_dilation.max(1);
+        let tsc_hz = u64::from(p.tsc_khz) * 1000 * u64::from(dilation);
         let features = Features::from_cpuid(p.cpuid);
         UserBackend {
             features,
             offered: features.offered(),
+            gates: TimerGates {
+                synic: features.has(privilege::SYNIC),
+                direct: features.has_feature(feature::DIRECT_SYNTHETIC_TIMERS),
+            },
             clock: ReferenceClock::new(tsc_hz, p.guest_tsc),
             tsc_hz,
+            dilation,
             tsc_offset: p.guest_tsc.wrapping_sub(host_tsc()),
             on_crash: p.on_crash,
             mem: p.mem,
             offered_names: p.offered_names,
+            link: p.link.unwrap_or_else(|| Arc::new(NoLink)),
+            connections: p.connections,
+            timers: TimerThread::new("hv-stimers".into()),
             partition: Mutex::new(Partition::default()),
             vps: (0..p.vps).map(|_| Mutex::new(VpState::default())).collect(),
+            flush: (0..p.vps).map(|_| FlushSlot::default()).collect(),
+            timer_gate: Mutex::new(()),
             history: None,
         }
+    }
+
+    /// Stops the timer thread (and waits for it). The VM calls this once its vCPUs stopped;
+    /// dropping the backend does it too.
+    pub fn shutdown(&self) {
+        self.timers.stop();
+    }
+
+    /// Arms the timer thread for the timers a restored backend already has.
+    pub fn resume_timers(self: &Arc<Self>) {
+        let next = self
+            .vps
+            .iter()
+            .flat_map(|vp| {
+                let vp = vp.lock().unwrap_or_else(|p| p.into_inner());
+                vp.timers.iter().filter_map(|t| t.deadline()).min()
+            })
+            .min();
+        if let Some(deadline) = next {
+            self.timers.request(self, deadline);
+        }
+    }
+
+    /// Returns once no timer expiration is being delivered, with none to come while the VM is
+    /// paused: the timer thread checks the pause under the same gate. The VM calls this after
+    /// pausing, before it reads vCPU state for a snapshot.
+    pub fn quiesce(&self) {
+        drop(self.timer_gate.lock().unwrap_or_else(|p| p.into_inner()));
+    }
+
+    /// The number of VPs.
+    pub fn vp_count(&self) -> u32 {
+        self.vps.len() as u32
+    }
+
+    /// The time dilation factor (1: none).
+    pub fn time_dilation(&self) -> u32 {
+        self.dilation
+    }
+
+    /// The reference time now.
+    pub fn now(&self) -> u64 {
+        self.reference_time(self.guest_tsc())
+    }
+
+    /// Runs `f` on VP `vp`'s state with a context at reference time `now`; `arm` tells the
+    /// timer thread about new deadlines.
+    fn with_vp<R>(
+        &self,
+        vp: u32,
+        now: u64,
+        arm: &dyn Fn(u64),
+        f: impl FnOnce(&mut VpState, &VpContext<'_>) -> R,
+    ) -> Option<R> {
+        let mut state = self.vp(vp)?;
+        let ctx = VpContext {
+            vp,
+            mem: &self.mem,
+            link: &*self.link,
+            gates: self.gates,
+            now,
+            arm,
+        };
+        Some(f(&mut state, &ctx))
     }
 
     fn partition(&self) -> MutexGuard<'_, Partition> {
@@ -146,6 +267,30 @@ impl UserBackend {
             offered: self.offered_names.clone(),
             ..UsageReport::default()
         };
+        if self.dilation > 1 {
+            report
+                .events
+                .insert(TIME_DILATION_FACTOR.into(), u64::from(self.dilation));
+        }
+        let flushes: u64 = self.flush.iter().map(FlushSlot::performed).sum();
+        if flushes > 0 {
+            let (flush_ns, wait_ns) = self
+                .flush
+                .iter()
+                .map(FlushSlot::times_ns)
+                .fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1));
+            report
+                .events
+                .insert("remote TLB flushes performed".into(), flushes);
+            report.events.insert(
+                "remote TLB flushes: µs resetting the MMU".into(),
+                flush_ns / 1000,
+            );
+            report.events.insert(
+                "remote TLB flushes: µs senders waited".into(),
+                wait_ns / 1000,
+            );
+        }
         {
             let p = self.partition();
             report.guest_os_id = p.guest_os_id();
@@ -176,16 +321,21 @@ impl UserBackend {
             return Err(MsrFault);
         }
         match index {
-            TIME_REF_COUNT => Ok(self.reference_time(self.guest_tsc())),
+            TIME_REF_COUNT => Ok(self.now()),
             TSC_FREQUENCY => Ok(self.tsc_hz),
-            APIC_FREQUENCY => Ok(APIC_FREQUENCY_HZ),
+            APIC_FREQUENCY => Ok(APIC_FREQUENCY_HZ * u64::from(self.dilation)),
             _ if Partition::owns(index) => self.partition().read(index),
             _ if VpState::owns(index) => self.vp(vp).ok_or(MsrFault)?.read(vp, index),
             _ => Err(MsrFault),
         }
     }
 
-    fn write_msr(&self, vp: u32, index: u32, value: u64) -> Result<MsrWriteEffect, MsrFault> {
+    fn write_msr(
+        self: &Arc<Self>,
+        vp: u32,
+        index: u32,
+        value: u64,
+    ) -> Result<MsrWriteEffect, MsrFault> {
         if !self.features.msr_available(index) {
             return Err(MsrFault);
         }
@@ -200,14 +350,119 @@ impl UserBackend {
             });
         }
         if VpState::owns(index) {
+            let arm = |deadline: u64| self.timers.request(self, deadline);
             return self
-                .vp(vp)
+                .with_vp(vp, self.now(), &arm, |state, ctx| {
+                    state.write(index, value, ctx)
+                })
                 .ok_or(MsrFault)?
-                .write(index, value, &self.mem)
                 .map(|()| None);
         }
         // Read-only partition values (TIME_REF_COUNT, frequencies) and anything unserved.
         Err(MsrFault)
+    }
+
+    /// Flushes the TLB of every VP of `targets` (see [`tlb`]): each is asked, those in the
+    /// guest are kicked, and this returns once none of them can still use a stale entry.
+    fn flush_tlbs(&self, targets: &VpSet) {
+        let mut waits = [None; MAX_VPS];
+        for vp in targets.iter(self.vp_count()) {
+            let Some(slot) = self.flush.get(vp as usize) else {
+                continue;
+            };
+            let ticket = slot.request(vp, &*self.link);
+            if let Some(mut state) = self.vp(vp) {
+                state.usage.event(Event::FlushRequested);
+                if ticket.is_some() {
+                    state.usage.event(Event::FlushWaited);
+                }
+            }
+            if let Some(w) = waits.get_mut(vp as usize) {
+                *w = ticket;
+            }
+        }
+        for (vp, ticket) in waits.iter().enumerate() {
+            if let (Some(ticket), Some(slot)) = (ticket, self.flush.get(vp)) {
+                slot.wait(vp as u32, *ticket, &*self.link);
+            }
+        }
+    }
+
+    /// Sends `vector` to every VP of `targets`.
+    fn send_ipi(&self, vector: u8, targets: &VpSet) {
+        for vp in targets.iter(self.vp_count()) {
+            if let Some(mut state) = self.vp(vp) {
+                state.usage.event(Event::IpiReceived);
+            }
+            if let Err(e) = self.link.interrupt(vp, vector) {
+                warn_ratelimited!("cannot send synthetic IPI vector {vector} to VP {vp}: {e}");
+            }
+        }
+    }
+}
+
+impl Drop for UserBackend {
+    fn drop(&mut self) {
+        self.timers.stop();
+    }
+}
+
+impl TimerHost for UserBackend {
+    fn now(&self) -> u64 {
+        UserBackend::now(self)
+    }
+
+    fn run_timers(&self, now: u64) -> u64 {
+        let _gate = self.timer_gate.lock().unwrap_or_else(|p| p.into_inner());
+        if self.link.paused() {
+            // Nothing reaches a paused guest (a snapshot may be reading its state); look again
+            // later. Due expirations stay due and are delivered after the resume.
+            return now.saturating_add(PAUSED_RECHECK);
+        }
+        let mut next = u64::MAX;
+        for vp in 0..self.vp_count() {
+            // The thread itself is what `arm` would wake: the returned deadline covers it.
+            let deadline = self.with_vp(vp, now, &|_| {}, |state, ctx| state.run_timers(ctx));
+            next = next.min(deadline.unwrap_or(u64::MAX));
+        }
+        next
+    }
+
+    fn wall_until(&self, now: u64, deadline: u64) -> Duration {
+        // One reference unit is 100 ns of guest time, `dilation` times as much host time.
+        let units = deadline.saturating_sub(now);
+        Duration::from_nanos(units.saturating_mul(100 * u64::from(self.dilation)))
+    }
+}
+
+impl GuestSynic for UserBackend {
+    fn post_message(
+        &self,
+        vp: u32,
+        sint: u8,
+        message_type: u32,
+        payload: &[u8],
+    ) -> Result<(), SynicError> {
+        if message_type == hyperv_tlfs::synic::message_type::NONE
+            || payload.len() > MESSAGE_PAYLOAD_BYTES
+        {
+            return Err(SynicError::BadMessage {
+                message_type,
+                size: payload.len(),
+            });
+        }
+        let message = Message::new(message_type, payload);
+        self.with_vp(vp, self.now(), &|_| {}, |state, ctx| {
+            state.post_message(sint, &message, ctx)
+        })
+        .ok_or(SynicError::NoVp(vp))?
+    }
+
+    fn signal_event(&self, vp: u32, sint: u8, flag: u32) -> Result<(), SynicError> {
+        self.with_vp(vp, self.now(), &|_| {}, |state, ctx| {
+            state.signal_event(sint, flag, ctx)
+        })
+        .ok_or(SynicError::NoVp(vp))?
     }
 }
 
@@ -235,6 +490,11 @@ fn add_vp_usage(report: &mut UsageReport, usage: &usage::VpUsage) {
     }
     report.hypercall_ud += usage.hypercall_ud;
     report.add_refusals(usage.refusals.iter(), usage.refusals.dropped);
+    for (event, n) in Event::ALL.iter().zip(usage.events.iter()) {
+        if *n > 0 {
+            *report.events.entry(event.name().to_string()).or_default() += n;
+        }
+    }
 }
 
 /// One vCPU's handle on the user backend.
@@ -252,7 +512,7 @@ impl VcpuMsrHandler for UserVp {
     }
 
     fn write(&mut self, index: u32, value: u64) -> Result<MsrWriteEffect, MsrFault> {
-        let result = self.backend.write_msr(self.vp, index, value);
+        let result = UserBackend::write_msr(&self.backend, self.vp, index, value);
         self.count(index, true, result.is_err(), || Refusal::Wrmsr {
             index,
             value,
@@ -265,6 +525,32 @@ impl UserVp {
     /// The VP index.
     pub fn index(&self) -> u32 {
         self.vp
+    }
+
+    /// Right before `KVM_RUN`: carries out the TLB flushes other VPs asked of this one.
+    pub fn before_entry(&self, state: &mut dyn VcpuState) -> Result<(), HvExitError> {
+        let Some(slot) = self.backend.flush.get(self.vp as usize) else {
+            return Ok(());
+        };
+        let vp = self.vp;
+        slot.before_entry(|| {
+            tlb::flush_with_efer(
+                || state.msr(tlb::MSR_EFER),
+                |v| state.set_msr(tlb::MSR_EFER, v),
+            )
+            .map_err(|source| HvExitError::VcpuAccess {
+                vp,
+                what: "flush the TLB (EFER through KVM_GET_MSRS/KVM_SET_MSRS)",
+                source,
+            })
+        })
+    }
+
+    /// Right after `KVM_RUN` returned.
+    pub fn after_exit(&self) {
+        if let Some(slot) = self.backend.flush.get(self.vp as usize) {
+            slot.after_exit();
+        }
     }
 
     /// Counts an MSR access in this VP's usage (after the access, so no other lock is held).
@@ -315,7 +601,10 @@ impl UserVp {
         }
         let cpl = sregs.ss.dpl;
         let long_mode = sregs.efer & EFER_LMA != 0 && sregs.cs.l == 1;
-        let mut services = Services { vp };
+        let mut services = Services {
+            vp,
+            backend: &self.backend,
+        };
         let outcome = hypercall::handle(
             vp,
             cpl,
@@ -374,15 +663,48 @@ fn inject_ud(events: &mut kvm_vcpu_events) {
 }
 
 /// The hypercalls the user backend carries out.
-struct Services {
+struct Services<'a> {
     vp: u32,
+    backend: &'a UserBackend,
 }
 
-impl HypercallServices for Services {
+impl HypercallServices for Services<'_> {
     fn notify_long_spin_wait(&mut self, vcpu: u32) {
         debug_assert_eq!(vcpu, self.vp);
         // The spinning VP gives its host CPU away, which is what the hint asks for.
         std::thread::yield_now();
+    }
+
+    fn flush_virtual_address(&mut self, _vcpu: u32, request: &FlushRequest<'_>) -> u16 {
+        // Every flush flushes everything the targets cached: over-flushing is always correct,
+        // so the address space, the flags and the GVA list (either range format) need no
+        // further interpretation.
+        self.backend.flush_tlbs(&request.processors);
+        status::SUCCESS
+    }
+
+    fn send_ipi(&mut self, _vcpu: u32, vector: u8, targets: &VpSet) -> u16 {
+        // VP indices without a VP are ignored, as KVM does.
+        self.backend.send_ipi(vector, targets);
+        status::SUCCESS
+    }
+
+    fn synic_active(&self, _vcpu: u32) -> bool {
+        self.backend.gates.synic
+    }
+
+    fn post_message(&mut self, vcpu: u32, message: &PostMessage) -> u16 {
+        match self.backend.connections.get(message.connection_id) {
+            Some(c) => c.post_message(self.backend, vcpu, message.message_type, message.payload()),
+            None => status::INVALID_CONNECTION_ID,
+        }
+    }
+
+    fn signal_event(&mut self, vcpu: u32, connection_id: u32, flag_number: u16) -> u16 {
+        match self.backend.connections.get(connection_id) {
+            Some(c) => c.signal_event(self.backend, vcpu, flag_number),
+            None => status::INVALID_CONNECTION_ID,
+        }
     }
 }
 
@@ -409,6 +731,9 @@ mod tests {
             guest_tsc: 0,
             tsc_khz: HZ,
             on_crash: CrashAction::Log,
+            link: None,
+            connections: Connections::default(),
+            time_dilation: 1,
         }))
     }
 
@@ -476,6 +801,94 @@ mod tests {
         );
         assert_eq!(vp.write(RESET, 1), Ok(Some(GuestRequest::Reset)));
         assert_eq!(b.report().crashes.len(), 1);
+    }
+
+    fn linked(eax: u32) -> (Arc<UserBackend>, Arc<link::RecordingLink>) {
+        let leaf = kvm_cpuid_entry2 {
+            function: LEAF_FEATURES,
+            eax,
+            ..Default::default()
+        };
+        let link = Arc::new(link::RecordingLink::default());
+        let b = Arc::new(UserBackend::new(UserBackendParams {
+            cpuid: &[leaf],
+            offered_names: vec![],
+            vps: 2,
+            mem: crate::memory::allocate(16).unwrap(),
+            guest_tsc: 0,
+            tsc_khz: HZ,
+            on_crash: CrashAction::Log,
+            link: Some(link.clone()),
+            connections: Connections::default(),
+            time_dilation: 1,
+        }));
+        (b, link)
+    }
+
+    #[test]
+    fn ipis_reach_existing_targets_only_and_flushes_need_no_wait_outside_the_guest() {
+        let (b, link) = linked(0);
+        let mut set = VpSet::from_mask(0b110);
+        b.send_ipi(0x40, &set);
+        assert_eq!(link.take_interrupts(), [(1, 0x40)], "VP 2 does not exist");
+        set = VpSet::all();
+        b.send_ipi(0x41, &set);
+        assert_eq!(link.take_interrupts(), [(0, 0x41), (1, 0x41)]);
+        // Neither VP is in the guest: no kick, no wait; each flushes before it enters.
+        b.flush_tlbs(&set);
+        assert!(link.kicks.lock().unwrap().is_empty());
+        let mut flushed = 0;
+        b.flush[1]
+            .before_entry(|| -> Result<(), ()> {
+                flushed += 1;
+                Ok(())
+            })
+            .unwrap();
+        assert_eq!(flushed, 1);
+        assert_eq!(b.report().events["remote TLB flushes requested"], 2);
+    }
+
+    #[test]
+    fn hvkvm_code_reaches_a_guest_sint() {
+        use hyperv_tlfs::synic::message_type::TIMER_EXPIRED;
+        let (b, link) = linked(privilege::SYNIC);
+        let mut vp = b.vp_handle(1);
+        assert_eq!(
+            b.post_message(1, 3, 0x10, b"x"),
+            Err(SynicError::NotEnabled(1))
+        );
+        vp.write(SIMP, 0x3000 | 1).unwrap();
+        vp.write(SCONTROL, 1).unwrap();
+        vp.write(SINT0 + 3, 0x33).unwrap();
+        assert_eq!(b.post_message(1, 3, 0x10, b"x"), Ok(()));
+        assert_eq!(link.take_interrupts(), [(1, 0x33)]);
+        assert_eq!(
+            b.post_message(1, 3, 0, b"x"),
+            Err(SynicError::BadMessage {
+                message_type: 0,
+                size: 1
+            })
+        );
+        assert_eq!(
+            b.post_message(7, 3, TIMER_EXPIRED, b""),
+            Err(SynicError::NoVp(7))
+        );
+        assert_eq!(b.signal_event(1, 3, 1), Err(SynicError::NotEnabled(1)));
+    }
+
+    #[test]
+    fn the_timer_thread_starts_with_the_first_timer_and_stops_with_the_vm() {
+        let b = backend(
+            privilege::SYNIC | privilege::SYNTIMERS | privilege::TIME_REF_COUNT,
+            0,
+        );
+        let mut vp = b.vp_handle(0);
+        assert!(!b.timers.started(), "no thread before a timer is armed");
+        vp.write(STIMER0_COUNT, 10_000_000).unwrap();
+        vp.write(STIMER0_CONFIG, 1 | 2 | (2 << 16)).unwrap();
+        assert!(b.timers.started() && b.timers.running());
+        b.shutdown();
+        assert!(!b.timers.running(), "shutdown joins the thread");
     }
 
     #[test]

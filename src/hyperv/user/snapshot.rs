@@ -11,15 +11,18 @@
 //!
 //! The usage report so far is saved too: a restored guest's report covers its whole life.
 //!
-//! # The hook for more state (SynIC, synthetic timers, …)
-//! Per-VP state belongs in [`VpSnapshot`], partition state in [`PartitionState`]: add a field
-//! with `#[serde(default)]` (older snapshots then restore with the default), fill it in
-//! `save`, apply it in `restore`. Timers are saved as their absolute expiration in reference
-//! time (the COUNT a one-shot timer was programmed with, or its next periodic expiration):
-//! reference time is continuous across a restore, so a timer due 3 ms after the snapshot
-//! fires 3 ms after the restore, neither at once nor never. Anything that runs outside the
-//! vCPU threads (a timer thread) must be quiet while `save` runs: the VM is paused then, and
-//! nothing may write guest memory or inject interrupts until it resumes.
+//! - per VP: the SynIC (SCONTROL, SIEFP, SIMP, the SINTs and the messages hvkvm code queued;
+//!   the message and event-flag pages are guest RAM) and the four synthetic timers, each
+//!   with its expiration as an absolute reference time: reference time is continuous across
+//!   a restore, so a timer due 3 ms after the snapshot fires 3 ms after the restore, neither
+//!   at once nor never. The restored backend re-arms its timer thread with them;
+//! - the time dilation factor (a restored guest keeps the sense of time it had).
+//!
+//! The timer thread is quiet while a VM is paused (`UserBackend::quiesce`), so nothing writes
+//! guest memory or injects an interrupt between the vCPU state and this state being read.
+//!
+//! More state: per-VP in [`VpSnapshot`], partition-wide in [`PartitionState`], each new field
+//! with `#[serde(default)]` (older snapshots then restore with the default).
 //!
 //! # A different TSC rate (reenlightenment)
 //! When the restoring host runs the guest's TSC at another rate and has no TSC scaling, the
@@ -39,11 +42,10 @@ use hyperv_tlfs::msr::{REENLIGHTENMENT_ENABLED, REENLIGHTENMENT_VECTOR_MASK};
 use serde::{Deserialize, Serialize};
 
 use super::clock::{self, ReferenceClock};
-use super::features::Features;
 use super::partition::Partition;
-use super::vp::VpState;
+use super::stimer::{Stimer, StimerState};
+use super::synic::{Synic, SynicState};
 use super::{UserBackend, UserBackendParams};
-use crate::kvm::clock::host_tsc;
 
 /// The saved reference clock.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -89,6 +91,12 @@ pub struct PartitionState {
 pub struct VpSnapshot {
     /// VP_ASSIST_PAGE.
     pub assist_page: u64,
+    /// The SynIC.
+    #[serde(default)]
+    pub synic: SynicState,
+    /// STIMER0..3.
+    #[serde(default)]
+    pub timers: Vec<StimerState>,
 }
 
 /// Everything the user backend needs to continue.
@@ -107,6 +115,13 @@ pub struct UserBackendState {
     /// restored guest covers its whole life.
     #[serde(default)]
     pub usage: Option<crate::hyperv::report::UsageReport>,
+    /// The time dilation factor (`UserBackendParams::time_dilation`); `tsc_hz` includes it.
+    #[serde(default = "no_dilation")]
+    pub time_dilation: u32,
+}
+
+fn no_dilation() -> u32 {
+    1
 }
 
 /// How the restored guest's TSC relates to the saved one.
@@ -173,10 +188,13 @@ impl UserBackend {
                     let vp = vp.lock().unwrap_or_else(|p| p.into_inner());
                     VpSnapshot {
                         assist_page: vp.assist_page,
+                        synic: vp.synic.save(),
+                        timers: vp.timers.iter().map(Stimer::save).collect(),
                     }
                 })
                 .collect(),
             usage: Some(usage),
+            time_dilation: self.dilation,
         }
     }
 
@@ -184,7 +202,7 @@ impl UserBackend {
     /// vCPUs' TSC was restored) and `p.tsc_khz` the rate it runs at. Returns the interrupt to
     /// deliver when the guest must be reenlightened.
     pub fn restore(
-        p: UserBackendParams<'_>,
+        mut p: UserBackendParams<'_>,
         state: &UserBackendState,
         rate: RateChange,
     ) -> Result<(Self, Option<Reenlightenment>), RestoreError> {
@@ -207,7 +225,8 @@ impl UserBackend {
             }
             None => None,
         };
-        let new_hz = u64::from(p.tsc_khz) * 1000;
+        p.time_dilation = state.time_dilation.max(1);
+        let new_hz = u64::from(p.tsc_khz) * 1000 * u64::from(p.time_dilation);
         let (tsc_hz, clock) = match rate {
             RateChange::Same => (state.tsc_hz, saved_clock),
             RateChange::Reenlighten => {
@@ -218,7 +237,6 @@ impl UserBackend {
                 (new_hz, clock)
             }
         };
-        let features = Features::from_cpuid(p.cpuid);
         let mut partition = Partition::from_state(&state.partition);
         let mut notify = None;
         if rate == RateChange::Reenlighten {
@@ -240,28 +258,19 @@ impl UserBackend {
             }
             notify = reenlightenment(state.partition.reenlightenment_control);
         }
-        let backend = UserBackend {
-            features,
-            offered: features.offered(),
-            clock,
-            tsc_hz,
-            tsc_offset: p.guest_tsc.wrapping_sub(host_tsc()),
-            on_crash: p.on_crash,
-            mem: p.mem,
-            offered_names: p.offered_names,
-            partition: Mutex::new(partition),
-            vps: state
-                .vps
-                .iter()
-                .map(|s| {
-                    Mutex::new(VpState {
-                        assist_page: s.assist_page,
-                        ..VpState::default()
-                    })
-                })
-                .collect(),
-            history: state.usage.clone(),
-        };
+        let mut backend = UserBackend::new(p);
+        backend.clock = clock;
+        backend.tsc_hz = tsc_hz;
+        backend.partition = Mutex::new(partition);
+        for (slot, saved) in backend.vps.iter_mut().zip(&state.vps) {
+            let vp = slot.get_mut().unwrap_or_else(|p| p.into_inner());
+            vp.assist_page = saved.assist_page;
+            vp.synic = Synic::from_state(&saved.synic);
+            for (timer, t) in vp.timers.iter_mut().zip(&saved.timers) {
+                *timer = Stimer::from_state(t);
+            }
+        }
+        backend.history = state.usage.clone();
         Ok((backend, notify))
     }
 }
@@ -318,6 +327,9 @@ mod tests {
             guest_tsc: tsc,
             tsc_khz: khz,
             on_crash: CrashAction::Log,
+            link: None,
+            connections: Default::default(),
+            time_dilation: 1,
         }
     }
 
@@ -406,6 +418,85 @@ mod tests {
             page_time(&mem, t),
             Some(r.reference_time(t)),
             "published again"
+        );
+    }
+
+    #[test]
+    fn synic_and_timers_continue_after_a_restore() {
+        let cpuid = [kvm_cpuid_entry2 {
+            function: LEAF_FEATURES,
+            eax: ALL | privilege::SYNIC | privilege::SYNTIMERS,
+            edx: hyperv_tlfs::cpuid::feature::FREQUENCIES
+                | hyperv_tlfs::cpuid::feature::DIRECT_SYNTHETIC_TIMERS,
+            ..Default::default()
+        }];
+        let mem = crate::memory::allocate(16).unwrap();
+        let b = Arc::new(UserBackend::new(params(&cpuid, &mem, KHZ, 0)));
+        let mut vp = b.vp_handle(1);
+        vp.write(SCONTROL, 1).unwrap();
+        vp.write(SIMP, 0x8000 | 1).unwrap();
+        vp.write(SINT0 + 2, 0x42).unwrap();
+        // A one-shot direct-mode timer due 10 s of reference time from now, and a periodic one.
+        let due = b.now() + 100_000_000;
+        vp.write(STIMER0_CONFIG, (0xec << 4) | (1 << 12) | 1)
+            .unwrap();
+        vp.write(STIMER0_COUNT, due).unwrap();
+        vp.write(STIMER0_CONFIG + 2, (2 << 16) | 0b11).unwrap();
+        vp.write(STIMER0_COUNT + 2, 50_000).unwrap();
+        let state = b.save();
+        b.shutdown();
+        let json = serde_json::to_string(&state).unwrap();
+        let back: UserBackendState = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, state);
+        let saved_tsc = b.guest_tsc();
+        let (r, _) = UserBackend::restore(
+            params(&cpuid, &mem, KHZ, saved_tsc),
+            &back,
+            RateChange::Same,
+        )
+        .unwrap();
+        let r = Arc::new(r);
+        let mut rvp = r.vp_handle(1);
+        assert_eq!(rvp.read(SCONTROL), Ok(1));
+        assert_eq!(rvp.read(SIMP), Ok(0x8000 | 1));
+        assert_eq!(rvp.read(SINT0 + 2), Ok(0x42));
+        assert_eq!(rvp.read(STIMER0_COUNT), Ok(due));
+        assert_eq!(rvp.read(STIMER0_CONFIG + 2), Ok((2 << 16) | 0b11));
+        let timers = r.vp(1).unwrap().timers;
+        assert_eq!(
+            timers[0].deadline(),
+            Some(due),
+            "still due at the same reference time"
+        );
+        let periodic = timers[1].deadline().expect("the periodic timer is armed");
+        assert!(periodic > r.now().saturating_sub(50_000), "{periodic}");
+        // A VP nobody touched keeps its reset SINTs.
+        assert_eq!(
+            r.vp_handle(0).read(SINT0),
+            Ok(hyperv_tlfs::synic::SINT_RESET_VALUE)
+        );
+        r.shutdown();
+    }
+
+    #[test]
+    fn an_older_snapshot_without_synic_state_restores_with_reset_values() {
+        let cpuid = leaf();
+        let mem = crate::memory::allocate(16).unwrap();
+        let b = UserBackend::new(params(&cpuid, &mem, KHZ, 0));
+        let mut json: serde_json::Value = serde_json::to_value(b.save()).unwrap();
+        for vp in json["vps"].as_array_mut().unwrap() {
+            vp.as_object_mut()
+                .unwrap()
+                .retain(|k, _| k == "assist_page");
+        }
+        json.as_object_mut().unwrap().remove("time_dilation");
+        let old: UserBackendState = serde_json::from_value(json).unwrap();
+        assert_eq!(old.time_dilation, 1);
+        let (r, _) =
+            UserBackend::restore(params(&cpuid, &mem, KHZ, 0), &old, RateChange::Same).unwrap();
+        assert_eq!(
+            r.vp(0).unwrap().synic.read(SINT0),
+            Ok(hyperv_tlfs::synic::SINT_RESET_VALUE)
         );
     }
 

@@ -56,6 +56,12 @@ pub enum Refusal {
         /// The vector.
         vector: u8,
     },
+    /// A SINT asked for AutoEOI, which the user backend cannot honour: its interrupts are
+    /// delivered as ordinary ones (the guest was told not to use AutoEOI, `04.EAX[9]`).
+    AutoEoi {
+        /// Which SINT.
+        sint: u8,
+    },
 }
 
 impl std::fmt::Display for Refusal {
@@ -77,6 +83,12 @@ impl std::fmt::Display for Refusal {
             Refusal::SintVector { sint, vector } => {
                 write!(f, "SINT{sint} vector {vector} is below 16 (#GP)")
             }
+            Refusal::AutoEoi { sint } => write!(
+                f,
+                "SINT{sint} asks for AutoEOI, which the user backend cannot honour on KVM's \
+                 in-kernel LAPIC: delivered as an ordinary interrupt (04.EAX[9] says not to \
+                 use AutoEOI)"
+            ),
         }
     }
 }
@@ -120,6 +132,72 @@ impl Refusals {
 
 use super::hypercall::{CALL_ROWS, STATUS_ROWS};
 
+/// Things the user backend did for a VP, counted for the report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(usize)]
+pub enum Event {
+    /// A direct-mode synthetic timer interrupt.
+    TimerDirect,
+    /// A timer-expired message delivered to a SINT slot.
+    TimerMessage,
+    /// A periodic timer's message dropped because its slot was busy.
+    TimerMessageDropped,
+    /// A timer expiration left waiting for an EOM (slot busy or no message page).
+    TimerPending,
+    /// A message from hvkvm code delivered to a SINT slot.
+    Message,
+    /// A message from hvkvm code queued because its slot was busy.
+    MessageQueued,
+    /// An event flag set by hvkvm code.
+    EventFlag,
+    /// A SINT interrupt sent.
+    SintInterrupt,
+    /// An EOM write.
+    EndOfMessage,
+    /// A synthetic cluster IPI sent to this VP.
+    IpiReceived,
+    /// A remote TLB flush requested of this VP.
+    FlushRequested,
+    /// A flush request that had to wait for this VP to leave the guest.
+    FlushWaited,
+}
+
+impl Event {
+    /// Every event, in counter order.
+    pub const ALL: [Event; 12] = [
+        Event::TimerDirect,
+        Event::TimerMessage,
+        Event::TimerMessageDropped,
+        Event::TimerPending,
+        Event::Message,
+        Event::MessageQueued,
+        Event::EventFlag,
+        Event::SintInterrupt,
+        Event::EndOfMessage,
+        Event::IpiReceived,
+        Event::FlushRequested,
+        Event::FlushWaited,
+    ];
+
+    /// Its name in the report.
+    pub fn name(self) -> &'static str {
+        match self {
+            Event::TimerDirect => "stimer direct-mode interrupts",
+            Event::TimerMessage => "stimer messages",
+            Event::TimerMessageDropped => "stimer messages dropped (periodic, slot busy)",
+            Event::TimerPending => "stimer expirations waiting for EOM",
+            Event::Message => "messages from hvkvm delivered",
+            Event::MessageQueued => "messages from hvkvm queued (slot busy)",
+            Event::EventFlag => "event flags set by hvkvm",
+            Event::SintInterrupt => "SINT interrupts",
+            Event::EndOfMessage => "EOM writes",
+            Event::IpiReceived => "synthetic cluster IPIs received",
+            Event::FlushRequested => "remote TLB flushes requested",
+            Event::FlushWaited => "remote TLB flushes waited for (VP in the guest)",
+        }
+    }
+}
+
 /// One VP's counters.
 #[derive(Debug, Clone)]
 pub struct VpUsage {
@@ -131,6 +209,8 @@ pub struct VpUsage {
     pub hypercall_ud: u64,
     /// What was refused.
     pub refusals: Refusals,
+    /// [`Event`] counts, by `Event as usize`.
+    pub events: [u64; Event::ALL.len()],
 }
 
 impl Default for VpUsage {
@@ -140,6 +220,7 @@ impl Default for VpUsage {
             hypercalls: Box::new([[0; STATUS_ROWS]; CALL_ROWS]),
             hypercall_ud: 0,
             refusals: Refusals::default(),
+            events: [0; Event::ALL.len()],
         }
     }
 }
@@ -158,6 +239,11 @@ impl VpUsage {
             (false, true) => entry.writes += 1,
             (false, false) => entry.reads += 1,
         }
+    }
+
+    /// Counts an event.
+    pub fn event(&mut self, event: Event) {
+        self.events[event as usize] += 1;
     }
 
     /// Counts a hypercall's result.

@@ -39,6 +39,11 @@
 //! filter as phase 1. These may disable the hypercall page or the other overlays; phase 3 runs
 //! after phase 2 and the report does not depend on their state.
 //!
+//! Phase 4, only where the SynIC exists (SCONTROL reads): the SynIC's message page outside RAM
+//! with a timer due at once into it, EOM with nothing deliverable, every SINT vector below 16
+//! unmasked (each must #GP), a direct-mode periodic timer with a 100 ns period left running for
+//! 10 ms (interrupts stay off), and a periodic timer with COUNT = u64::MAX; then all off.
+//!
 //! Reports:
 //! - SYNC 1 = (MSR accesses attempted, #GP count, hypercalls issued, #UD count (hypercalls),
 //!   bitmask of the hypercall statuses < 64 seen).
@@ -46,6 +51,8 @@
 //!   filter, other faults (MSR accesses: any vector but #GP; hypercalls: any but #UD), hypercall
 //!   page enabled 0/1,
 //!   hypercalls that returned SUCCESS).
+//! - SYNC 3 (phase 4) = (SynIC present 0/1, SINT vectors below 16 that got #GP, phase-4 writes
+//!   that succeeded, phase-4 faults other than those #GPs, STIMER2_COUNT read back).
 //! - DONE.
 #![no_std]
 #![no_main]
@@ -353,7 +360,53 @@ fn main(boot: BootInfo) -> ! {
         }
     }
 
+    let phase4 = hostile_synic(ram_top);
+
     guest_sync!(1, st.accesses, st.gp, st.hypercalls, st.ud, st.statuses);
     guest_sync!(2, st.reads_ok, st.writes_ok, st.skipped, st.other_vector, enabled, st.successes);
+    guest_sync!(3, phase4[0], phase4[1], phase4[2], phase4[3], phase4[4]);
     guest_done!()
+}
+
+/// Phase 4: (present, SINT #GPs, writes ok, other faults, STIMER2_COUNT).
+fn hostile_synic(ram_top: u64) -> [u64; 5] {
+    use hvkvm_guest::hyperv::{SCONTROL, SINT0, STIMER0_CONFIG, STIMER0_COUNT, TIME_REF_COUNT};
+    let mut r = [0u64; 5];
+    if rdmsr_safe(SCONTROL).is_err() {
+        return r;
+    }
+    r[0] = 1;
+    let write = |msr: u32, value: u64, r: &mut [u64; 5]| {
+        // SAFETY: the only GPA written is outside RAM; the timers' interrupts stay pending
+        // (interrupts off, LAPIC software-disabled).
+        match unsafe { wrmsr_safe(msr, value) } {
+            Ok(()) => r[2] += 1,
+            Err(_) => r[3] += 1,
+        }
+    };
+    write(SIMP, ram_top | PAGE_ENABLE, &mut r);
+    write(SCONTROL, 1, &mut r);
+    write(SINT0 + 2, 0x50, &mut r);
+    write(STIMER0_COUNT, 1, &mut r);
+    write(STIMER0_CONFIG, 1 | 2 << 16, &mut r);
+    write(hvkvm_guest::hyperv::EOM, 0, &mut r);
+    for vector in 0..16 {
+        // SAFETY: a SINT value; #GP expected.
+        if unsafe { wrmsr_safe(SINT0 + 3, vector) }.is_err() {
+            r[1] += 1;
+        }
+    }
+    write(STIMER0_COUNT + 2, 1, &mut r);
+    write(STIMER0_CONFIG + 2, 1 | 2 | 1 << 12 | 0x50 << 4, &mut r);
+    let until = rdmsr_safe(TIME_REF_COUNT).unwrap_or(0) + 100_000;
+    while rdmsr_safe(TIME_REF_COUNT).is_ok_and(|t| t < until) {}
+    write(STIMER0_COUNT + 4, u64::MAX, &mut r);
+    write(STIMER0_CONFIG + 4, 1 | 2 | 2 << 16, &mut r);
+    r[4] = rdmsr_safe(STIMER0_COUNT + 4).unwrap_or(0);
+    for n in 0..4 {
+        write(STIMER0_CONFIG + 2 * n, 0, &mut r);
+    }
+    write(SCONTROL, 0, &mut r);
+    write(SIMP, 0, &mut r);
+    r
 }

@@ -242,8 +242,10 @@ pub fn run(
             source,
         };
         let vm = vm::Vm::new(config).map_err(vm_err)?;
-        let (start, cpu_start) = (Instant::now(), process_cpu_time_ns());
-        let outcome = vm.start().map_err(vm_err)?.finish();
+        let cpu_start = process_cpu_time_ns();
+        let running = vm.start().map_err(vm_err)?;
+        let start = running.started();
+        let outcome = running.finish();
         let cpu_end = process_cpu_time_ns();
         let seen = *seen.lock().unwrap_or_else(|p| p.into_inner());
         let cpu = |ns: u64| ns.saturating_sub(cpu_start) as f64 / 1e9;

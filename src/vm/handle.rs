@@ -153,6 +153,11 @@ impl RunningVm {
         VmHandle::new(self.core.clone())
     }
 
+    /// When the vCPUs were started (what [`VmOutcome::elapsed`] counts from).
+    pub fn started(&self) -> Instant {
+        self.start
+    }
+
     /// Waits until the VM is paused or stopping, up to `limit` and never past the VM's own
     /// timeout.
     pub fn wait_event(&self, limit: Option<Duration>) -> RunEvent {

@@ -105,6 +105,32 @@ pub fn with_backend<R>(backend: hvkvm::hyperv::BackendChoice, f: impl FnOnce() -
     f()
 }
 
+/// Whether the backend under test counts what the guest did in its usage report (MSR
+/// accesses, every hypercall, timer events, refusals). The user backend sees every access;
+/// KVM's in-kernel Hyper-V serves MSRs and most hypercalls in the kernel, so the kernel
+/// backend's report holds the synthetic MSRs' values when the vCPU stopped, the hypercalls
+/// KVM forwards and the SynIC exits, but no counts.
+pub fn backend_counts_guest_use() -> bool {
+    backend_under_test() != hvkvm::hyperv::BackendChoice::Kernel
+}
+
+/// Whether this host's KVM reports leaf `function` of `KVM_GET_SUPPORTED_HV_CPUID` with every
+/// bit of `[eax, ebx, ecx, edx]` set (what the kernel backend can serve here).
+pub fn kernel_hv_cpuid_has(function: u32, regs: [u32; 4]) -> bool {
+    let probe = hvkvm::kvm::HostProbe::probe().expect("probe");
+    probe
+        .supported_hv_cpuid
+        .unwrap_or_default()
+        .iter()
+        .any(|l| {
+            l.function == function
+                && [l.eax, l.ebx, l.ecx, l.edx]
+                    .iter()
+                    .zip(regs)
+                    .all(|(have, want)| have & want == want)
+        })
+}
+
 /// One guest run being set up.
 #[derive(Debug)]
 pub struct GuestTest {

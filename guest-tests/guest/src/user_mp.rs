@@ -15,7 +15,7 @@ use core::cell::UnsafeCell;
 use core::ptr::addr_of;
 use core::sync::atomic::{AtomicU8, Ordering};
 
-use crate::usermode::{allow_user_access, USER_CS, USER_DS, USER_RFLAGS};
+use crate::usermode::{allow_user_access, iret_to_user, USER_CS, USER_DS};
 use crate::x86::pause;
 
 /// vCPUs that can enter CPL3 (one TSS each).
@@ -156,27 +156,7 @@ pub fn enter(cpu: usize, entry: extern "sysv64" fn(u64) -> !, arg: u64) -> ! {
     let (start, end) = (addr_of!(__image_start) as u64, addr_of!(__image_end) as u64);
     allow_user_access(start, end);
     let user_rsp = stack_top(&USER_STACKS, cpu) - 8;
-    // SAFETY: as in `usermode::enter_user_mode`: DPL 3 segments, user-accessible stack and
-    // code, interrupts off. Nothing returns here.
-    unsafe {
-        asm!(
-            "mov ds, {ds:x}",
-            "mov es, {ds:x}",
-            "mov fs, {ds:x}",
-            "mov gs, {ds:x}",
-            "push {ds}",
-            "push {rsp}",
-            "push {flags}",
-            "push {cs}",
-            "push {rip}",
-            "iretq",
-            ds = in(reg) u64::from(USER_DS),
-            rsp = in(reg) user_rsp,
-            flags = in(reg) USER_RFLAGS,
-            cs = in(reg) u64::from(USER_CS),
-            rip = in(reg) entry as usize as u64,
-            in("rdi") arg,
-            options(noreturn),
-        )
-    }
+    // SAFETY: this vCPU's GDT (just loaded) holds the DPL 3 segments, its user stack and the
+    // image are user-accessible.
+    unsafe { iret_to_user(entry, arg, user_rsp) }
 }

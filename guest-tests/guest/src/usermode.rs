@@ -248,9 +248,19 @@ pub fn enter_user_mode(entry: extern "sysv64" fn(u64) -> !, arg: u64) -> ! {
     allow_user_access(image_start, image_end);
     // As if `entry` had been called: RSP + 8 is 16-byte aligned at its first instruction.
     let user_rsp = USER_STACK.0.get() as u64 + USER_STACK_SIZE as u64 - 8;
-    // SAFETY: the iretq frame names the DPL 3 segments just installed, a stack and code that are
-    // user-accessible (inside the image), and RFLAGS with IF clear. DS/ES/FS/GS get the user data
-    // selector (valid at CPL3; bases stay 0). Nothing returns here.
+    // SAFETY: the GDT just installed holds the DPL 3 segments, `user_rsp` is the top of a
+    // user-accessible stack and `entry` lies in the image, which is user-accessible.
+    unsafe { iret_to_user(entry, arg, user_rsp) }
+}
+
+/// Enters `entry(arg)` at CPL3 on `user_rsp` with interrupts off (RFLAGS = [`USER_RFLAGS`]),
+/// DS/ES/FS/GS loaded with the user data selector (valid at CPL3; bases stay 0).
+///
+/// # Safety
+/// The loaded GDT must hold [`USER_CS`] and [`USER_DS`] as DPL 3 segments, and the pages of
+/// `entry` and of the stack below `user_rsp` must be user-accessible. Nothing returns here.
+pub unsafe fn iret_to_user(entry: extern "sysv64" fn(u64) -> !, arg: u64, user_rsp: u64) -> ! {
+    // SAFETY: the caller guarantees the segments, the code and the stack (above).
     unsafe {
         asm!(
             "mov ds, {ds:x}",

@@ -94,3 +94,24 @@ pub type MsrRow = (&'static str, Bits, u32, Option<u64>, (u64, u64));
 /// A matrix row on one hypercall: (name, bits, control word, hv_hypercall flags, status or
 /// exception vector expected).
 pub type HypercallRow = (&'static str, Bits, u64, u32, Result<u64, u64>);
+
+/// `hv_msr_access` in a fresh VM with the leaves of `bits`: one RDMSR of `index` (`write` None)
+/// or one WRMSR of the value.
+pub fn msr_access(bits: Bits, index: u32, write: Option<u64>) -> TestRun {
+    let (op, value) = write.map_or((0, 0), |v| (1, v));
+    GuestTest::new("hv_msr_access")
+        .hyperv_leaves(leaves(bits))
+        .params(&[
+            [op, index, 0, 0],
+            [value as u32, (value >> 32) as u32, 0, 0],
+        ])
+        .run()
+}
+
+/// [`msr_access`] for an access that must not end the VM: (faulted 0/1, vector).
+pub fn msr_fault(bits: Bits, index: u32, write: Option<u64>) -> (u64, u64) {
+    let run = msr_access(bits, index, write);
+    run.expect_done();
+    let [faulted, vector, ..] = run.sync(1).values;
+    (faulted, vector)
+}

@@ -2,8 +2,7 @@
 //! them (with fewer expirations, and direct mode too), on every vCPU at once; plus the
 //! enforce-CPUID matrix rows for STIMER0_CONFIG (reference §4).
 
-use super::hv_rows::{leaves, sync_of, vcpus, Bits};
-use crate::GuestTest;
+use super::hv_rows::{msr_fault, sync_of, vcpus, Bits};
 
 use super::{suite_cases, Case};
 
@@ -67,6 +66,11 @@ fn timers_fire_in_message_and_direct_mode_on_every_vcpu() {
         assert_eq!((messages, direct), (0, 0), "{}", what("stopped timers"));
     }
     let report = run.outcome.hyperv.as_ref().expect("usage report");
+    if !crate::backend_counts_guest_use() {
+        // KVM ran the timers; what the guest did is in the SYNCs above.
+        assert!(report.synic_exits > 0, "SCONTROL/SIMP writes exit to hvkvm");
+        return;
+    }
     for msr in [
         "SCONTROL",
         "SIMP",
@@ -79,21 +83,6 @@ fn timers_fire_in_message_and_direct_mode_on_every_vcpu() {
     }
     assert!(report.events["stimer direct-mode interrupts"] >= 6 * u64::from(cpus));
     assert!(report.events["stimer messages"] >= 17 * u64::from(cpus));
-}
-
-/// `hv_msr_access` on one MSR in a fresh VM: (faulted, vector).
-fn msr(bits: Bits, index: u32, write: Option<u64>) -> (u64, u64) {
-    let (op, value) = write.map_or((0, 0), |v| (1, v));
-    let run = GuestTest::new("hv_msr_access")
-        .hyperv_leaves(leaves(bits))
-        .params(&[
-            [op, index, 0, 0],
-            [value as u32, (value >> 32) as u32, 0, 0],
-        ])
-        .run();
-    run.expect_done();
-    let [faulted, vector, ..] = run.sync(1).values;
-    (faulted, vector)
 }
 
 const STIMER0_CONFIG: u32 = 0x4000_00b0;
@@ -167,6 +156,6 @@ fn stimer_rows_of_the_enforce_cpuid_matrix() {
         ),
     ];
     for &(row, bits, index, write, expect) in rows {
-        assert_eq!(msr(bits, index, write), expect, "{row}");
+        assert_eq!(msr_fault(bits, index, write), expect, "{row}");
     }
 }

@@ -2,7 +2,7 @@
 //! synthetic timers, the TSC page and the flush/IPI hypercalls. hvkvm's part (reference §7):
 //!
 //! - give the guest the Hyper-V CPUID leaves (KVM_SET_CPUID2, done with the rest of CPUID);
-//! - per vCPU: KVM_CAP_HYPERV_SYNIC2 when SynIC is offered, KVM_CAP_HYPERV_ENLIGHTENED_VMCS
+//! - per vCPU: KVM_CAP_HYPERV_SYNIC2 when SynIC or synthetic timers are offered, KVM_CAP_HYPERV_ENLIGHTENED_VMCS
 //!   when the eVMCS is recommended (its version range checked against evmcs-layout),
 //!   KVM_CAP_HYPERV_ENFORCE_CPUID with hv-enforce-cpuid, VP_INDEX set by the host, CRASH_CTL =
 //!   CRASH_NOTIFY so the guest sees crash reporting;
@@ -95,7 +95,8 @@ impl KernelBackend {
                 source,
             }
         };
-        if self.features.has(privilege::SYNIC) {
+        // Timers too: KVM serves the STIMER MSRs only on a vCPU whose SynIC it activated.
+        if self.features.has(privilege::SYNIC) || self.features.has(privilege::SYNTIMERS) {
             crate::kvm::hyperv::enable_synic2(fd).map_err(kvm("KVM_CAP_HYPERV_SYNIC2"))?;
         }
         if self.features.recommends(recommendation::ENLIGHTENED_VMCS) {

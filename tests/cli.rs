@@ -852,3 +852,90 @@ fn no_reboot_ends_the_vm_on_reset() {
         run.describe()
     );
 }
+
+/// A stand-in for a Linux boot, for `--stats` and `bench boot`: vCPU 0 writes the initramfs
+/// marker line to COM1 byte by byte and powers off through ACPI PM1a; the others halt.
+fn marker_payload() -> TempPath {
+    const MARKER: &[u8] = b"HVKVM-INIT: reached /init\n";
+    let mut print = vec![0x66, 0xba, 0xf8, 0x03]; // mov dx, 0x3f8
+    for &b in MARKER {
+        print.extend_from_slice(&[0xb0, b, 0xee]); // mov al, b; out dx, al
+    }
+    print.extend_from_slice(&[0x66, 0xba, 0x04, 0x06]); // mov dx, 0x604
+    print.extend_from_slice(&[0x66, 0xb8, 0x00, 0x34]); // mov ax, S5 | SLP_EN
+    print.extend_from_slice(&[0x66, 0xef]); // out dx, ax
+    let mut code = vec![0x48, 0x85, 0xff, 0x75, print.len() as u8]; // test rdi, rdi; jnz halt
+    code.extend_from_slice(&print);
+    code.extend_from_slice(&[0xf4, 0xeb, 0xfd]); // halt: hlt; jmp halt
+    let elf = TempPath::new("marker.elf");
+    fs::write(
+        elf.path(),
+        hvkvm::boot::payload::elf_from_code(0x20_0000, &code),
+    )
+    .unwrap();
+    elf
+}
+
+#[test]
+fn stats_show_exits_by_kind_and_device_and_the_uart() {
+    require_kvm!();
+    let elf = marker_payload();
+    let mut cmd = Command::new(HVKVM);
+    cmd.arg("run")
+        .arg("--payload")
+        .arg(elf.path())
+        .args(["--stats", "--timeout", VM_TIMEOUT]);
+    let run = run_bounded(cmd);
+    run.assert_no_panic();
+    assert_eq!(run.code(), Some(0), "{}", run.describe());
+    let err = &run.stderr;
+    for want in [
+        "run statistics",
+        "inside KVM_RUN",
+        "exits by kind",
+        "port I/O by device",
+        "UART: 26 bytes sent, 26 exits to its ports (1.00 per byte)",
+        "host work before the guest ran",
+    ] {
+        assert!(err.contains(want), "'{want}' missing: {}", run.describe());
+    }
+    let row = |name: &str| {
+        err.lines()
+            .find(|l| l.split_whitespace().next() == Some(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .map(str::to_string)
+    };
+    assert_eq!(row("io_out").as_deref(), Some("27"), "{}", run.describe());
+    assert_eq!(row("serial").as_deref(), Some("26"), "{}", run.describe());
+    assert_eq!(row("acpi_pm").as_deref(), Some("1"), "{}", run.describe());
+}
+
+#[test]
+fn bench_boot_json_has_a_row_per_vcpu_count() {
+    require_kvm!();
+    let elf = marker_payload();
+    let mut cmd = Command::new(HVKVM);
+    cmd.args(["bench", "boot", "--payload"])
+        .arg(elf.path())
+        .args(["--cpus", "1,2", "--timeout", VM_TIMEOUT, "--json"]);
+    let run = run_bounded(cmd);
+    run.assert_no_panic();
+    assert_eq!(run.code(), Some(0), "{}", run.describe());
+    let v: serde_json::Value = serde_json::from_str(&run.stdout)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", run.describe()));
+    assert!(v["host"]["kvm_module"].is_string(), "{}", run.stdout);
+    assert!(v["reference"].is_string(), "{}", run.stdout);
+    let rows = v["rows"].as_array().expect("rows");
+    assert_eq!(rows.len(), 2, "{}", run.stdout);
+    for (row, cpus) in rows.iter().zip([1, 2]) {
+        assert_eq!(row["cpus"], cpus, "{}", run.stdout);
+        assert_eq!(row["powered_off"], true, "{}", run.stdout);
+        let init = row["to_init_s"].as_f64().expect("to_init_s");
+        let stop = row["to_stop_s"].as_f64().expect("to_stop_s");
+        assert!(init <= stop, "/init after the stop: {}", run.stdout);
+        assert!(row["cpu_to_stop_s"].is_f64(), "{}", run.stdout);
+        let stats = row["vcpu_stats"].as_array().expect("vcpu_stats");
+        assert_eq!(stats.len(), cpus as usize, "{}", run.stdout);
+        assert!(stats[0]["kinds"].is_array(), "{}", run.stdout);
+    }
+}

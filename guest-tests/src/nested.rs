@@ -364,6 +364,7 @@ pub fn nested_state_round_trip(mode: Mode) {
         vcpu_stats: Vec::new(),
         stuck_vcpus: Vec::new(),
         hyperv: None,
+        host_work: Default::default(),
     };
     let saved = saved.expect("the VM never reached L2's first SYNC 20");
     eprintln!(

@@ -138,14 +138,6 @@ fn add_stats(total: &mut Vec<VcpuStatsSnapshot>, generation: &[VcpuStatsSnapshot
         total.resize(generation.len(), VcpuStatsSnapshot::default());
     }
     for (t, g) in total.iter_mut().zip(generation) {
-        t.exits += g.exits;
-        t.io += g.io;
-        t.mmio += g.mmio;
-        t.msr += g.msr;
-        t.msr_gp += g.msr_gp;
-        t.interrupted += g.interrupted;
-        t.emulation_assists += g.emulation_assists;
-        t.debug_exits += g.debug_exits;
-        t.final_rip = g.final_rip;
+        t.add(g);
     }
 }

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use guest_tests::{error_chain, require_kvm};
 use hvkvm::boot::linux::LinuxImage;
-use hvkvm::cli::run::{quirk_cmdline, DEFAULT_CMDLINE};
+use hvkvm::cli::run::linux_cmdline;
 use hvkvm::devices::serial::{CaptureBuffer, Tee};
 use hvkvm::host_quirks::{HostQuirks, QuirksMode};
 use hvkvm::hyperv::{BackendChoice, CrashAction, HvConfig};
@@ -61,13 +61,7 @@ const HYPERV_CMDLINE: &str = " hvkvm.tlbbench=50";
 fn boot(dir: &Path, cpus: u32, hyperv: bool) -> Boot {
     let host = HostProbe::probe().expect("probe");
     let quirks = HostQuirks::resolve(QuirksMode::Auto, host.is_pvm());
-    let mut cmdline = DEFAULT_CMDLINE.to_string();
-    if let Some(extra) = quirk_cmdline(quirks) {
-        cmdline = format!("{extra} {cmdline}");
-    }
-    if cpus == 1 {
-        cmdline.push_str(" nosmp");
-    }
+    let mut cmdline = linux_cmdline(None, quirks, cpus);
     if hyperv {
         cmdline.push_str(HYPERV_CMDLINE);
     }

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use guest_tests::{error_chain, require_kvm};
 use hvkvm::boot::linux::LinuxImage;
-use hvkvm::cli::run::{quirk_cmdline, DEFAULT_CMDLINE};
+use hvkvm::cli::run::linux_cmdline;
 use hvkvm::devices::serial::{CaptureBuffer, Tee};
 use hvkvm::host_quirks::{HostQuirks, QuirksMode};
 use hvkvm::hyperv::{BackendChoice, CrashAction, HvConfig};
@@ -53,10 +53,7 @@ fn debian_kernel_snapshotted_mid_boot_reaches_init_after_restore() {
     };
     let host = HostProbe::probe().expect("probe");
     let quirks = HostQuirks::resolve(QuirksMode::Auto, host.is_pvm());
-    let mut cmdline = DEFAULT_CMDLINE.to_string();
-    if let Some(extra) = quirk_cmdline(quirks) {
-        cmdline = format!("{extra} {cmdline} nosmp");
-    }
+    let cmdline = linux_cmdline(None, quirks, 1);
     let image = LinuxImage {
         kernel: std::fs::read(dir.join("vmlinuz")).unwrap(),
         initrd: Some(std::fs::read(dir.join("initramfs.cpio")).unwrap()),

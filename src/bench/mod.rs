@@ -11,6 +11,7 @@
 //! the percentiles itself and reports no histogram, so it has its own report type and no
 //! plot yet).
 
+pub mod boot;
 pub mod histogram;
 pub mod nested_cpuid;
 pub mod plot;
@@ -92,6 +93,15 @@ pub fn run_to_done(payload: &'static str, config: VmConfig) -> Result<VmOutcome,
 /// Why a benchmark could not run or report.
 #[derive(Debug, thiserror::Error)]
 pub enum BenchError {
+    /// A console log file could not be created.
+    #[error("cannot create the console log '{}'", path.display())]
+    Console {
+        /// The path.
+        path: std::path::PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
     /// The host could not be probed (no usable /dev/kvm).
     #[error(transparent)]
     Probe(#[from] crate::kvm::ProbeError),

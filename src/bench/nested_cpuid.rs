@@ -638,6 +638,7 @@ mod tests {
             vcpu_stats: Vec::new(),
             stuck_vcpus: Vec::new(),
             hyperv: None,
+            host_work: Default::default(),
         }
     }
 

@@ -91,8 +91,11 @@ fn fadt(dsdt_addr: u64) -> Vec<u8> {
     f.pm1_cnt_len = 2;
     f.x_pm1a_evt_blk = io_gas(PM1A_EVT_PORT, 4);
     f.x_pm1a_cnt_blk = io_gas(PM1A_CNT_PORT, 2);
-    // Bit 1 of IAPC_BOOT_ARCH: an 8042 is present (its reset command is how Linux reboots).
-    f.iapc_boot_arch = 2u16.into();
+    // IAPC_BOOT_ARCH without bit 1 ("8042"): Linux then does not load its i8042 driver
+    // (FADT revision >= 2 and no PNP PS/2 device), which otherwise polls the reset-only stub
+    // thousands of times for a byte that never comes. Linux's reboot=k does not look at this
+    // flag: it writes the reset command to port 0x64, which the stub still serves.
+    f.iapc_boot_arch = 0u16.into();
     let f = f
         .flag(Flags::Wbinvd)
         .flag(Flags::PwrButton)
@@ -184,6 +187,10 @@ mod tests {
         // PM1a_EVT_BLK at offset 56, PM1a_CNT_BLK at 64 (ACPI 5.2.9).
         assert_eq!(u32::from_le_bytes(f[56..60].try_into().unwrap()), 0x600);
         assert_eq!(u32::from_le_bytes(f[64..68].try_into().unwrap()), 0x604);
+        // IAPC_BOOT_ARCH at offset 109: no "8042" (bit 1), so Linux skips its i8042 probe;
+        // FADT revision (offset 8) >= 2, the first one Linux reads that flag from.
+        assert_eq!(u16::from_le_bytes(f[109..111].try_into().unwrap()) & 2, 0);
+        assert!(f[8] >= 2);
         let m = madt(2).unwrap();
         assert_eq!(&m[..4], b"APIC");
         assert!(checksum_ok(&m));

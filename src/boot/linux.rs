@@ -11,7 +11,7 @@ use std::io::Cursor;
 use linux_loader::loader::bootparam::{boot_e820_entry, boot_params};
 use linux_loader::loader::{bzimage::BzImage, elf::Elf, KernelLoader};
 
-use super::{acpi, long_mode, vmlinux, BootPlan, VcpuBootState};
+use super::{acpi, long_mode, vmlinux, BootPlan, HostStep, VcpuBootState};
 use crate::memory::layout::{self, CMDLINE_ADDR, CMDLINE_MAX, ZERO_PAGE_ADDR};
 use crate::memory::{Bytes, GuestAddress, GuestMemory};
 
@@ -145,12 +145,16 @@ fn load_kernel(
     mem: &GuestMemory,
     ram_size: u64,
     kernel: &[u8],
+    steps: &mut Vec<HostStep>,
 ) -> Result<LoadedKernel, LinuxError> {
     let highmem = Some(GuestAddress(layout::LOW_RESERVED_END));
-    let load_elf = |image: &[u8], format: String| {
+    let load_elf = |image: &[u8], format: String, steps: &mut Vec<HostStep>| {
         vmlinux::check_vmlinux_elf(image).map_err(LinuxError::Vmlinux)?;
         check_kernel_segments(image, ram_size)?;
-        let r = Elf::load(mem, None, &mut Cursor::new(image), highmem).map_err(LinuxError::Load)?;
+        let r = HostStep::time(steps, "copy the vmlinux segments", || {
+            Elf::load(mem, None, &mut Cursor::new(image), highmem)
+        })
+        .map_err(LinuxError::Load)?;
         Ok(LoadedKernel {
             entry: r.kernel_load.0,
             end: r.kernel_end,
@@ -159,12 +163,15 @@ fn load_kernel(
         })
     };
     if vmlinux::is_elf(kernel) {
-        return load_elf(kernel, "vmlinux ELF".into());
+        return load_elf(kernel, "vmlinux ELF".into(), steps);
     }
     // The vmlinux must fit in guest RAM, so no larger one is worth decompressing.
     let limit = usize::try_from(ram_size).unwrap_or(usize::MAX);
-    match vmlinux::extract_vmlinux_within(kernel, limit) {
-        Ok(elf) => load_elf(&elf, "bzImage, decompressed on the host".into()),
+    let extracted = HostStep::time(steps, "decompress the bzImage", || {
+        vmlinux::extract_vmlinux_within(kernel, limit)
+    });
+    match extracted {
+        Ok(elf) => load_elf(&elf, "bzImage, decompressed on the host".into(), steps),
         // Its own decompressor would run out of guest RAM just the same.
         Err(e @ vmlinux::VmlinuxError::TooLarge { .. }) => Err(LinuxError::Vmlinux(e)),
         Err(e) => {
@@ -216,7 +223,8 @@ pub fn load(
     cpus: u32,
     image: &LinuxImage,
 ) -> Result<BootPlan, LinuxError> {
-    let kernel = load_kernel(mem, ram_size, &image.kernel)?;
+    let mut steps = Vec::new();
+    let kernel = load_kernel(mem, ram_size, &image.kernel, &mut steps)?;
     let cmdline = image.cmdline.as_bytes();
     if cmdline.len() >= CMDLINE_MAX || cmdline.contains(&0) {
         return Err(LinuxError::Cmdline {
@@ -254,19 +262,28 @@ pub fn load(
             .map(|a| a & !0xfff)
             .filter(|&a| a >= kernel.end)
             .ok_or(LinuxError::InitrdTooLarge { size })?;
-        mem.write_slice(initrd, GuestAddress(addr))
-            .map_err(|e| LinuxError::Write("the initrd", e))?;
+        HostStep::time(&mut steps, "copy the initrd", || {
+            mem.write_slice(initrd, GuestAddress(addr))
+        })
+        .map_err(|e| LinuxError::Write("the initrd", e))?;
         params.hdr.ramdisk_image = addr as u32;
         params.hdr.ramdisk_size = size as u32;
     }
 
-    let e820 = e820_map(ram_size);
-    params.e820_entries = e820.len() as u8;
-    params.e820_table[..e820.len()].copy_from_slice(&e820);
-    params.acpi_rsdp_addr = acpi::write_tables(mem, cpus)?;
-    mem.write_obj(params, GuestAddress(ZERO_PAGE_ADDR))
-        .map_err(|e| LinuxError::Write("the zero page", e))?;
-    long_mode::write_tables(mem)?;
+    HostStep::time(
+        &mut steps,
+        "e820, ACPI tables, zero page, page tables",
+        || {
+            let e820 = e820_map(ram_size);
+            params.e820_entries = e820.len() as u8;
+            params.e820_table[..e820.len()].copy_from_slice(&e820);
+            params.acpi_rsdp_addr = acpi::write_tables(mem, cpus)?;
+            mem.write_obj(params, GuestAddress(ZERO_PAGE_ADDR))
+                .map_err(|e| LinuxError::Write("the zero page", e))?;
+            long_mode::write_tables(mem)?;
+            Ok::<(), LinuxError>(())
+        },
+    )?;
 
     let vcpus = (0..cpus)
         .map(|i| VcpuBootState {
@@ -284,6 +301,7 @@ pub fn load(
             kernel.entry,
             image.initrd.as_ref().map_or(0, Vec::len)
         ),
+        host_steps: steps,
     })
 }
 

@@ -33,4 +33,28 @@ pub struct BootPlan {
     pub vcpus: Vec<VcpuBootState>,
     /// A one-line description for logs and the demo ("ELF payload demo, entry 0x200000").
     pub description: String,
+    /// Host time of each loading step, in order (`hvkvm run --stats`).
+    pub host_steps: Vec<HostStep>,
+}
+
+/// One step of host-side work before the guest runs, and how long it took.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct HostStep {
+    /// What was done ("decompress the bzImage", "ACPI tables", ...).
+    pub name: &'static str,
+    /// Host nanoseconds.
+    pub ns: u64,
+}
+
+impl HostStep {
+    /// Runs `f` and records its time under `name` in `steps`.
+    pub fn time<T>(steps: &mut Vec<HostStep>, name: &'static str, f: impl FnOnce() -> T) -> T {
+        let start = std::time::Instant::now();
+        let value = f();
+        steps.push(HostStep {
+            name,
+            ns: start.elapsed().as_nanos() as u64,
+        });
+        value
+    }
 }

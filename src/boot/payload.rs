@@ -259,6 +259,7 @@ pub fn load(
     Ok(BootPlan {
         vcpus,
         description: format!("ELF payload {name}, entry {:#x}, {cpus} vCPU(s)", elf.entry),
+        host_steps: Vec::new(),
     })
 }
 

@@ -62,6 +62,10 @@ pub struct RunArgs {
     /// End the VM when the guest resets (exit status 0) instead of rebooting it.
     #[arg(long)]
     pub no_reboot: bool,
+    /// Print where the run's time went when the VM ends: exits per kind and per device with
+    /// hvkvm's host time, time inside KVM_RUN, loading steps, UART bytes and interrupts.
+    #[arg(long)]
+    pub stats: bool,
     /// Write how the VM ended (reason, exit counts, ucall reports) as JSON to FILE.
     #[arg(long, value_name = "FILE")]
     pub outcome_json: Option<PathBuf>,
@@ -221,6 +225,20 @@ kfunc_init,cubictcp_register,load_system_certificate_list",
     )
 }
 
+/// The command line `hvkvm run` gives a kernel: `base` (or hvkvm's default), after the host
+/// quirks' additions, plus `nosmp` for one vCPU.
+pub fn linux_cmdline(base: Option<&str>, quirks: HostQuirks, cpus: u32) -> String {
+    let mut cmdline = base.unwrap_or(DEFAULT_CMDLINE).to_string();
+    if let Some(extra) = quirk_cmdline(quirks) {
+        // First, so that the caller's own parameters (later on the line) win.
+        cmdline = format!("{extra} {cmdline}");
+    }
+    if cpus == 1 && !cmdline.split_whitespace().any(|w| w == "nosmp") {
+        cmdline.push_str(" nosmp");
+    }
+    cmdline
+}
+
 /// Builds the VM configuration from the arguments. Input files, the payload's ELF layout and
 /// the `--hv` selection are checked before the host is probed, so bad input is refused at
 /// once, on any host.
@@ -245,18 +263,10 @@ pub fn config(args: &RunArgs) -> Result<VmConfig, RunError> {
     let boot = match inputs {
         Inputs::Linux { kernel, initrd } => {
             let quirks = HostQuirks::resolve(args.host_quirks, host.is_pvm());
-            let mut cmdline = args
-                .cmdline
-                .clone()
-                .unwrap_or_else(|| DEFAULT_CMDLINE.to_string());
             if let Some(extra) = quirk_cmdline(quirks) {
-                // First, so that the user's own parameters (later on the line) win.
                 log::info!("host quirks: adding to the kernel command line: {extra}");
-                cmdline = format!("{extra} {cmdline}");
             }
-            if args.cpus == 1 && !cmdline.split_whitespace().any(|w| w == "nosmp") {
-                cmdline.push_str(" nosmp");
-            }
+            let cmdline = linux_cmdline(args.cmdline.as_deref(), quirks, args.cpus);
             BootSource::Linux(LinuxImage {
                 kernel,
                 initrd,
@@ -371,6 +381,9 @@ pub fn execute(args: RunArgs) -> Result<i32, RunError> {
     };
     drop(server);
     report(&outcome);
+    if args.stats {
+        eprint!("{}", crate::vm::run_stats::render(&outcome));
+    }
     if let Some(hv) = &outcome.hyperv {
         if args.hv_report {
             eprint!("{}", hv.render());

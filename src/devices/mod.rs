@@ -99,7 +99,7 @@ mod tests {
     use vmm_sys_util::eventfd::EventFd;
 
     fn trigger() -> serial::IrqFdTrigger {
-        serial::IrqFdTrigger(EventFd::new(libc::EFD_NONBLOCK).unwrap())
+        serial::IrqFdTrigger::new(EventFd::new(libc::EFD_NONBLOCK).unwrap())
     }
 
     #[test]

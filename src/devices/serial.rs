@@ -4,6 +4,7 @@
 //! must really raise IRQ 4; the irqfd makes that a single eventfd write.
 
 use std::io::{self, Write};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use vm_superio::serial::NoEvents;
@@ -13,14 +14,55 @@ use vmm_sys_util::eventfd::EventFd;
 use super::{PioDevice, PioOutcome};
 use crate::ratelimit::warn_ratelimited;
 
-/// Raises an interrupt line by writing to an eventfd registered as a KVM irqfd.
+/// Raises an interrupt line by writing to an eventfd registered as a KVM irqfd, and counts how
+/// often it did.
 #[derive(Debug)]
-pub struct IrqFdTrigger(pub EventFd);
+pub struct IrqFdTrigger {
+    fd: EventFd,
+    raised: Arc<AtomicU64>,
+}
+
+impl IrqFdTrigger {
+    /// A trigger writing to `fd`.
+    pub fn new(fd: EventFd) -> Self {
+        IrqFdTrigger {
+            fd,
+            raised: Arc::default(),
+        }
+    }
+}
 
 impl Trigger for IrqFdTrigger {
     type E = io::Error;
     fn trigger(&self) -> io::Result<()> {
-        self.0.write(1)
+        self.raised.fetch_add(1, Ordering::Relaxed);
+        self.fd.write(1)
+    }
+}
+
+/// What the UART did for the guest.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct SerialStats {
+    /// Bytes the guest transmitted (written to the sink).
+    pub tx_bytes: u64,
+    /// Interrupts raised on IRQ 4 (THR empty, data received).
+    pub irqs: u64,
+}
+
+/// Counts the bytes passed to the sink.
+struct CountingSink {
+    sink: SerialSink,
+    bytes: Arc<AtomicU64>,
+}
+
+impl Write for CountingSink {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.sink.write(buf)?;
+        self.bytes.fetch_add(n as u64, Ordering::Relaxed);
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.sink.flush()
     }
 }
 
@@ -88,7 +130,25 @@ impl<W: Write> Write for Unbuffered<W> {
 }
 
 /// The COM1 device on the I/O bus.
-pub struct SerialPort(Serial<IrqFdTrigger, NoEvents, SerialSink>);
+pub struct SerialPort(Serial<IrqFdTrigger, NoEvents, CountingSink>, Counters);
+
+/// The counters behind [`SerialStats`].
+struct Counters {
+    tx_bytes: Arc<AtomicU64>,
+    irqs: Arc<AtomicU64>,
+}
+
+impl Counters {
+    fn wrap(irq: &IrqFdTrigger, sink: SerialSink) -> (CountingSink, Counters) {
+        let tx_bytes = Arc::new(AtomicU64::new(0));
+        let sink = CountingSink {
+            sink,
+            bytes: tx_bytes.clone(),
+        };
+        let irqs = irq.raised.clone();
+        (sink, Counters { tx_bytes, irqs })
+    }
+}
 
 impl std::fmt::Debug for SerialPort {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -99,7 +159,16 @@ impl std::fmt::Debug for SerialPort {
 impl SerialPort {
     /// A UART raising `irq` and writing to `sink`.
     pub fn new(irq: IrqFdTrigger, sink: SerialSink) -> Self {
-        SerialPort(Serial::new(irq, sink))
+        let (sink, counters) = Counters::wrap(&irq, sink);
+        SerialPort(Serial::new(irq, sink), counters)
+    }
+
+    /// Bytes sent and interrupts raised so far.
+    pub fn stats(&self) -> SerialStats {
+        SerialStats {
+            tx_bytes: self.1.tx_bytes.load(Ordering::Relaxed),
+            irqs: self.1.irqs.load(Ordering::Relaxed),
+        }
     }
 
     /// The UART's registers and receive FIFO (snapshots).
@@ -141,8 +210,9 @@ impl SerialPort {
             scratch,
             in_buffer: state.in_buffer.clone(),
         };
+        let (sink, counters) = Counters::wrap(&irq, sink);
         Serial::from_state(&s, irq, NoEvents, sink)
-            .map(SerialPort)
+            .map(|serial| SerialPort(serial, counters))
             .map_err(|e| e.to_string())
     }
 }

@@ -10,13 +10,23 @@ pub fn host_tsc() -> u64 {
 /// CPU time the calling thread has used, in nanoseconds (CLOCK_THREAD_CPUTIME_ID). A vCPU
 /// thread's own run time is what Hyper-V's VP_RUNTIME reports.
 pub fn thread_cpu_time_ns() -> u64 {
+    cpu_time_ns(libc::CLOCK_THREAD_CPUTIME_ID)
+}
+
+/// CPU time the whole process (every thread) has used, in nanoseconds
+/// (CLOCK_PROCESS_CPUTIME_ID): what a guest run cost the host, independent of other load.
+pub fn process_cpu_time_ns() -> u64 {
+    cpu_time_ns(libc::CLOCK_PROCESS_CPUTIME_ID)
+}
+
+fn cpu_time_ns(clock: libc::clockid_t) -> u64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
     };
     // SAFETY: clock_gettime writes one timespec to the valid, exclusively borrowed `ts`; the
     // clock id is a constant every Linux kernel supports.
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    let rc = unsafe { libc::clock_gettime(clock, &mut ts) };
     if rc != 0 {
         return 0;
     }

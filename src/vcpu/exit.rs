@@ -14,7 +14,7 @@ use kvm_bindings::{
 use kvm_ioctls::VcpuExit;
 
 use super::msr::MsrBus;
-use super::stats::VcpuStats;
+use super::stats::{ExitKind, VcpuStats};
 use super::ucall::{self, Ucall};
 use super::VcpuState;
 use crate::devices::{GuestRequest, IoBus, PioOutcome, UCALL_PORT};
@@ -25,6 +25,30 @@ use crate::memory::GuestMemory;
 use crate::ratelimit::warn_ratelimited;
 use crate::vm::control::VmControl;
 use crate::vm::outcome::{StopReason, SyncEvent};
+
+/// The [`ExitKind`] of `exit`, for the statistics.
+fn exit_kind(exit: &VcpuExit<'_>) -> ExitKind {
+    match exit {
+        VcpuExit::IoIn(..) => ExitKind::IoIn,
+        VcpuExit::IoOut(..) => ExitKind::IoOut,
+        VcpuExit::MmioRead(..) => ExitKind::MmioRead,
+        VcpuExit::MmioWrite(..) => ExitKind::MmioWrite,
+        VcpuExit::X86Rdmsr(..) => ExitKind::MsrRead,
+        VcpuExit::X86Wrmsr(..) => ExitKind::MsrWrite,
+        VcpuExit::Hyperv => ExitKind::Hyperv,
+        VcpuExit::InternalError => ExitKind::InternalError,
+        VcpuExit::Debug(..) => ExitKind::Debug,
+        _ => ExitKind::Other,
+    }
+}
+
+/// The port of a port-I/O exit.
+fn exit_port(exit: &VcpuExit<'_>) -> Option<u16> {
+    match exit {
+        VcpuExit::IoIn(port, _) | VcpuExit::IoOut(port, _) => Some(*port),
+        _ => None,
+    }
+}
 
 /// What the vCPU loop does next.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -134,10 +158,9 @@ impl ExitHandler {
     /// Handles an exit that needs no register access, or defers it.
     pub fn dispatch(&mut self, exit: VcpuExit<'_>) -> Dispatch {
         let vcpu = self.vcpu;
-        VcpuStats::bump(&self.stats.exits);
+        self.stats.exit(exit_kind(&exit), exit_port(&exit));
         match exit {
             VcpuExit::IoOut(port, data) => {
-                VcpuStats::bump(&self.stats.io);
                 if port == UCALL_PORT {
                     return Dispatch::Deferred(DeferredExit::Ucall);
                 }
@@ -150,23 +173,19 @@ impl ExitHandler {
                 }
             }
             VcpuExit::IoIn(port, data) => {
-                VcpuStats::bump(&self.stats.io);
                 self.io.read(port, data);
                 Dispatch::Done(ExitAction::Continue)
             }
             VcpuExit::MmioRead(addr, data) => {
-                VcpuStats::bump(&self.stats.mmio);
                 warn_ratelimited!("vCPU {vcpu}: read of unassigned MMIO address {addr:#x}");
                 data.fill(0xff);
                 Dispatch::Done(ExitAction::Continue)
             }
             VcpuExit::MmioWrite(addr, _) => {
-                VcpuStats::bump(&self.stats.mmio);
                 warn_ratelimited!("vCPU {vcpu}: write to unassigned MMIO address {addr:#x}");
                 Dispatch::Done(ExitAction::Continue)
             }
             VcpuExit::X86Rdmsr(exit) => {
-                VcpuStats::bump(&self.stats.msr);
                 match self.msrs.read(exit.index) {
                     Ok(value) => *exit.data = value,
                     Err(_) => {
@@ -178,7 +197,6 @@ impl ExitHandler {
                 Dispatch::Done(ExitAction::Continue)
             }
             VcpuExit::X86Wrmsr(exit) => {
-                VcpuStats::bump(&self.stats.msr);
                 if self
                     .assist
                     .as_ref()
@@ -212,10 +230,7 @@ impl ExitHandler {
             }
             VcpuExit::Shutdown => Dispatch::Deferred(DeferredExit::Shutdown),
             VcpuExit::InternalError => Dispatch::Deferred(DeferredExit::InternalError),
-            VcpuExit::Debug(arch) => {
-                VcpuStats::bump(&self.stats.debug_exits);
-                Dispatch::Deferred(DeferredExit::Debug(arch))
-            }
+            VcpuExit::Debug(arch) => Dispatch::Deferred(DeferredExit::Debug(arch)),
             VcpuExit::FailEntry(reason, _) => self.stop(StopReason::EntryFailure { vcpu, reason }),
             VcpuExit::SystemEvent(kind, _) => match kind {
                 KVM_SYSTEM_EVENT_SHUTDOWN => self.stop(StopReason::PowerOff),

@@ -1,11 +1,12 @@
 //! The vCPU thread: `Running` → KVM_RUN → dispatch, `Paused` → wait, `Stopping` → return.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use kvm_ioctls::VcpuFd;
 
 use super::exit::{Dispatch, ExitAction, ExitHandler};
-use super::stats::VcpuStats;
+use super::stats::ExitKind;
 use crate::kvm::kick::KickGuard;
 use crate::vm::control::{RunState, VmControl};
 use crate::vm::outcome::StopReason;
@@ -18,6 +19,10 @@ pub fn run(mut fd: VcpuFd, mut handler: ExitHandler, control: Arc<VmControl>) {
     if let Some(hv) = handler.hyperv.as_mut() {
         hv.vcpu_stopped(&mut fd);
     }
+    handler.stats.cpu_ns.store(
+        crate::kvm::clock::thread_cpu_time_ns(),
+        std::sync::atomic::Ordering::Relaxed,
+    );
     if let Ok(regs) = fd.get_regs() {
         handler
             .stats
@@ -49,7 +54,10 @@ fn run_until_stopped(fd: &mut VcpuFd, handler: &mut ExitHandler, control: &VmCon
                 return;
             }
         }
+        let entered = Instant::now();
         let result = fd.run();
+        let exited = Instant::now();
+        handler.stats.ran(exited - entered);
         if let Some(hv) = handler.hyperv.as_mut() {
             hv.after_exit();
         }
@@ -58,7 +66,7 @@ fn run_until_stopped(fd: &mut VcpuFd, handler: &mut ExitHandler, control: &VmCon
             Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
                 // A kick: clear immediate_exit and re-check the run state.
                 fd.set_kvm_immediate_exit(0);
-                VcpuStats::bump(&handler.stats.interrupted);
+                handler.stats.exit(ExitKind::Interrupted, None);
                 continue;
             }
             Err(e) => {
@@ -73,6 +81,7 @@ fn run_until_stopped(fd: &mut VcpuFd, handler: &mut ExitHandler, control: &VmCon
             Dispatch::Done(action) => action,
             Dispatch::Deferred(deferred) => handler.handle_deferred(deferred, fd),
         };
+        handler.stats.handled(exited.elapsed());
         if let ExitAction::Stop(reason) = action {
             control.stop(reason);
             return;

@@ -153,6 +153,11 @@ impl RunningVm {
         VmHandle::new(self.core.clone())
     }
 
+    /// When the vCPUs were started (what [`VmOutcome::elapsed`] counts from).
+    pub fn started(&self) -> Instant {
+        self.start
+    }
+
     /// Waits until the VM is paused or stopping, up to `limit` and never past the VM's own
     /// timeout.
     pub fn wait_event(&self, limit: Option<Duration>) -> RunEvent {
@@ -208,6 +213,15 @@ impl RunningVm {
             vcpu_stats: core.stats.iter().map(|s| s.snapshot()).collect(),
             stuck_vcpus,
             hyperv: core.hyperv.as_ref().map(|b| b.report()),
+            host_work: super::outcome::HostWork {
+                steps: core.host_steps.clone(),
+                serial: core
+                    .devices
+                    .serial
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .stats(),
+            },
         };
         if !outcome.stuck_vcpus.is_empty() {
             // A thread stuck in KVM_RUN still uses the VM and guest memory: leak them rather

@@ -11,6 +11,7 @@ pub mod handle;
 pub mod link;
 pub mod live_report;
 pub mod outcome;
+pub mod run_stats;
 pub mod snapshot;
 
 use std::sync::{Arc, Mutex};
@@ -132,6 +133,8 @@ pub(crate) struct VmCore {
     pub(crate) migration_blockers: Vec<String>,
     pub(crate) host: crate::snapshot::format::HostIdentity,
     pub(crate) started: Mutex<Option<Instant>>,
+    /// Host work before the guest ran (loading steps, then the whole build).
+    pub(crate) host_steps: Vec<boot::HostStep>,
     pub(crate) vm: Arc<VmFd>,
     pub(crate) mem: GuestMemory,
 }
@@ -168,6 +171,7 @@ impl Vm {
     }
 
     fn build(config: VmConfig, mut restore: Option<snapshot::Restore<'_>>) -> Result<Vm, VmError> {
+        let build_start = Instant::now();
         config.validate()?;
         kick::install_handler().map_err(VmError::Signal)?;
         live_report::install().map_err(VmError::Signal)?;
@@ -214,7 +218,7 @@ impl Vm {
         vm.register_irqfd(&serial_irq, devices::COM1_IRQ)
             .map_err(kvm_err("KVM_IRQFD (COM1)"))?;
         let trigger =
-            devices::serial::IrqFdTrigger(serial_irq.try_clone().map_err(VmError::EventFd)?);
+            devices::serial::IrqFdTrigger::new(serial_irq.try_clone().map_err(VmError::EventFd)?);
         let saved_devices = restore.as_ref().map(|r| r.devices());
         let extra_ports: Vec<[u16; 2]> =
             config.extra_pio.iter().map(|(b, l, _)| [*b, *l]).collect();
@@ -394,6 +398,11 @@ impl Vm {
             extra_ports,
             extra_msrs,
         };
+        let mut host_steps = plan.map(|p| p.host_steps).unwrap_or_default();
+        host_steps.push(boot::HostStep {
+            name: "build the VM (everything above included)",
+            ns: build_start.elapsed().as_nanos() as u64,
+        });
         let core = VmCore {
             control,
             boot_description,
@@ -410,6 +419,7 @@ impl Vm {
                 .unwrap_or_default(),
             host: snapshot::host_identity(&host),
             started: Mutex::new(None),
+            host_steps,
             vm,
             mem,
         };

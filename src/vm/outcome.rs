@@ -221,6 +221,17 @@ pub struct VmOutcome {
     pub stuck_vcpus: Vec<u32>,
     /// What the guest used of the Hyper-V user backend, when it had one.
     pub hyperv: Option<crate::hyperv::report::UsageReport>,
+    /// Host-side work outside the exit path: loading and building, the UART.
+    pub host_work: HostWork,
+}
+
+/// Host-side work the exit counters do not show.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct HostWork {
+    /// Loading and building the VM, step by step.
+    pub steps: Vec<crate::boot::HostStep>,
+    /// The UART's bytes and interrupts.
+    pub serial: crate::devices::serial::SerialStats,
 }
 
 #[cfg(test)]

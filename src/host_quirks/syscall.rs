@@ -27,6 +27,11 @@ use crate::vcpu::VcpuState;
 
 const MSR_STAR: u32 = 0xc000_0081;
 const MSR_LSTAR: u32 = 0xc000_0082;
+/// IA32_FMASK: the RFLAGS bits SYSCALL clears.
+const MSR_FMASK: u32 = 0xc000_0084;
+/// RFLAGS.RF, which SYSCALL clears too; bit 1 is always set.
+const RFLAGS_RF: u64 = 1 << 16;
+const RFLAGS_FIXED: u64 = 1 << 1;
 const PF_VECTOR: u64 = 14;
 /// DR7: G0 (global enable of DR0) plus the always-one bit 10; RW0 = LEN0 = 0 (execution).
 const DR7_EXEC_DR0: u64 = (1 << 1) | (1 << 10);
@@ -51,6 +56,8 @@ pub struct SyscallRepair {
     armed: Armed,
     /// How many SYSCALLs were repaired (for logs and tests).
     pub repaired: u64,
+    /// Whether a repaired SYSCALL's frame already had FMASK bits set was logged (once).
+    noted_unmasked: bool,
 }
 
 impl SyscallRepair {
@@ -163,7 +170,9 @@ impl SyscallRepair {
             log::trace!("host quirk: #PF at {rip:#x} (cs {cs:#x}) is not a broken SYSCALL");
             return false;
         }
-        let (Ok(mut sregs), Ok(star)) = (state.sregs(), state.msr(MSR_STAR)) else {
+        let (Ok(mut sregs), Ok(star), Ok(fmask)) =
+            (state.sregs(), state.msr(MSR_STAR), state.msr(MSR_FMASK))
+        else {
             return false;
         };
         let kernel_cs = ((star >> 32) & 0xfffc) as u16;
@@ -171,13 +180,25 @@ impl SyscallRepair {
         sregs.ss = segment(kernel_cs + 8, false);
         regs.rip = self.lstar;
         regs.rsp = rsp;
-        regs.rflags = rflags;
+        if rflags & fmask != 0 && !self.noted_unmasked {
+            self.noted_unmasked = true;
+            log::info!(
+                "host quirk: the broken SYSCALL left RFLAGS {rflags:#x} with IA32_FMASK \
+                 {fmask:#x} bits set; the repair clears them"
+            );
+        }
+        regs.rflags = syscall_rflags(rflags, fmask);
         if state.set_sregs(&sregs).is_err() || state.set_regs(&regs).is_err() {
             return false;
         }
         self.repaired += 1;
         true
     }
+}
+
+/// RFLAGS after SYSCALL from `rflags`: the IA32_FMASK bits and RF cleared.
+fn syscall_rflags(rflags: u64, fmask: u64) -> u64 {
+    (rflags & !fmask & !RFLAGS_RF) | RFLAGS_FIXED
 }
 
 /// The guest's #PF handler address, from IDT vector 14.
@@ -193,4 +214,26 @@ fn pf_handler(state: &dyn VcpuState, mem: &GuestMemory) -> Option<u64> {
     let high = u64::from(u32::from_le_bytes([gate[8], gate[9], gate[10], gate[11]]));
     let present = gate[5] & 0x80 != 0;
     present.then_some(low | (mid << 16) | (high << 32))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn syscall_clears_the_fmask_bits_and_rf() {
+        // Linux's FMASK: TF, IF, DF, AC, NT (and IOPL).
+        let linux_fmask = 0x4_7700;
+        let user = 0x1_0246 | (1 << 9) | (1 << 10); // RF, IF, DF, ZF, PF set
+        let kernel = syscall_rflags(user, linux_fmask);
+        assert_eq!(
+            kernel & (1 << 9),
+            0,
+            "interrupts stay off in the kernel entry"
+        );
+        assert_eq!(kernel & (1 << 10), 0, "DF cleared");
+        assert_eq!(kernel & RFLAGS_RF, 0);
+        assert_eq!(kernel & 0xc4, 0x44, "ZF and PF kept");
+        assert_eq!(kernel & RFLAGS_FIXED, RFLAGS_FIXED);
+    }
 }

@@ -38,6 +38,9 @@ impl std::str::FromStr for QuirksMode {
     }
 }
 
+/// The largest time dilation factor a VM may have (`VmConfig::time_dilation`, snapshots).
+pub const MAX_TIME_DILATION: u32 = 1000;
+
 /// What the workarounds change for a VM on such a host.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HostQuirks {

@@ -116,7 +116,10 @@ impl VmConfig {
         if self.timeout == Some(Duration::ZERO) {
             return Err(ConfigError::ZeroTimeout);
         }
-        if let Some(n) = self.time_dilation.filter(|n| !(1..=1000).contains(n)) {
+        if let Some(n) = self
+            .time_dilation
+            .filter(|n| !(1..=crate::host_quirks::MAX_TIME_DILATION).contains(n))
+        {
             return Err(ConfigError::TimeDilation(n));
         }
         Ok(())

@@ -46,6 +46,7 @@ use super::partition::Partition;
 use super::stimer::{Stimer, StimerState};
 use super::synic::{Synic, SynicState};
 use super::{UserBackend, UserBackendParams};
+use crate::host_quirks::MAX_TIME_DILATION;
 
 /// The saved reference clock.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -225,7 +226,12 @@ impl UserBackend {
             }
             None => None,
         };
-        p.time_dilation = state.time_dilation.max(1);
+        if !(1..=MAX_TIME_DILATION).contains(&state.time_dilation) {
+            return Err(RestoreError::Clock(
+                "a time dilation factor outside 1..=1000",
+            ));
+        }
+        p.time_dilation = state.time_dilation;
         let new_hz = u64::from(p.tsc_khz) * 1000 * u64::from(p.time_dilation);
         let (tsc_hz, clock) = match rate {
             RateChange::Same => (state.tsc_hz, saved_clock),
@@ -498,6 +504,20 @@ mod tests {
             r.vp(0).unwrap().synic.read(SINT0),
             Ok(hyperv_tlfs::synic::SINT_RESET_VALUE)
         );
+    }
+
+    #[test]
+    fn an_absurd_dilation_factor_is_refused() {
+        let cpuid = leaf();
+        let mem = crate::memory::allocate(16).unwrap();
+        let mut state = UserBackend::new(params(&cpuid, &mem, KHZ, 0)).save();
+        for bad in [0, 1001, u32::MAX] {
+            state.time_dilation = bad;
+            assert!(matches!(
+                UserBackend::restore(params(&cpuid, &mem, KHZ, 0), &state, RateChange::Same),
+                Err(RestoreError::Clock(_))
+            ));
+        }
     }
 
     #[test]

@@ -239,18 +239,6 @@ impl Vm {
             overrides: &config.cpuid_overrides,
             quirks,
         };
-        let backend_kind = config.hyperv.as_ref().map(|h| h.backend);
-        let caps = StateCaps::probe(
-            &kvm,
-            &vm,
-            if backend_kind == Some(hv_model::Backend::Kernel) {
-                hyperv_tlfs::msr::KVM_EMULATED
-            } else {
-                &[]
-            },
-            backend_kind.and_then(HvBackend::filters_msrs),
-        )
-        .map_err(kvm_err("KVM_GET_MSR_INDEX_LIST"))?;
 
         // The vCPUs with their CPUID (the snapshot's tables on restore).
         let mut fds = Vec::new();
@@ -268,6 +256,23 @@ impl Vm {
                 .map_err(kvm_err("KVM_SET_CPUID2"))?;
             fds.push(fd);
             tables.push(table);
+        }
+        let backend_kind = config.hyperv.as_ref().map(|h| h.backend);
+        let kernel_backend = backend_kind == Some(hv_model::Backend::Kernel);
+        let mut caps = StateCaps::probe(
+            &kvm,
+            &vm,
+            if kernel_backend {
+                hyperv_tlfs::msr::KVM_EMULATED
+            } else {
+                &[]
+            },
+            backend_kind.and_then(HvBackend::filters_msrs),
+        )
+        .map_err(kvm_err("KVM_GET_MSR_INDEX_LIST"))?;
+        if kernel_backend {
+            caps.msrs
+                .retain(|&index| crate::hyperv::kernel::msr_restorable(&tables[0], index));
         }
         let host_tsc_khz = fds[0].get_tsc_khz().ok().or(host.tsc_khz);
         let control = Arc::new(VmControl::default());

@@ -60,6 +60,25 @@ pub struct KernelBackend {
     history: Mutex<Option<UsageReport>>,
 }
 
+/// Whether the kernel backend activates the SynIC (`KVM_CAP_HYPERV_SYNIC2`) of a guest with
+/// these features: with SynIC, and with timers too, since KVM serves the STIMER MSRs only on a
+/// vCPU whose SynIC it activated.
+fn activates_synic(features: &Features) -> bool {
+    features.has(privilege::SYNIC) || features.has(privilege::SYNTIMERS)
+}
+
+/// Whether a vCPU state with MSR `index` can be restored into a guest with `cpuid`: KVM
+/// refuses host writes of non-zero SynIC and timer MSRs (SVERSION reads 1, SINTs 0x10000)
+/// while the SynIC is not active, so a snapshot of a guest without it leaves them out (the
+/// guest could never change them).
+pub fn msr_restorable(cpuid: &[kvm_cpuid_entry2], index: u32) -> bool {
+    let synic_msr = matches!(
+        index,
+        msr::SCONTROL..=msr::SINT15 | msr::STIMER0_CONFIG..=msr::STIMER3_COUNT
+    );
+    !synic_msr || activates_synic(&Features::from_cpuid(cpuid))
+}
+
 impl KernelBackend {
     /// A backend for `vcpus` vCPUs whose guest runs with `cpuid`.
     pub fn new(
@@ -98,8 +117,7 @@ impl KernelBackend {
                 source,
             }
         };
-        // Timers too: KVM serves the STIMER MSRs only on a vCPU whose SynIC it activated.
-        if self.features.has(privilege::SYNIC) || self.features.has(privilege::SYNTIMERS) {
+        if activates_synic(&self.features) {
             crate::kvm::hyperv::enable_synic2(fd).map_err(kvm("KVM_CAP_HYPERV_SYNIC2"))?;
         }
         if self.features.recommends(recommendation::ENLIGHTENED_VMCS) {
@@ -317,5 +335,30 @@ impl HypercallServices for ForwardedCalls {
 
     fn ext_query_capabilities(&mut self, _vcpu: u32) -> Result<u64, u16> {
         Ok(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn features(eax: u32) -> [kvm_cpuid_entry2; 1] {
+        [kvm_cpuid_entry2 {
+            function: hyperv_tlfs::cpuid::LEAF_FEATURES,
+            eax,
+            ..Default::default()
+        }]
+    }
+
+    #[test]
+    fn synic_msrs_are_saved_only_where_the_synic_is_active() {
+        let none = features(privilege::HYPERCALL_MSRS);
+        let timers = features(privilege::SYNTIMERS);
+        assert!(!msr_restorable(&none, msr::SVERSION));
+        assert!(!msr_restorable(&none, msr::SINT0));
+        assert!(!msr_restorable(&none, msr::STIMER0_CONFIG));
+        assert!(msr_restorable(&none, msr::GUEST_OS_ID));
+        assert!(msr_restorable(&timers, msr::SINT15));
+        assert!(msr_restorable(&timers, msr::STIMER3_COUNT));
     }
 }

@@ -220,14 +220,14 @@ EOF
 }
 
 # Writes $1/bochsrc, $1/debugger.rc and $1/bochs.sh for RAM $2 MiB, serial log $3, Bochs log
-# $4 and ISO $5.
+# $4, ISO $5 and $6 processors (default 1).
 write_bochsrc() {
     local run=$1
     # sync=none with a high ips: emulated time advances with instructions, not wall time, so
     # the guest's timer interrupts do not eat the (slow) emulated CPU. Bochs' "errors" are
     # guest events (unknown MSRs read every tick, EPT violations): ~80,000 lines per session.
     cat >"$run/bochsrc" <<EOF
-cpu: model=corei7_skylake_x, count=1, ips=200000000, reset_on_triple_fault=1
+cpu: model=corei7_skylake_x, count=${6:-1}, ips=200000000, reset_on_triple_fault=1
 memory: guest=$2, host=$2
 clock: sync=none, time0=local
 romimage: file=$BOCHS_BIOS

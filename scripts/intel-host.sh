@@ -14,6 +14,9 @@
 #                     emulated host's own clocks run slower than wall time, so it is kept here
 #                     (waiting for the host-cores lock, below, does not count)
 #   --memory MIB      RAM of the emulated host, at most 2048 (default 2048)
+#   --cpus N          processors of the emulated host, 1 to 4 (default 1). Bochs runs them all
+#                     on one host thread, so each is 1/N as fast. An L1 guest needs as many:
+#                     a 2-vCPU L1 on one emulated CPU did not boot within 10 minutes
 #   --quiet           do not copy the serial log to stdout while it runs
 #   --qemu            also put Debian's QEMU in the host (qemu-system-x86_64 on PATH, with
 #                     SeaBIOS and the -kernel loaders' option ROMs; KVM only, no display, no
@@ -38,6 +41,7 @@ source "$ROOT/scripts/intel-host-image.sh"
 OUT=$ROOT/target/intel-host/last
 TIMEOUT=900
 MEMORY=2048
+CPUS=1
 QUIET=0
 QEMU_IN_HOST=0
 INSTALL=1
@@ -49,6 +53,7 @@ while (($#)); do
     --out) OUT=$2; shift 2 ;;
     --timeout) TIMEOUT=$2; shift 2 ;;
     --memory) MEMORY=$2; shift 2 ;;
+    --cpus) CPUS=$2; shift 2 ;;
     --quiet) QUIET=1; shift ;;
     --qemu) QEMU_IN_HOST=1; shift ;;
     --no-install) INSTALL=0; shift ;;
@@ -64,6 +69,7 @@ done
     die "no command: scripts/intel-host.sh -- hvkvm probe"
 [[ $TIMEOUT =~ ^[0-9]+$ && $MEMORY =~ ^[0-9]+$ ]] || die "--timeout and --memory take numbers"
 ((MEMORY >= 256 && MEMORY <= 2048)) || die "--memory must lie in 256..2048 (Bochs' limit)"
+[[ $CPUS =~ ^[1-4]$ ]] || die "--cpus takes 1 to 4, not '$CPUS'"
 
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
@@ -107,7 +113,7 @@ pack_tree "$RUN/cmd" "$RUN/cmd.cpio"
 make_iso "$RUN/cmd.cpio" "$RUN/intel-host.iso" "$QEMU_IN_HOST"
 
 # --- 2. Bochs --------------------------------------------------------------------------------
-write_bochsrc "$RUN" "$MEMORY" "$OUT/serial.log" "$OUT/bochs.log" "$RUN/intel-host.iso"
+write_bochsrc "$RUN" "$MEMORY" "$OUT/serial.log" "$OUT/bochs.log" "$RUN/intel-host.iso" "$CPUS"
 : >"$OUT/serial.log"
 if ((!QUIET)); then
     tail -n +1 -f "$OUT/serial.log" &

@@ -84,22 +84,29 @@ pub enum HvBackend {
     Kernel(Arc<KernelBackend>),
 }
 
+impl<'a> BackendParams<'a> {
+    /// What the user backend is built from (a new one, or one continuing a snapshot).
+    pub fn into_user(self) -> UserBackendParams<'a> {
+        UserBackendParams {
+            cpuid: self.cpuid,
+            offered_names: self.config.offered.clone(),
+            vps: self.vcpus,
+            mem: self.mem,
+            guest_tsc: self.guest_tsc,
+            tsc_khz: self.tsc_khz,
+            on_crash: self.config.on_crash,
+            link: Some(self.link),
+            connections: self.config.connections.clone(),
+            time_dilation: self.time_dilation,
+        }
+    }
+}
+
 impl HvBackend {
     /// Builds the backend the configuration names.
     pub fn new(p: BackendParams<'_>) -> Self {
         match p.config.backend {
-            Backend::User => HvBackend::User(Arc::new(UserBackend::new(UserBackendParams {
-                cpuid: p.cpuid,
-                offered_names: p.config.offered.clone(),
-                vps: p.vcpus,
-                mem: p.mem,
-                guest_tsc: p.guest_tsc,
-                tsc_khz: p.tsc_khz,
-                on_crash: p.config.on_crash,
-                link: Some(p.link),
-                connections: p.config.connections.clone(),
-                time_dilation: p.time_dilation,
-            }))),
+            Backend::User => HvBackend::User(Arc::new(UserBackend::new(p.into_user()))),
             Backend::Kernel => HvBackend::Kernel(Arc::new(KernelBackend::new(
                 p.config, p.cpuid, p.vcpus, p.mem,
             ))),

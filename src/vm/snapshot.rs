@@ -58,7 +58,7 @@ use crate::devices::PlatformState;
 use crate::host_quirks::QuirksMode;
 use crate::hyperv::backend::BackendParams;
 use crate::hyperv::user::snapshot::{RateChange, Reenlightenment, UserBackendState};
-use crate::hyperv::user::{UserBackend, UserBackendParams};
+use crate::hyperv::user::UserBackend;
 use crate::hyperv::{CrashAction, HvBackend, HvConfig};
 use crate::kvm::vcpu_state::{self, StateCaps, VcpuArchState, MSR_IA32_TSC};
 use crate::kvm::HostProbe;
@@ -672,26 +672,12 @@ impl Restore<'_> {
             TscPlan::Reenlighten => RateChange::Reenlighten,
             _ => RateChange::Same,
         };
-        let (backend, notify) = UserBackend::restore(
-            UserBackendParams {
-                cpuid: p.cpuid,
-                offered_names: p.config.offered.clone(),
-                vps: p.vcpus,
-                mem: p.mem,
-                guest_tsc: p.guest_tsc,
-                tsc_khz: p.tsc_khz,
-                on_crash: p.config.on_crash,
-                link: Some(p.link),
-                connections: p.config.connections.clone(),
-                // The saved factor wins (UserBackend::restore).
-                time_dilation: p.time_dilation,
-            },
-            state,
-            rate,
-        )
-        .map_err(|e| SnapshotError::Invalid {
-            file: "vm".into(),
-            problem: e.to_string(),
+        // The saved time dilation factor wins over the configured one (UserBackend::restore).
+        let (backend, notify) = UserBackend::restore(p.into_user(), state, rate).map_err(|e| {
+            SnapshotError::Invalid {
+                file: "vm".into(),
+                problem: e.to_string(),
+            }
         })?;
         self.notify = notify;
         let backend = Arc::new(backend);

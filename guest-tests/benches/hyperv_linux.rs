@@ -16,7 +16,6 @@
 //! iterations. Needs scripts/linux-guest.sh's output (else SKIP).
 
 use std::io::Write;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -224,15 +223,8 @@ fn main() {
         println!("SKIP: {reason}");
         return;
     }
-    let dir = std::env::var_os("HVKVM_LINUX_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/../target/linux-guest"
-            ))
-        });
-    if !dir.join("vmlinuz").exists() || !dir.join("initramfs.cpio").exists() {
+    let (dir, present) = guest_tests::linux_guest_dir();
+    if !present {
         println!(
             "SKIP: no Linux guest in {}: run scripts/linux-guest.sh",
             dir.display()

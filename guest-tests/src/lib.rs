@@ -132,6 +132,34 @@ pub fn kernel_hv_cpuid_has(function: u32, regs: [u32; 4]) -> bool {
         })
 }
 
+/// Where scripts/linux-guest.sh put Debian's kernel and the initramfs: `HVKVM_LINUX_DIR`, else
+/// target/linux-guest; whether both files are there.
+pub fn linux_guest_dir() -> (std::path::PathBuf, bool) {
+    let dir = std::env::var_os("HVKVM_LINUX_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            std::path::PathBuf::from(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../target/linux-guest"
+            ))
+        });
+    let present = dir.join("vmlinuz").exists() && dir.join("initramfs.cpio").exists();
+    (dir, present)
+}
+
+/// [`linux_guest_dir`] for a test: `None` (the test prints SKIP) when the guest is missing,
+/// a panic when `HVKVM_REQUIRE_LINUX=1` says it must be there.
+pub fn linux_guest_for_test() -> Option<std::path::PathBuf> {
+    let (dir, present) = linux_guest_dir();
+    if !present && std::env::var("HVKVM_REQUIRE_LINUX").as_deref() == Ok("1") {
+        panic!(
+            "no Linux guest in {}: run scripts/linux-guest.sh",
+            dir.display()
+        );
+    }
+    present.then_some(dir)
+}
+
 /// One guest run being set up.
 #[derive(Debug)]
 pub struct GuestTest {

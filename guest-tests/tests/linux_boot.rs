@@ -9,7 +9,7 @@
 //! prints `SKIP:`, unless HVKVM_REQUIRE_LINUX=1, where a missing guest is a failure. Each
 //! boot takes about five minutes on hosts that emulate guest kernel code.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use guest_tests::{error_chain, require_kvm};
@@ -23,25 +23,6 @@ use hvkvm::vm::{self, BootSource, StopReason, VmConfig};
 
 /// Generous: a boot took 400–550 s on the development hosts (kvm_pvm, 2 cores).
 const BOOT_TIMEOUT: Duration = Duration::from_secs(1200);
-
-fn linux_dir() -> Option<PathBuf> {
-    let dir = std::env::var_os("HVKVM_LINUX_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/../target/linux-guest"
-            ))
-        });
-    let present = dir.join("vmlinuz").exists() && dir.join("initramfs.cpio").exists();
-    if !present && std::env::var("HVKVM_REQUIRE_LINUX").as_deref() == Ok("1") {
-        panic!(
-            "no Linux guest in {}: run scripts/linux-guest.sh",
-            dir.display()
-        );
-    }
-    present.then_some(dir)
-}
 
 /// The Hyper-V selection of the Hyper-V boot: Linux's profile, with KVM's own leaves hidden
 /// (Linux prefers KVM when it sees both, and would then never run its Hyper-V code).
@@ -105,7 +86,7 @@ fn boot(dir: &Path, cpus: u32, hyperv: bool) -> Boot {
 #[test]
 fn debian_kernel_boots_as_a_hyper_v_guest_on_2_vcpus() {
     require_kvm!();
-    let Some(dir) = linux_dir() else {
+    let Some(dir) = guest_tests::linux_guest_for_test() else {
         eprintln!("SKIP: no Linux guest: run scripts/linux-guest.sh first");
         return;
     };

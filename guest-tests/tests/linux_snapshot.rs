@@ -7,7 +7,6 @@
 //! prints `SKIP:`, unless HVKVM_REQUIRE_LINUX=1. One boot of 6-9 minutes on hosts that emulate
 //! guest kernel code.
 
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use guest_tests::{error_chain, require_kvm};
@@ -25,29 +24,10 @@ const BOOT_TIMEOUT: Duration = Duration::from_secs(1200);
 /// 250-350 s on the development hosts), overridable with HVKVM_LINUX_SNAPSHOT_AT=SECONDS.
 const SNAPSHOT_AT: Duration = Duration::from_secs(120);
 
-fn linux_dir() -> Option<PathBuf> {
-    let dir = std::env::var_os("HVKVM_LINUX_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/../target/linux-guest"
-            ))
-        });
-    let present = dir.join("vmlinuz").exists() && dir.join("initramfs.cpio").exists();
-    if !present && std::env::var("HVKVM_REQUIRE_LINUX").as_deref() == Ok("1") {
-        panic!(
-            "no Linux guest in {}: run scripts/linux-guest.sh",
-            dir.display()
-        );
-    }
-    present.then_some(dir)
-}
-
 #[test]
 fn debian_kernel_snapshotted_mid_boot_reaches_init_after_restore() {
     require_kvm!();
-    let Some(dir) = linux_dir() else {
+    let Some(dir) = guest_tests::linux_guest_for_test() else {
         eprintln!("SKIP: no Linux guest: run scripts/linux-guest.sh first");
         return;
     };

@@ -93,6 +93,10 @@ trap finish EXIT
 trap 'status=130; exit 130' INT TERM
 
 # --- 1. the image ----------------------------------------------------------------------------
+# Sessions started together (one per emulated host, tests/intel_host.rs) build one at a time:
+# the first builds the cached image, the others find it ready.
+exec 8>"$ROOT/target/intel-host/build.lock"
+flock 8
 ((INSTALL)) && install_packages
 check_prerequisites
 ((BUILD)) && build_binaries
@@ -111,6 +115,7 @@ fi
 chmod 755 "$RUN/cmd/hvkvm/command"
 pack_tree "$RUN/cmd" "$RUN/cmd.cpio"
 make_iso "$RUN/cmd.cpio" "$RUN/intel-host.iso" "$QEMU_IN_HOST"
+flock -u 8
 
 # --- 2. Bochs --------------------------------------------------------------------------------
 write_bochsrc "$RUN" "$MEMORY" "$OUT/serial.log" "$OUT/bochs.log" "$RUN/intel-host.iso" "$CPUS"

@@ -6,25 +6,30 @@
 //! hvkvm-suites run [--host NAME] [--exact] [--skip PATTERN]... [FILTER]...
 //! hvkvm-suites list [--host NAME]
 //! hvkvm-suites guest-dir
+//! hvkvm-suites sessions
 //! ```
 //!
 //! `--host` (default `local`) names the host in the reports and decides which cases apply:
-//! `intel-host` adds the cases that need it. Filters select by substring of `HOST/suite/case`
+//! `intel-host` adds the cases that need it; `intel-host-2cpu` runs only the cases that need
+//! its two CPUs. Filters select by substring of `HOST/suite/case`
 //! (whole names with `--exact`), as `cargo test` filters do. `run` prints
 //! `HVKVM-CASE-START {json}` before and `HVKVM-CASE {json}` after each case (guest_tests::report)
 //! and exits 1 if any case failed. `guest-dir` prints where this build's payloads are.
+//! `sessions` prints one line per emulated Intel host: its name, then the scripts/intel-host.sh
+//! options that boot it (scripts/test.sh starts a session of each).
 
 use std::io::Write;
 use std::process::ExitCode;
 use std::time::Instant;
 
 use guest_tests::harness::{record_panic_locations, run_case, selected, LOCAL};
-use guest_tests::intel_host::HOST as INTEL_HOST;
+use guest_tests::intel_host::EMULATED_HOSTS;
 use guest_tests::report::{result_line, start_line, CaseReport};
-use guest_tests::suites::{self, Case, Hosts};
+use guest_tests::suites::{self, Case};
 
-const USAGE: &str = "usage: hvkvm-suites run [--host local|intel-host] [--exact] [--skip PATTERN]... \
-                     [FILTER]...\n       hvkvm-suites list [--host NAME]\n       hvkvm-suites guest-dir";
+const USAGE: &str = "usage: hvkvm-suites run [--host local|intel-host|intel-host-2cpu] [--exact] \
+                     [--skip PATTERN]... [FILTER]...\n       hvkvm-suites list [--host NAME]\n       \
+                     hvkvm-suites guest-dir\n       hvkvm-suites sessions";
 
 struct Selection {
     host: String,
@@ -59,7 +64,7 @@ fn parse(args: &[String]) -> Result<Selection, String> {
 fn cases(sel: &Selection) -> Vec<(String, Case)> {
     suites::all()
         .into_iter()
-        .filter(|c| c.hosts == Hosts::Any || sel.host == INTEL_HOST)
+        .filter(|c| c.hosts.include(&sel.host))
         .map(|c| (format!("{}/{}", sel.host, c.name), c))
         .filter(|(full, _)| selected(full, &sel.filters, &sel.skips, sel.exact))
         .collect()
@@ -122,6 +127,12 @@ fn main() -> ExitCode {
         }
         "guest-dir" => {
             println!("{}", guest_tests::GUEST_DIR);
+            ExitCode::SUCCESS
+        }
+        "sessions" => {
+            for host in EMULATED_HOSTS {
+                println!("{} {}", host.name, host.script_options().join(" "));
+            }
             ExitCode::SUCCESS
         }
         _ => {

@@ -1,14 +1,16 @@
 //! The emulated Intel VMX host as a test host.
 //!
 //! A session is one run of `scripts/intel-host.sh` (Bochs booting Debian's kernel with
-//! `kvm-intel nested=1`) whose command is `hvkvm-suites run --host intel-host …`: every case
-//! runs in that one boot (a boot costs ~40 s), and each reports itself on the emulated host's
-//! console ([`crate::report`]). [`Session`] follows that console and hands each case's result
-//! to the test waiting for it, so every case is its own test line (`tests/intel_host.rs`).
+//! `kvm-intel nested=1`) whose command is `hvkvm-suites run --host NAME …`: every case of that
+//! [`EmulatedHost`] runs in that one boot (a boot costs ~40 s), and each reports itself on the
+//! emulated host's console ([`crate::report`]). [`Session`] follows that console and hands each
+//! case's result to the test waiting for it, so every case is its own test line
+//! (`tests/intel_host.rs`). There are two hosts: `intel-host` (one CPU, nearly every case) and
+//! `intel-host-2cpu` (two CPUs, for a 2-vCPU L1 guest); their sessions run one after the other.
 //!
-//! A session is either started by the test itself or, in CI, by scripts/test.sh in the
-//! background before the local tests (`HVKVM_INTEL_HOST_SESSION=DIR`), so that it runs while
-//! they do; the test then only follows it. The session's files are in its directory: the
+//! Sessions are either started by the test itself or, in CI, by scripts/test.sh in the
+//! background before the local tests (`HVKVM_INTEL_HOST_SESSION=DIR`, one subdirectory per
+//! host), so that they run while those do; the test then only follows them. The session's files are in its directory: the
 //! console `serial.log`, the script's own messages `script.log`, `pid` while the script runs,
 //! and `exit-status` once it has ended.
 
@@ -26,10 +28,51 @@ mod console;
 
 use console::{End, Poller, State};
 
-/// The host's name in test names and reports.
-pub const HOST: &str = "intel-host";
+/// One way to boot the emulated Intel host: its name in test names and reports, and the
+/// scripts/intel-host.sh options that make it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EmulatedHost {
+    /// The host's name in test names and reports (`hvkvm-suites run --host NAME`).
+    pub name: &'static str,
+    /// Emulated processors (`--cpus`). Bochs runs them all on one host thread, so each is
+    /// 1/N as fast.
+    pub cpus: u32,
+    /// QEMU in the image (`--qemu`), for the qemu suite.
+    pub qemu: bool,
+}
 
-/// Follow a session started elsewhere (by scripts/test.sh) in this directory.
+impl EmulatedHost {
+    /// The scripts/intel-host.sh options that boot this host.
+    pub fn script_options(&self) -> Vec<String> {
+        let mut options = vec!["--cpus".to_string(), self.cpus.to_string()];
+        if self.qemu {
+            options.push("--qemu".to_string());
+        }
+        options
+    }
+}
+
+/// Where every Intel-host case runs unless it needs more CPUs: one CPU at the emulator's full
+/// speed, with QEMU in it for the qemu suite.
+pub const INTEL_HOST: EmulatedHost = EmulatedHost {
+    name: "intel-host",
+    cpus: 1,
+    qemu: true,
+};
+
+/// Two CPUs, for the cases that run a 2-vCPU L1 guest: on one emulated CPU such an L1 did not
+/// boot within 10 minutes (an overcommitted SMP guest).
+pub const INTEL_HOST_2CPU: EmulatedHost = EmulatedHost {
+    name: "intel-host-2cpu",
+    cpus: 2,
+    qemu: false,
+};
+
+/// Every emulated host, in the order their sessions run.
+pub const EMULATED_HOSTS: [EmulatedHost; 2] = [INTEL_HOST, INTEL_HOST_2CPU];
+
+/// Follow the sessions started elsewhere (by scripts/test.sh): each host's session is in the
+/// subdirectory of this directory named after the host.
 pub const SESSION_ENV: &str = "HVKVM_INTEL_HOST_SESSION";
 
 /// `1`: a missing prerequisite is a failure, not a skip (set by scripts/test.sh).
@@ -113,6 +156,7 @@ pub fn unavailable() -> Option<String> {
 /// A session being followed.
 #[derive(Debug)]
 pub struct Session {
+    host: EmulatedHost,
     dir: PathBuf,
     state: Arc<Mutex<State>>,
     started: Instant,
@@ -121,9 +165,10 @@ pub struct Session {
 }
 
 impl Session {
-    /// Starts scripts/intel-host.sh in `dir` with `hvkvm-suites run --host intel-host` and
-    /// `runner_args` (filters) as its command.
-    pub fn start(dir: &Path, runner_args: &[String]) -> io::Result<Session> {
+    /// Starts scripts/intel-host.sh in `dir`, booting `host` with `hvkvm-suites run --host
+    /// NAME` and `runner_args` (filters) as its command. Sessions started at once run one
+    /// after the other: each waits for the host-cores lock.
+    pub fn start(dir: &Path, host: EmulatedHost, runner_args: &[String]) -> io::Result<Session> {
         std::fs::create_dir_all(dir)?;
         for stale in ["exit-status", "serial.log", "pid"] {
             let _ = std::fs::remove_file(dir.join(stale));
@@ -131,24 +176,25 @@ impl Session {
         let log = File::create(dir.join("script.log"))?;
         let child = Command::new("bash")
             .arg(repo_root().join("scripts/intel-host.sh"))
-            // QEMU in the host too: the qemu suite compares hvkvm with it.
-            .args(["--quiet", "--qemu", "--out"])
+            .arg("--quiet")
+            .args(host.script_options())
+            .arg("--out")
             .arg(dir)
             .arg("--timeout")
             .arg(timeout().as_secs().to_string())
-            .args(["--", "hvkvm-suites", "run", "--host", HOST])
+            .args(["--", "hvkvm-suites", "run", "--host", host.name])
             .args(runner_args)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
             .spawn()?;
-        let session = Session::follow(dir);
+        let session = Session::follow(dir, host);
         *session.child.lock().unwrap() = Some(child);
         Ok(session)
     }
 
-    /// Follows a session that someone else started in `dir`.
-    pub fn follow(dir: &Path) -> Session {
+    /// Follows a session of `host` that someone else started in `dir`.
+    pub fn follow(dir: &Path, host: EmulatedHost) -> Session {
         let state = Arc::new(Mutex::new(State::default()));
         let started = Instant::now();
         let poller = Poller {
@@ -160,12 +206,18 @@ impl Session {
         };
         thread::spawn(move || poller.run());
         Session {
+            host,
             dir: dir.to_path_buf(),
             state,
             started,
             child: Mutex::new(None),
             console_shown: AtomicBool::new(false),
         }
+    }
+
+    /// The host this session boots.
+    pub fn host(&self) -> EmulatedHost {
+        self.host
     }
 
     /// Waits for case `name` (without the host prefix); `Err` is the failure message: the
@@ -180,7 +232,8 @@ impl Session {
                     }
                     let why = seen.report.message.as_deref().unwrap_or("no message");
                     return Err(format!(
-                        "{HOST}: `{name}` failed inside the emulated Intel host: {why}\n{}",
+                        "{}: `{name}` failed inside the emulated Intel host: {why}\n{}",
+                        self.host.name,
                         self.shown("its console output", &seen.lines)
                     ));
                 }
@@ -191,7 +244,8 @@ impl Session {
                         .map(|(c, ..)| format!(", while `{c}` was running"))
                         .unwrap_or_default();
                     let head = format!(
-                        "{HOST}: `{name}` got no result: {}{running}",
+                        "{}: `{name}` got no result: {}{running}",
+                        self.host.name,
                         self.describe(end)
                     );
                     // The console once, with the first case that has no result; the others
@@ -216,7 +270,8 @@ impl Session {
     /// silent); without a terminal it returns at once and prints nothing. Afterwards each case
     /// reports itself as a test line.
     pub fn show_boot_progress(&self, cases: usize) {
-        let progress = hvkvm::bench::Progress::new(format!("{HOST} cases"), cases as u64);
+        let progress =
+            hvkvm::bench::Progress::new(format!("{} cases", self.host.name), cases as u64);
         if !progress.enabled() {
             return;
         }
@@ -288,7 +343,7 @@ impl Session {
     /// Bochs boot, when this process started the session).
     pub fn timings(&self) -> String {
         let state = self.state.lock().unwrap();
-        let mut out = format!("{HOST} session in {}:\n", self.dir.display());
+        let mut out = format!("{} session in {}:\n", self.host.name, self.dir.display());
         if state.ended_before_followed {
             out.push_str("  (it had ended before this process followed it: no wall times)\n");
         } else if let Some(first) = state.first_case_at {

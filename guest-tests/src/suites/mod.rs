@@ -21,6 +21,8 @@ pub mod qemu_peer;
 
 use std::fmt;
 
+use crate::intel_host::{INTEL_HOST, INTEL_HOST_2CPU};
+
 /// Which hosts a case belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Hosts {
@@ -29,6 +31,23 @@ pub enum Hosts {
     /// Only inside the emulated Intel host: the case needs VMX, nested KVM or the tools of that
     /// image (`hvkvm-l1`).
     IntelHost,
+    /// Only inside the emulated Intel host with two CPUs: the case runs a 2-vCPU L1 guest,
+    /// which needs an emulated CPU per vCPU.
+    IntelHostTwoCpus,
+}
+
+impl Hosts {
+    /// Whether a case for these hosts runs on the host named `host`. The two-CPU Intel host
+    /// runs only its own cases: everything else already ran on the one-CPU host at twice the
+    /// speed.
+    pub fn include(self, host: &str) -> bool {
+        let two_cpus = host == INTEL_HOST_2CPU.name;
+        match self {
+            Hosts::Any => !two_cpus,
+            Hosts::IntelHost => host == INTEL_HOST.name,
+            Hosts::IntelHostTwoCpus => two_cpus,
+        }
+    }
 }
 
 /// One test case.
@@ -54,6 +73,12 @@ impl Case {
     /// Restricts the case to the emulated Intel host.
     pub fn intel_host_only(mut self) -> Self {
         self.hosts = Hosts::IntelHost;
+        self
+    }
+
+    /// Restricts the case to the emulated Intel host with two CPUs.
+    pub fn intel_host_two_cpus_only(mut self) -> Self {
+        self.hosts = Hosts::IntelHostTwoCpus;
         self
     }
 }

@@ -10,9 +10,9 @@
 //!
 //! Sessions are either started by the test itself or, in CI, by scripts/test.sh in the
 //! background before the local tests (`HVKVM_INTEL_HOST_SESSION=DIR`, one subdirectory per
-//! host), so that they run while those do; the test then only follows them. The session's files are in its directory: the
-//! console `serial.log`, the script's own messages `script.log`, `pid` while the script runs,
-//! and `exit-status` once it has ended.
+//! host), so that they run while those do; the test then only follows them. A session's files
+//! are in its directory: the console `serial.log`, the script's own messages `script.log`,
+//! `pid` while the script runs, and `exit-status` once it has ended.
 
 use std::fmt::Write as _;
 use std::fs::File;

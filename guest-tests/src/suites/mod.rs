@@ -116,3 +116,30 @@ pub fn all() -> Vec<Case> {
     cases.extend(qemu_peer::cases());
     cases
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_emulated_host_runs_its_own_cases_and_the_two_cpu_host_nothing_else() {
+        let host = |h: crate::intel_host::EmulatedHost| h.name;
+        assert!(Hosts::Any.include(crate::harness::LOCAL));
+        assert!(Hosts::Any.include(host(INTEL_HOST)));
+        assert!(!Hosts::Any.include(host(INTEL_HOST_2CPU)));
+        assert!(Hosts::IntelHost.include(host(INTEL_HOST)));
+        assert!(!Hosts::IntelHost.include(host(INTEL_HOST_2CPU)));
+        assert!(!Hosts::IntelHost.include(crate::harness::LOCAL));
+        assert!(Hosts::IntelHostTwoCpus.include(host(INTEL_HOST_2CPU)));
+        assert!(!Hosts::IntelHostTwoCpus.include(host(INTEL_HOST)));
+        let two_cpu_cases: Vec<String> = all()
+            .into_iter()
+            .filter(|c| c.hosts.include(host(INTEL_HOST_2CPU)))
+            .map(|c| c.name)
+            .collect();
+        assert_eq!(
+            two_cpu_cases,
+            ["kernel_backend/linux_on_2_vcpus_with_profile_linux_runs_its_hyperv_code"]
+        );
+    }
+}

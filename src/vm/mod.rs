@@ -271,8 +271,7 @@ impl Vm {
         )
         .map_err(kvm_err("KVM_GET_MSR_INDEX_LIST"))?;
         if kernel_backend {
-            caps.msrs
-                .retain(|&index| crate::hyperv::kernel::msr_restorable(&tables[0], index));
+            crate::hyperv::kernel::retain_restorable_msrs(&tables[0], &mut caps.msrs);
         }
         let host_tsc_khz = fds[0].get_tsc_khz().ok().or(host.tsc_khz);
         let control = Arc::new(VmControl::default());

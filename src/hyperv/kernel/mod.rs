@@ -67,16 +67,20 @@ fn activates_synic(features: &Features) -> bool {
     features.has(privilege::SYNIC) || features.has(privilege::SYNTIMERS)
 }
 
-/// Whether a vCPU state with MSR `index` can be restored into a guest with `cpuid`: KVM
-/// refuses host writes of non-zero SynIC and timer MSRs (SVERSION reads 1, SINTs 0x10000)
-/// while the SynIC is not active, so a snapshot of a guest without it leaves them out (the
-/// guest could never change them).
-pub fn msr_restorable(cpuid: &[kvm_cpuid_entry2], index: u32) -> bool {
-    let synic_msr = matches!(
-        index,
-        msr::SCONTROL..=msr::SINT15 | msr::STIMER0_CONFIG..=msr::STIMER3_COUNT
-    );
-    !synic_msr || activates_synic(&Features::from_cpuid(cpuid))
+/// Drops from `msrs` (the MSRs a vCPU state holds) those that cannot be restored into a guest
+/// with `cpuid`: KVM refuses host writes of non-zero SynIC and timer MSRs (SVERSION reads 1,
+/// SINTs 0x10000) while the SynIC is not active, so a snapshot of a guest without it leaves
+/// them out (the guest could never change them).
+pub fn retain_restorable_msrs(cpuid: &[kvm_cpuid_entry2], msrs: &mut Vec<u32>) {
+    if activates_synic(&Features::from_cpuid(cpuid)) {
+        return;
+    }
+    msrs.retain(|&index| {
+        !matches!(
+            index,
+            msr::SCONTROL..=msr::SINT15 | msr::STIMER0_CONFIG..=msr::STIMER3_COUNT
+        )
+    });
 }
 
 impl KernelBackend {
@@ -352,13 +356,19 @@ mod tests {
 
     #[test]
     fn synic_msrs_are_saved_only_where_the_synic_is_active() {
-        let none = features(privilege::HYPERCALL_MSRS);
-        let timers = features(privilege::SYNTIMERS);
-        assert!(!msr_restorable(&none, msr::SVERSION));
-        assert!(!msr_restorable(&none, msr::SINT0));
-        assert!(!msr_restorable(&none, msr::STIMER0_CONFIG));
-        assert!(msr_restorable(&none, msr::GUEST_OS_ID));
-        assert!(msr_restorable(&timers, msr::SINT15));
-        assert!(msr_restorable(&timers, msr::STIMER3_COUNT));
+        let all = vec![
+            msr::GUEST_OS_ID,
+            msr::SVERSION,
+            msr::SINT0,
+            msr::SINT15,
+            msr::STIMER0_CONFIG,
+            msr::STIMER3_COUNT,
+        ];
+        let mut without_synic = all.clone();
+        retain_restorable_msrs(&features(privilege::HYPERCALL_MSRS), &mut without_synic);
+        assert_eq!(without_synic, [msr::GUEST_OS_ID]);
+        let mut with_timers = all.clone();
+        retain_restorable_msrs(&features(privilege::SYNTIMERS), &mut with_timers);
+        assert_eq!(with_timers, all);
     }
 }

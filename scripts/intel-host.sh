@@ -82,12 +82,20 @@ TAIL_PID=
 status=125
 # shellcheck disable=SC2317 # run by the EXIT trap
 finish() {
-    if [[ -n $BOCHS_PID ]]; then kill "$BOCHS_PID" 2>/dev/null || true; fi
+    if [[ -n $BOCHS_PID ]]; then stop_bochs; fi
     if [[ -n $TAIL_PID ]]; then kill "$TAIL_PID" 2>/dev/null || true; fi
     rm -rf "$RUN"
     # exit-status before pid goes: a follower that sees neither takes the script for dead.
     echo "$status" >"$OUT/exit-status"
     rm -f "$OUT/pid"
+}
+# SIGTERM, then SIGKILL: one Bochs outlived SIGTERM by 40 minutes (its disk was full), holding
+# the host-cores lock it inherited and a core.
+stop_bochs() {
+    kill "$BOCHS_PID" 2>/dev/null || return 0
+    for _ in $(seq 20); do kill -0 "$BOCHS_PID" 2>/dev/null || return 0; sleep 0.25; done
+    log "Bochs ($BOCHS_PID) ignored SIGTERM for 5 s; sending SIGKILL"
+    kill -KILL "$BOCHS_PID" 2>/dev/null || true
 }
 trap finish EXIT
 trap 'status=130; exit 130' INT TERM
@@ -157,7 +165,8 @@ done
 elapsed=$((SECONDS - start))
 # After its report the host powers itself off; give Bochs a moment to flush and exit.
 for _ in $(seq 20); do kill -0 "$BOCHS_PID" 2>/dev/null || break; sleep 0.25; done
-kill "$BOCHS_PID" 2>/dev/null || true
+stop_bochs
+BOCHS_PID=
 flock -u 9
 if [[ -n $TAIL_PID ]]; then sleep 0.3; kill "$TAIL_PID" 2>/dev/null || true; TAIL_PID=; fi
 

@@ -6,6 +6,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# A clean run writes ~4 GiB under target/. On a full disk the build fails, and the emulated
+# Intel host's serial log silently stops growing until its timeout: say so up front.
+free_kib=$(df -Pk . | awk 'NR == 2 { print $4 }')
+if ((free_kib < 6 * 1024 * 1024)); then
+    echo "test.sh: warning: only $((free_kib / 1024)) MiB free on $(df -P . | awk 'NR == 2 { print $6 }');" \
+        "a clean run needs ~4 GiB (target/); free some space if the build or the emulated Intel" \
+        "host fails" >&2
+fi
+
 # The Linux boot tests need Debian's kernel and a busybox initramfs; build them first.
 scripts/linux-guest.sh target/linux-guest
 export HVKVM_LINUX_DIR="$PWD/target/linux-guest"

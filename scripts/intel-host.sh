@@ -93,9 +93,13 @@ finish() {
 # the host-cores lock it inherited and a core.
 stop_bochs() {
     kill "$BOCHS_PID" 2>/dev/null || return 0
-    for _ in $(seq 20); do kill -0 "$BOCHS_PID" 2>/dev/null || return 0; sleep 0.25; done
+    bochs_ends_within_5s && return 0
     log "Bochs ($BOCHS_PID) ignored SIGTERM for 5 s; sending SIGKILL"
     kill -KILL "$BOCHS_PID" 2>/dev/null || true
+}
+bochs_ends_within_5s() {
+    for _ in $(seq 20); do kill -0 "$BOCHS_PID" 2>/dev/null || return 0; sleep 0.25; done
+    return 1
 }
 trap finish EXIT
 trap 'status=130; exit 130' INT TERM
@@ -164,8 +168,7 @@ while :; do
 done
 elapsed=$((SECONDS - start))
 # After its report the host powers itself off; give Bochs a moment to flush and exit.
-for _ in $(seq 20); do kill -0 "$BOCHS_PID" 2>/dev/null || break; sleep 0.25; done
-stop_bochs
+bochs_ends_within_5s || stop_bochs
 BOCHS_PID=
 flock -u 9
 if [[ -n $TAIL_PID ]]; then sleep 0.3; kill "$TAIL_PID" 2>/dev/null || true; TAIL_PID=; fi

@@ -8,9 +8,9 @@ cd "$(dirname "$0")/.."
 
 # A clean run writes ~4 GiB under target/. On a full disk the build fails, and the emulated
 # Intel host's serial log silently stops growing until its timeout: say so up front.
-free_kib=$(df -Pk . | awk 'NR == 2 { print $4 }')
+read -r free_kib mount_point < <(df -Pk . | awk 'NR == 2 { print $4, $6 }')
 if ((free_kib < 6 * 1024 * 1024)); then
-    echo "test.sh: warning: only $((free_kib / 1024)) MiB free on $(df -P . | awk 'NR == 2 { print $6 }');" \
+    echo "test.sh: warning: only $((free_kib / 1024)) MiB free on $mount_point;" \
         "a clean run needs ~4 GiB (target/); free some space if the build or the emulated Intel" \
         "host fails" >&2
 fi

@@ -35,10 +35,23 @@ fn timers_fire_in_message_and_direct_mode_on_every_vcpu() {
         );
         eprintln!("vCPU {vcpu}: one-shot delivered {} µs late", lateness / 10);
         let [ok, fires, enabled_by_count, exp_is_count, ..] = sync_of(&run, vcpu, 3);
+        assert_ne!(
+            enabled_by_count,
+            0,
+            "{}: CONFIG.enable clear after the COUNT write, before the timer was due",
+            what("auto-enable one-shot")
+        );
+        if enabled_by_count == 2 {
+            // Only the fire below shows the auto-enable then: the vCPU was held up (host load,
+            // a restore at another vCPU's SYNC) until the timer was due.
+            eprintln!(
+                "vCPU {vcpu}: auto-enable one-shot: CONFIG read only after the timer was due"
+            );
+        }
         assert_eq!(
-            [ok, fires, enabled_by_count, exp_is_count],
-            [1, 1, 1, 1],
-            "{}",
+            [ok, fires, exp_is_count],
+            [1, 1, 1],
+            "{}: fires once, at COUNT",
             what("auto-enable one-shot")
         );
         let [ok, fires, off_grid, ..] = sync_of(&run, vcpu, 4);

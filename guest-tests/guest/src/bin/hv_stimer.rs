@@ -9,7 +9,9 @@
 //!   malformed messages, 0)
 //! - SYNC 2 one-shot, timer 0 at now + P: (ok, fires, expiration == COUNT, delivery ≥
 //!   expiration, CONFIG.enable after, delivery − expiration)
-//! - SYNC 3 auto-enable one-shot, timer 1: (ok, fires, CONFIG.enable after the COUNT write,
+//! - SYNC 3 auto-enable one-shot, timer 1 at now + 5 P: (ok, fires, CONFIG.enable after the
+//!   COUNT write (1 set; 0 clear before the timer was due, which is wrong; 2 clear but read
+//!   only once the timer was due, when it may already have fired and disabled itself),
 //!   expiration == COUNT, 0, 0)
 //! - SYNC 4 auto-enable periodic, timer 0: (ok, fires, off the grid, 0, 0, 0)
 //! - SYNC 5 one-shot into a busy slot: (message_pending seen, fires while busy, ok after
@@ -170,14 +172,23 @@ fn main(boot: BootInfo) -> ! {
     );
 
     // 3: auto-enable one-shot: CONFIG without enable, then COUNT enables it.
+    // The CONFIG read must come before the expiration to mean anything; a vCPU held up
+    // longer than 5 P between the two MSR accesses (a loaded host, a snapshot taken at
+    // another vCPU's SYNC) reads a timer that may have fired already, and says so.
     stats[1].reset(0);
-    let count = synic::now() + P;
+    let count = synic::now() + 5 * P;
     synic::start_timer(
         1,
         synic::CONFIG_AUTO_ENABLE | (SINT_B as u64) << synic::CONFIG_SINTX_SHIFT,
         count,
     );
-    let enabled_by_count = enabled(1);
+    let enable_bit = enabled(1);
+    let read_before_due = synic::now() < count;
+    let enabled_by_count = match (enable_bit != 0, read_before_due) {
+        (true, _) => 1,
+        (false, true) => 0,
+        (false, false) => 2,
+    };
     let ok = intr::wait_for(LIMIT, || stats[1].fires() >= 1);
     guest_sync!(
         3,

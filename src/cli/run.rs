@@ -357,9 +357,12 @@ pub fn execute(args: RunArgs) -> Result<i32, RunError> {
         .transpose()?;
     let outcome = loop {
         let mut config = config(&args)?;
-        if let Some(deadline) = deadline {
+        let boot_limit = deadline.map(|deadline| {
             let left = deadline.saturating_duration_since(Instant::now());
-            config.timeout = Some(left.max(Duration::from_millis(1)));
+            left.max(Duration::from_millis(1))
+        });
+        if boot_limit.is_some() {
+            config.timeout = boot_limit;
         }
         let vm_err = |source| RunError::Vm {
             name: name.clone(),
@@ -377,6 +380,17 @@ pub fn execute(args: RunArgs) -> Result<i32, RunError> {
         }
         if outcome.reason != vm::StopReason::Reset || args.no_reboot {
             break outcome;
+        }
+        if let (Some(deadline), Some(limit)) = (deadline, boot_limit) {
+            if Instant::now() >= deadline {
+                // Past the deadline each boot would get the 1 ms minimum, and a guest that
+                // resets sooner would reboot for ever: the run ends here, as a timeout.
+                let mut outcome = outcome;
+                outcome.reason = vm::StopReason::Timeout {
+                    after_ms: limit.as_millis() as u64,
+                };
+                break outcome;
+            }
         }
         // A reset is a fresh VM from the same configuration, as after a power cycle.
         boot += 1;

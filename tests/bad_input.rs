@@ -230,6 +230,10 @@ const ROWS: &[Row] = &[
         &["'inf' is not a positive number of seconds"],
     ),
     row(
+        &["run", "--timeout", "1e30", "--payload", "{d}/ok.elf"],
+        &["'1e30' seconds is more than the longest limit, 1000000000 s"],
+    ),
+    row(
         &["run", "--cpu", "potato", "--payload", "{d}/ok.elf"],
         &["unknown CPU model 'potato'", "'baseline' or 'host'"],
     ),

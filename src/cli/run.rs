@@ -155,9 +155,16 @@ pub enum RunError {
     },
 }
 
-/// Parses a positive, finite number of seconds.
+/// The longest time limit accepted, in seconds (about 31 years): far beyond any run, and
+/// small enough that a `Duration` of it and a deadline `now + it` cannot overflow (both panic).
+const MAX_SECONDS: f64 = 1e9;
+
+/// Parses a positive, finite number of seconds, at most [`MAX_SECONDS`].
 pub fn parse_seconds(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
+        Ok(t) if t.is_finite() && t > MAX_SECONDS => Err(format!(
+            "'{s}' seconds is more than the longest limit, {MAX_SECONDS:.0} s (about 31 years)"
+        )),
         Ok(t) if t.is_finite() && t > 0.0 => Ok(t),
         _ => Err(format!("'{s}' is not a positive number of seconds")),
     }
